@@ -1,0 +1,104 @@
+"""Shared CLI plumbing: global flags, output helpers, progress bars, the store."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+@dataclass
+class State:
+    """Global CLI flags."""
+
+    debug: bool = False
+    quiet: bool = False
+
+
+STATE = State()
+
+
+def echo(text: str = "") -> None:
+    """Print a line to stdout (the CLI is the only place that prints)."""
+    print(text, flush=True)
+
+
+def echo_json(obj: Any) -> None:
+    """Print one JSON document (NaN and infinity become null)."""
+    print(json.dumps(_finite(obj), indent=None, sort_keys=False), flush=True)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def progress_enabled(json_output: bool = False) -> bool:
+    """Progress bars go to stderr, only on a terminal, and never with ``--quiet``."""
+    return not STATE.quiet and sys.stderr.isatty()
+
+
+def open_store(path: Path | None) -> Any:
+    """Open the run store at ``path``, ``$SHARPMINIMA_STORE`` or ``./runs``."""
+    from sharpminima.store import Store
+
+    root = path or Path(os.environ.get("SHARPMINIMA_STORE", "runs"))
+    return Store(root)
+
+
+class TrainProgress:
+    """A tqdm bar over training steps, fed by the training loop's progress events."""
+
+    def __init__(self, desc: str, enabled: bool) -> None:
+        self.desc = desc
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        """Handle one progress event of :func:`sharpminima.train.train`."""
+        if not self.enabled:
+            return
+        if event == "start":
+            self.close()
+            self.bar = tqdm(total=info["total_steps"], initial=info["done_steps"],
+                            desc=self.desc, unit="step", file=sys.stderr, leave=False,
+                            dynamic_ncols=True)
+        elif event == "step" and self.bar is not None:
+            self.bar.update(1)
+        elif event == "epoch" and self.bar is not None:
+            self.bar.set_postfix(epoch=info["epoch"], loss=f"{info['train_loss']:.4f}",
+                                 test_acc=f"{info['test_acc']:.2f}")
+
+    def close(self) -> None:
+        """Close the bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Render rows as a plain aligned text table."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+        return str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""Typed, frozen run configurations and the paper's named setups.
+
+A :class:`TrainConfig` fully determines a training run; its :meth:`TrainConfig.hash` is
+the run's identity in the store. The hash covers only fields that differ from their
+defaults, so adding a new option (with a default) later never changes the identity of runs
+already stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sharpminima.errors import ConfigError
+
+#: Small-batch size of the paper (Section 2.2).
+SB_BATCH_SIZE = 256
+#: Large-batch fraction of the training set (Section 2.2).
+LB_FRACTION = 0.10
+
+Regime = Literal["sb", "lb"]
+StopRule = Literal["epochs", "plateau"]
+
+
+def regime_batch_size(regime: str, num_train: int) -> int:
+    """Return the paper's batch size for a regime: SB = 256, LB = 10% of the training set.
+
+    Args:
+        regime: ``"sb"`` or ``"lb"``.
+        num_train: Number of training samples (after any ``train_limit``).
+
+    Raises:
+        ConfigError: For an unknown regime.
+    """
+    if regime == "sb":
+        return min(SB_BATCH_SIZE, num_train)
+    if regime == "lb":
+        return max(1, round(LB_FRACTION * num_train))
+    raise ConfigError(f"unknown regime {regime!r}; use 'sb' (batch 256) or 'lb' (10% of data)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines one training run.
+
+    Attributes:
+        net: Network name (``f1``...``c4``) or ``module:function``.
+        dataset: ``mnist``, ``cifar10``, ``cifar100``, ``timit`` or ``synthetic``.
+        batch_size: Samples per step (the last batch of an epoch may be smaller).
+        optimizer: Name in :data:`sharpminima.train.optim.OPTIMIZERS`.
+        lr: Learning rate (the paper's code: Adam, 1e-3, not re-tuned for LB).
+        momentum: Momentum for SGD.
+        betas: Adam's (beta1, beta2).
+        adam_eps: Adam's epsilon.
+        weight_decay: L2 penalty (coupled, as in torch's Adam/SGD; decoupled for AdamW).
+        epochs: Fixed number of epochs (``stop="epochs"``) or the cap (``stop="plateau"``).
+        stop: ``"epochs"`` trains exactly ``epochs`` epochs; ``"plateau"`` stops when the
+            full-pass training loss has not improved by a relative ``min_improvement`` for
+            ``patience`` consecutive epochs (the paper trains "until the loss ceased to
+            improve"), or at ``epochs``.
+        patience: Epochs without improvement before a plateau stop.
+        min_improvement: Relative decrease of the training loss that counts as improvement.
+        seed: Seeds the initial weights, every epoch's shuffle and dropout.
+        train_limit: Use only the first N training samples.
+        test_limit: Use only the first N test samples.
+        data_source: Path to user-supplied data (CIFAR archive, TIMIT npz, MNIST IDX dir).
+        save_every_epoch: Keep every epoch's weights (for warm starts, Figure 5/6).
+        eval_chunk: Samples per forward pass when evaluating.
+        method: Training method (``"plain"``; later work adds more), see
+            :mod:`sharpminima.train.methods`.
+        method_args: Method options as sorted ``(name, value)`` pairs.
+        init_from: Start from stored weights: ``"RUN_ID"`` (final) or ``"RUN_ID@EPOCH"``.
+        tags: Free labels that do not change the result but do change the identity
+            (e.g. ``("trial", "3")``); keep empty normally.
+    """
+
+    net: str = "f1"
+    dataset: str = "mnist"
+    batch_size: int = SB_BATCH_SIZE
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    epochs: int = 20
+    stop: StopRule = "epochs"
+    patience: int = 5
+    min_improvement: float = 1e-3
+    seed: int = 0
+    train_limit: int | None = None
+    test_limit: int | None = None
+    data_source: str | None = None
+    save_every_epoch: bool = False
+    eval_chunk: int = 10_000
+    method: str = "plain"
+    method_args: tuple[tuple[str, Any], ...] = ()
+    init_from: str | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        """Validate the values a user can get wrong."""
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be a positive integer, got {self.batch_size}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.stop not in ("epochs", "plateau"):
+            raise ConfigError(f"stop rule must be 'epochs' or 'plateau', got {self.stop!r}")
+        if self.patience < 1:
+            raise ConfigError(f"patience must be a positive integer, got {self.patience}")
+        for name in ("train_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return all fields as a JSON-friendly dict."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def identity(self) -> dict[str, Any]:
+        """Return the fields that differ from the defaults (plus ``net`` and ``dataset``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            else:
+                default = f.default_factory()  # type: ignore[misc]
+            value = getattr(self, f.name)
+            if f.name in ("net", "dataset") or value != default:
+                out[f.name] = value
+        return json.loads(json.dumps(out))
+
+    def hash(self) -> str:
+        """Return the sha256 hex digest of the canonical JSON of :meth:`identity`."""
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from :meth:`to_dict` output (unknown keys are an error).
+
+        Raises:
+            ConfigError: If ``data`` has keys that are not config fields.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; valid fields: {sorted(names)}")
+        kw = dict(data)
+        if "betas" in kw:
+            kw["betas"] = tuple(kw["betas"])
+        if "tags" in kw:
+            kw["tags"] = tuple(kw["tags"])
+        if "method_args" in kw:
+            kw["method_args"] = tuple(tuple(p) for p in kw["method_args"])
+        return cls(**kw)
+
+
+#: The paper's F1 setup (Adam 1e-3, trained until the loss stops improving, at most 100
+#: epochs). Use ``.replace(batch_size=...)`` for SB / LB.
+PAPER_F1 = TrainConfig(net="f1", dataset="mnist", stop="plateau", epochs=100, patience=5)

@@ -1,0 +1,173 @@
+"""How a training run meets the store: records, checkpoints, resume.
+
+Files of a run, in ``store.run_dir(run_id)``:
+
+* ``init.safetensors``: the initial weights (for distance-from-start measures);
+* ``last.safetensors``: model, optimizer and stopping-rule state after the last finished
+  epoch (what a killed run resumes from);
+* ``epoch_NNNN.safetensors``: each epoch's weights, when ``save_every_epoch`` is set;
+* ``final.safetensors``: the final weights.
+
+The epoch row is written to the store before the checkpoint; on resume, epoch rows newer
+than the checkpoint are dropped and those epochs are trained again, so a run killed at any
+moment ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sharpminima.config import TrainConfig
+from sharpminima.errors import StoreError
+
+FINISHED = ("done", "diverged")
+
+
+def _clone_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class RunFiles:
+    """A run's record and files in a store, or a no-op stand-in when there is no store."""
+
+    store: Any
+    config: TrainConfig
+    run_id: str
+    status: str = "pending"
+
+    @classmethod
+    def open(cls, store: Any, config: TrainConfig) -> RunFiles:
+        """Find or create the run of ``config`` in ``store`` (None: train in memory)."""
+        if store is None:
+            return cls(None, config, config.hash()[:12])
+        record, _ = store.get_or_create_run(config.to_dict(), config.hash())
+        return cls(store, config, record.id, record.status)
+
+    @property
+    def root(self) -> Path | None:
+        """The store's root directory, or None."""
+        return Path(self.store.root) if self.store is not None else None
+
+    def _path(self, name: str) -> Path:
+        return Path(self.store.run_dir(self.run_id)) / f"{name}.safetensors"
+
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        from sharpminima.store import flatten_state, save_checkpoint
+
+        tensors, meta = flatten_state(state)
+        save_checkpoint(self._path(name), tensors, meta)
+
+    def _load(self, name: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+        from sharpminima.store import load_checkpoint, unflatten_state
+
+        tensors, meta = load_checkpoint(self._path(name), device=device)
+        return unflatten_state(tensors, meta)
+
+    def finished(self) -> bool:
+        """Whether the store already holds this run as done or diverged."""
+        return self.store is not None and self.status in FINISHED
+
+    def load_run(self, make_model: Callable[[], nn.Module]) -> Any:
+        """Return the stored :class:`~sharpminima.train.run.Run` of a finished run."""
+        from sharpminima.train.run import Run
+
+        model = make_model()
+        device = next(model.parameters()).device
+        model.load_state_dict(self._load("final", device)["model"])
+        init_state = self._load("init", device)["model"]
+        record = self.store.get_run(self.run_id)
+        history = self.store.epochs(self.run_id)
+        return Run(self.run_id, self.config, record.status, record.message, history, model,
+                   init_state, self.root)
+
+    def weights_of(self, spec: str) -> dict[str, Tensor]:
+        """Return stored weights named ``RUN_ID`` (final) or ``RUN_ID@EPOCH``.
+
+        Raises:
+            StoreError: Without a store, or if the run or epoch has no saved weights.
+        """
+        if self.store is None:
+            raise StoreError(f"init_from={spec!r} needs a run store; pass --store DIR")
+        run_ref, _, epoch = spec.partition("@")
+        run = self.store.get_run(run_ref)
+        name = f"epoch_{int(epoch):04d}" if epoch else "final"
+        if epoch and int(epoch) == 0:
+            name = "init"
+        other = RunFiles(self.store, self.config, run.id)
+        if not other._path(name).exists():
+            raise StoreError(
+                f"run {run.id} has no saved weights for {name}; train it with "
+                "--save-every-epoch to warm-start from an epoch"
+            )
+        return other._load(name)["model"]
+
+    def initial_weights(self, model: nn.Module) -> dict[str, Tensor]:
+        """Save (or reload, when resuming) the initial weights and return a copy."""
+        if self.store is not None:
+            if self._path("init").exists():
+                model.load_state_dict(self._load("init", next(model.parameters()).device)["model"])
+            else:
+                self._save("init", {"model": model.state_dict()})
+        return _clone_state(model)
+
+    def resume(
+        self, model: nn.Module, opt: torch.optim.Optimizer, stop: Any, history: list[dict]
+    ) -> int:
+        """Load the last checkpoint if there is one; return the last finished epoch."""
+        if self.store is None or not self._path("last").exists():
+            if self.store is not None:
+                self.store.truncate_epochs(self.run_id, 0)
+            return 0
+        device = next(model.parameters()).device
+        state = self._load("last", device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        best = state["stop"]["best"]
+        stop.best = math.inf if best is None else float(best)
+        stop.bad_epochs = int(state["stop"]["bad_epochs"])
+        epoch = int(state["epoch"])
+        self.store.truncate_epochs(self.run_id, epoch)
+        history[:] = self.store.epochs(self.run_id)
+        return epoch
+
+    def mark_running(self) -> None:
+        """Record that training is under way."""
+        if self.store is not None:
+            self.store.set_status(self.run_id, "running")
+
+    def end_epoch(
+        self, epoch: int, metrics: dict[str, Any], model: nn.Module,
+        opt: torch.optim.Optimizer, stop: Any, *, save: bool,
+    ) -> None:
+        """Record an epoch's metrics, then checkpoint (in that order, see module doc)."""
+        if self.store is None:
+            return
+        self.store.log_epoch(self.run_id, epoch, metrics)
+        if not save:
+            return
+        if self.config.save_every_epoch:
+            self._save(f"epoch_{epoch:04d}", {"model": model.state_dict()})
+        best = stop.best if math.isfinite(stop.best) else None  # JSON has no infinity
+        self._save("last", {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "stop": {"best": best, "bad_epochs": stop.bad_epochs},
+                            "epoch": epoch})
+
+    def finish(self, status: str, message: str | None, model: nn.Module, history: list[dict]) -> None:
+        """Save the final weights and record the run's end."""
+        if self.store is None:
+            return
+        if status in FINISHED:
+            self._save("final", {"model": model.state_dict()})
+        final = history[-1] if history else {}
+        summary = {k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+        summary["epochs"] = len(history)
+        summary["seconds"] = sum(h.get("seconds", 0.0) for h in history)
+        self.store.set_status(self.run_id, status, message, summary=summary)

@@ -1,0 +1,23 @@
+"""Several trials of one configuration: the paper's "5 trials from different starting points"."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sharpminima.config import TrainConfig
+from sharpminima.train.loop import train
+from sharpminima.train.run import Run
+
+
+def train_trials(config: TrainConfig, seeds: Sequence[int] = range(5), **kwargs: Any) -> list[Run]:
+    """Train ``config`` once per seed (each its own stored run) and return the runs.
+
+    Use :func:`sharpminima.train.run.mean_std` on the result for mean +- std over trials.
+
+    Args:
+        config: The shared configuration; its ``seed`` is replaced by each of ``seeds``.
+        seeds: One seed per trial (five by default, as in the paper).
+        **kwargs: Passed to :func:`sharpminima.train.train` (``store``, ``dataset``, ...).
+    """
+    return [train(config.replace(seed=s), **kwargs) for s in seeds]
