@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,8 +15,7 @@ from sharpminima.errors import SharpMinimaError
 
 app = typer.Typer(
     name="sharpminima",
-    help="Reproduce, measure and close the large-batch generalization gap "
-    "(Keskar et al., ICLR 2017).",
+    help="Reproduce, measure and close the large-batch generalization gap (Keskar et al., ICLR 2017).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -33,12 +31,14 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is being done.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     STATE.debug, STATE.quiet = debug, quiet
-    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    level = logging.DEBUG if debug else (logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
@@ -83,4 +83,3 @@ def main(argv: list[str] | None = None) -> None:
         name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"error: {exc.strerror or exc}{name}; check the path and permissions", file=sys.stderr)
         sys.exit(2)
-

@@ -71,14 +71,21 @@ class TrainProgress:
             return
         if event == "start":
             self.close()
-            self.bar = tqdm(total=info["total_steps"], initial=info["done_steps"],
-                            desc=self.desc, unit="step", file=sys.stderr, leave=False,
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=info["total_steps"],
+                initial=info["done_steps"],
+                desc=self.desc,
+                unit="step",
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
         elif event == "step" and self.bar is not None:
             self.bar.update(1)
         elif event == "epoch" and self.bar is not None:
-            self.bar.set_postfix(epoch=info["epoch"], loss=f"{info['train_loss']:.4f}",
-                                 test_acc=f"{info['test_acc']:.2f}")
+            self.bar.set_postfix(
+                epoch=info["epoch"], loss=f"{info['train_loss']:.4f}", test_acc=f"{info['test_acc']:.2f}"
+            )
 
     def close(self) -> None:
         """Close the bar."""

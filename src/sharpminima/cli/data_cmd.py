@@ -15,11 +15,18 @@ app = typer.Typer(help="Get datasets into the local cache and describe them.", n
 @app.command("fetch")
 def fetch(
     name: Annotated[str, typer.Argument(help="mnist, cifar10, cifar100 or timit.")],
-    source: Annotated[Path | None, typer.Option(
-        "--from", help="MNIST: folder of IDX files (raw or .gz). CIFAR: the official "
-        "python-version .tar.gz. TIMIT: features .npz.")] = None,
-    root: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Cache folder (default $SHARPMINIMA_DATA or ~/.cache/sharpminima).")] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="MNIST: folder of IDX files (raw or .gz). CIFAR: the official "
+            "python-version .tar.gz. TIMIT: features .npz.",
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Cache folder (default $SHARPMINIMA_DATA or ~/.cache/sharpminima)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild the cache.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -29,13 +36,22 @@ def fetch(
 
     path = fetch_data(name, root=root, source=source, force=force)
     ds = load(name, root=root)
-    out = {"name": ds.name, "path": str(path), "num_train": ds.num_train, "num_test": ds.num_test,
-           "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "source": ds.source}
+    out = {
+        "name": ds.name,
+        "path": str(path),
+        "num_train": ds.num_train,
+        "num_test": ds.num_test,
+        "input_shape": list(ds.input_shape),
+        "num_classes": ds.num_classes,
+        "source": ds.source,
+    }
     if json_output:
         echo_json(out)
     else:
-        echo(f"{ds.name}: {ds.num_train} train + {ds.num_test} test samples of shape "
-             f"{tuple(ds.input_shape)}, {ds.num_classes} classes -> {path}")
+        echo(
+            f"{ds.name}: {ds.num_train} train + {ds.num_test} test samples of shape "
+            f"{tuple(ds.input_shape)}, {ds.num_classes} classes -> {path}"
+        )
 
 
 @app.command("info")

@@ -10,19 +10,30 @@ import typer
 from sharpminima.cli.common import echo, echo_json, open_store, table
 
 app = typer.Typer(help="Inspect the run store.", no_args_is_help=True)
-StoreOpt = Annotated[Path | None, typer.Option(
-    "--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")]
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")
+]
 
 
 def _row(record: Any) -> dict[str, Any]:
     c, s = record.config, record.summary or {}
     return {
-        "run_id": record.id, "status": record.status, "kind": record.kind,
-        "net": c.get("net"), "dataset": c.get("dataset"), "batch_size": c.get("batch_size"),
-        "optimizer": c.get("optimizer"), "lr": c.get("lr"), "seed": c.get("seed"),
-        "epochs": s.get("epochs"), "train_acc": s.get("train_acc"), "test_acc": s.get("test_acc"),
-        "train_loss": s.get("train_loss"), "test_loss": s.get("test_loss"),
-        "created_at": record.created_at, "message": record.message,
+        "run_id": record.id,
+        "status": record.status,
+        "kind": record.kind,
+        "net": c.get("net"),
+        "dataset": c.get("dataset"),
+        "batch_size": c.get("batch_size"),
+        "optimizer": c.get("optimizer"),
+        "lr": c.get("lr"),
+        "seed": c.get("seed"),
+        "epochs": s.get("epochs"),
+        "train_acc": s.get("train_acc"),
+        "test_acc": s.get("test_acc"),
+        "train_loss": s.get("train_loss"),
+        "test_loss": s.get("test_loss"),
+        "created_at": record.created_at,
+        "message": record.message,
     }
 
 
@@ -39,8 +50,24 @@ def list_runs(
     elif not rows:
         echo("no runs yet; start one with `sharpminima train`")
     else:
-        echo(table(rows, ["run_id", "status", "net", "dataset", "batch_size", "seed", "epochs",
-                          "train_acc", "test_acc", "train_loss", "created_at"]))
+        echo(
+            table(
+                rows,
+                [
+                    "run_id",
+                    "status",
+                    "net",
+                    "dataset",
+                    "batch_size",
+                    "seed",
+                    "epochs",
+                    "train_acc",
+                    "test_acc",
+                    "train_loss",
+                    "created_at",
+                ],
+            )
+        )
 
 
 @app.command("show")
@@ -68,5 +95,9 @@ def show(
         echo(table(epochs, ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]))
     if measurements:
         echo("measurements:")
-        echo(table([{"kind": m["kind"], "value": m["value"], "params": m["params"]}
-                    for m in measurements], ["kind", "value", "params"]))
+        echo(
+            table(
+                [{"kind": m["kind"], "value": m["value"], "params": m["params"]} for m in measurements],
+                ["kind", "value", "params"],
+            )
+        )

@@ -10,8 +10,9 @@ import typer
 from sharpminima.cli.common import TrainProgress, echo, echo_json, open_store, progress_enabled
 from sharpminima.errors import ConfigError
 
-StoreOpt = Annotated[Path | None, typer.Option(
-    "--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")]
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -23,11 +24,14 @@ def train(
     net: Annotated[str, typer.Option(help="f1, f2, c1, c2, c3, c4 or module:function.")] = "f1",
     dataset: Annotated[str, typer.Option(help="mnist, cifar10, cifar100, timit, synthetic.")] = "mnist",
     batch_size: Annotated[int | None, typer.Option(help="Samples per step.")] = None,
-    regime: Annotated[str | None, typer.Option(
-        help="sb (batch 256) or lb (10% of the training set); overrides --batch-size.")] = None,
+    regime: Annotated[
+        str | None,
+        typer.Option(help="sb (batch 256) or lb (10% of the training set); overrides --batch-size."),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Epochs, or the cap with --stop plateau.")] = 20,
-    stop: Annotated[str, typer.Option(
-        help="epochs (fixed) or plateau (until the training loss stops improving).")] = "epochs",
+    stop: Annotated[
+        str, typer.Option(help="epochs (fixed) or plateau (until the training loss stops improving).")
+    ] = "epochs",
     patience: Annotated[int, typer.Option(help="Plateau: epochs without improvement.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of weights, shuffles and dropout.")] = 0,
     trials: Annotated[int, typer.Option(help="Train seeds seed..seed+trials-1.")] = 1,
@@ -37,11 +41,13 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="L2 penalty.")] = 0.0,
     train_limit: Annotated[int | None, typer.Option(help="Use the first N training samples.")] = None,
     test_limit: Annotated[int | None, typer.Option(help="Use the first N test samples.")] = None,
-    source: Annotated[str | None, typer.Option(
-        "--from", help="User data: CIFAR .tar.gz, TIMIT .npz or MNIST IDX folder.")] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="User data: CIFAR .tar.gz, TIMIT .npz or MNIST IDX folder.")
+    ] = None,
     save_every_epoch: Annotated[bool, typer.Option(help="Keep every epoch's weights.")] = False,
-    init_from: Annotated[str | None, typer.Option(
-        help="Warm start from RUN_ID (final weights) or RUN_ID@EPOCH.")] = None,
+    init_from: Annotated[
+        str | None, typer.Option(help="Warm start from RUN_ID (final weights) or RUN_ID@EPOCH.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: auto).")] = None,
     store: StoreOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -58,10 +64,22 @@ def train(
     if regime is not None:
         batch_size = regime_batch_size(regime, data.num_train)
     config = TrainConfig(
-        net=net, dataset=dataset, batch_size=batch_size or 256, optimizer=optimizer, lr=lr,
-        momentum=momentum, weight_decay=weight_decay, epochs=epochs, stop=stop,  # type: ignore[arg-type]
-        patience=patience, seed=seed, train_limit=train_limit, test_limit=test_limit,
-        data_source=source, save_every_epoch=save_every_epoch, init_from=init_from,
+        net=net,
+        dataset=dataset,
+        batch_size=batch_size or 256,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        stop=stop,  # type: ignore[arg-type]
+        patience=patience,
+        seed=seed,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        data_source=source,
+        save_every_epoch=save_every_epoch,
+        init_from=init_from,
     )
     run_store = open_store(store)
     runs = []
@@ -74,15 +92,19 @@ def train(
             bar.close()
         if not json_output:
             s = runs[-1].summary()
-            echo(f"run {s['run_id']} {s['status']}: {s['epochs']} epochs, train acc "
-                 f"{_pct(s['train_acc'])}, test acc {_pct(s['test_acc'])}, train loss "
-                 f"{_num(s['train_loss'])}" + (f" ({s['message']})" if s["message"] else ""))
+            echo(
+                f"run {s['run_id']} {s['status']}: {s['epochs']} epochs, train acc "
+                f"{_pct(s['train_acc'])}, test acc {_pct(s['test_acc'])}, train loss "
+                f"{_num(s['train_loss'])}" + (f" ({s['message']})" if s["message"] else "")
+            )
     if json_output:
         if trials == 1:
             echo_json(runs[0].summary())
         else:
-            stats = {m: dict(zip(("mean", "std", "n"), mean_std(runs, m), strict=True))
-                     for m in ("train_acc", "test_acc", "train_loss", "test_loss")}
+            stats = {
+                m: dict(zip(("mean", "std", "n"), mean_std(runs, m), strict=True))
+                for m in ("train_acc", "test_acc", "train_loss", "test_loss")
+            }
             echo_json({"runs": [r.summary() for r in runs], "stats": stats})
     elif trials > 1:
         for m in ("train_acc", "test_acc"):

@@ -43,13 +43,10 @@ NETS: dict[str, NetSpec] = {
     for s in [
         NetSpec("f1", "mnist", (1, 28, 28), 10, "5 x [FC 512, BN, ReLU], MNIST", _mlp(5)),
         NetSpec("f2", "timit", (360,), 1973, "7 x [FC 512, BN, ReLU], TIMIT", _mlp(7)),
-        NetSpec("c1", "cifar10", (3, 32, 32), 10, "shallow conv (AlexNet-like), CIFAR-10",
-                ShallowConv),
+        NetSpec("c1", "cifar10", (3, 32, 32), 10, "shallow conv (AlexNet-like), CIFAR-10", ShallowConv),
         NetSpec("c2", "cifar10", (3, 32, 32), 10, "deep conv (VGG-16-like), CIFAR-10", DeepConv),
-        NetSpec("c3", "cifar100", (3, 32, 32), 100, "shallow conv (AlexNet-like), CIFAR-100",
-                ShallowConv),
-        NetSpec("c4", "cifar100", (3, 32, 32), 100, "deep conv (VGG-16-like), CIFAR-100",
-                DeepConv),
+        NetSpec("c3", "cifar100", (3, 32, 32), 100, "shallow conv (AlexNet-like), CIFAR-100", ShallowConv),
+        NetSpec("c4", "cifar100", (3, 32, 32), 100, "deep conv (VGG-16-like), CIFAR-100", DeepConv),
     ]
 }
 
@@ -88,15 +85,11 @@ def build(
     shape = tuple(input_shape) if input_shape is not None else spec.input_shape
     classes = num_classes if num_classes is not None else spec.num_classes
     if spec.factory in (ShallowConv, DeepConv) and len(shape) != 3:
-        raise ConfigError(
-            f"network {key} needs image inputs (C, H, W), got input shape {shape}"
-        )
+        raise ConfigError(f"network {key} needs image inputs (C, H, W), got input shape {shape}")
     return spec.factory(shape, classes)
 
 
-def _build_user(
-    name: str, input_shape: tuple[int, ...] | None, num_classes: int | None
-) -> nn.Module:
+def _build_user(name: str, input_shape: tuple[int, ...] | None, num_classes: int | None) -> nn.Module:
     module_name, _, attr = name.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)

@@ -3,8 +3,9 @@
 Files of a run, in ``store.run_dir(run_id)``:
 
 * ``init.safetensors``: the initial weights (for distance-from-start measures);
-* ``last.safetensors``: model, optimizer and stopping-rule state after the last finished
-  epoch (what a killed run resumes from);
+* ``last_0.safetensors`` / ``last_1.safetensors``: model, optimizer and stopping-rule state
+  after the last finished epochs, alternating, so one loadable checkpoint survives a kill
+  while the other is being replaced (a killed run resumes from the newer loadable one);
 * ``epoch_NNNN.safetensors``: each epoch's weights, when ``save_every_epoch`` is set;
 * ``final.safetensors``: the final weights.
 
@@ -15,7 +16,6 @@ moment ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +85,9 @@ class RunFiles:
         init_state = self._load("init", device)["model"]
         record = self.store.get_run(self.run_id)
         history = self.store.epochs(self.run_id)
-        return Run(self.run_id, self.config, record.status, record.message, history, model,
-                   init_state, self.root)
+        return Run(
+            self.run_id, self.config, record.status, record.message, history, model, init_state, self.root
+        )
 
     def weights_of(self, spec: str) -> dict[str, Tensor]:
         """Return stored weights named ``RUN_ID`` (final) or ``RUN_ID@EPOCH``.
@@ -118,20 +119,28 @@ class RunFiles:
                 self._save("init", {"model": model.state_dict()})
         return _clone_state(model)
 
-    def resume(
-        self, model: nn.Module, opt: torch.optim.Optimizer, stop: Any, history: list[dict]
-    ) -> int:
+    def _latest(self) -> dict[str, Any] | None:
+        """The newest loadable ``last_*`` checkpoint, or None."""
+        states = []
+        for name in ("last_0", "last_1"):
+            if self._path(name).exists():
+                try:
+                    states.append(self._load(name))
+                except StoreError:  # killed while this one was being replaced
+                    continue
+        return max(states, key=lambda s: int(s["epoch"]), default=None)
+
+    def resume(self, model: nn.Module, opt: torch.optim.Optimizer, stop: Any, history: list[dict]) -> int:
         """Load the last checkpoint if there is one; return the last finished epoch."""
-        if self.store is None or not self._path("last").exists():
-            if self.store is not None:
-                self.store.truncate_epochs(self.run_id, 0)
+        if self.store is None:
             return 0
-        device = next(model.parameters()).device
-        state = self._load("last", device)
+        state = self._latest()
+        if state is None:
+            self.store.truncate_epochs(self.run_id, 0)
+            return 0
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        best = state["stop"]["best"]
-        stop.best = math.inf if best is None else float(best)
+        stop.best = float(state["stop"]["best"])
         stop.bad_epochs = int(state["stop"]["bad_epochs"])
         epoch = int(state["epoch"])
         self.store.truncate_epochs(self.run_id, epoch)
@@ -144,8 +153,14 @@ class RunFiles:
             self.store.set_status(self.run_id, "running")
 
     def end_epoch(
-        self, epoch: int, metrics: dict[str, Any], model: nn.Module,
-        opt: torch.optim.Optimizer, stop: Any, *, save: bool,
+        self,
+        epoch: int,
+        metrics: dict[str, Any],
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        stop: Any,
+        *,
+        save: bool,
     ) -> None:
         """Record an epoch's metrics, then checkpoint (in that order, see module doc)."""
         if self.store is None:
@@ -155,10 +170,15 @@ class RunFiles:
             return
         if self.config.save_every_epoch:
             self._save(f"epoch_{epoch:04d}", {"model": model.state_dict()})
-        best = stop.best if math.isfinite(stop.best) else None  # JSON has no infinity
-        self._save("last", {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "stop": {"best": best, "bad_epochs": stop.bad_epochs},
-                            "epoch": epoch})
+        self._save(
+            f"last_{epoch % 2}",
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "stop": {"best": stop.best, "bad_epochs": stop.bad_epochs},
+                "epoch": epoch,
+            },
+        )
 
     def finish(self, status: str, message: str | None, model: nn.Module, history: list[dict]) -> None:
         """Save the final weights and record the run's end."""

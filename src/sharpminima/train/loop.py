@@ -105,9 +105,7 @@ def train(
         dataset = load(config.dataset, source=config.data_source)
     data = dataset.subset(config.train_limit, config.test_limit).to(dev)
     if config.batch_size > data.num_train:
-        raise ConfigError(
-            f"batch size {config.batch_size} exceeds the {data.num_train} training samples"
-        )
+        raise ConfigError(f"batch size {config.batch_size} exceeds the {data.num_train} training samples")
     files = RunFiles.open(store, config)
     if files.finished():
         return files.load_run(lambda: _fresh_model(config, data, model_factory).to(dev))
@@ -142,8 +140,10 @@ def _train(
     n = data.num_train
     steps_per_epoch = math.ceil(n / config.batch_size)
     if progress:
-        progress("start", {"total_steps": steps_per_epoch * config.epochs,
-                           "done_steps": steps_per_epoch * start_epoch})
+        progress(
+            "start",
+            {"total_steps": steps_per_epoch * config.epochs, "done_steps": steps_per_epoch * start_epoch},
+        )
     files.mark_running()
     status, message = "done", None
     try:
@@ -159,14 +159,22 @@ def _train(
             seconds = time.perf_counter() - t0
             train_loss, train_acc = evaluate(model, data.x_train, data.y_train, config.eval_chunk)
             test_loss, test_acc = evaluate(model, data.x_test, data.y_test, config.eval_chunk)
-            metrics = {"epoch": epoch, "epoch_loss": float(loss_sum) / n,
-                       "train_loss": train_loss, "train_acc": train_acc,
-                       "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds}
+            metrics = {
+                "epoch": epoch,
+                "epoch_loss": float(loss_sum) / n,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "seconds": seconds,
+            }
             history.append(metrics)
             if not (math.isfinite(metrics["epoch_loss"]) and math.isfinite(train_loss)):
                 status = "diverged"
-                message = (f"training loss became {metrics['epoch_loss']} in epoch {epoch}; "
-                           f"lower the learning rate (now {config.lr})")
+                message = (
+                    f"training loss became {metrics['epoch_loss']} in epoch {epoch}; "
+                    f"lower the learning rate (now {config.lr})"
+                )
                 files.end_epoch(epoch, metrics, model, opt, stop, save=False)
                 break
             stop.update(train_loss, config.min_improvement)

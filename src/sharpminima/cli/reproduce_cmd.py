@@ -1,0 +1,113 @@
+"""``sharpminima reproduce`` and ``sharpminima report``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from tqdm import tqdm
+
+from sharpminima.cli.common import echo, echo_json, open_store, progress_enabled
+
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Folder for results.json and the report.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``reproduce`` and ``report`` to ``app``."""
+    app.command("reproduce")(reproduce)
+    app.command("report")(report)
+
+
+def reproduce(
+    experiments: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Experiments to run (default: all of the preset): table2, table3, table4, "
+            "sharpness, fig2, fig3, fig7, fig4, fig5, fig6, distance, hessian, stopping."
+        ),
+    ] = None,
+    preset: Annotated[str, typer.Option(help="quick (minutes on a CPU) or paper (faithful).")] = "quick",
+    nets: Annotated[str | None, typer.Option(help="Comma-separated networks, e.g. f1,c1.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials per regime.")] = None,
+    sb_epochs: Annotated[int | None, typer.Option(help="Override the SB epochs (cap).")] = None,
+    lb_epochs: Annotated[int | None, typer.Option(help="Override the LB epochs (cap).")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Use the first N training samples.")] = None,
+    sharpness_samples: Annotated[
+        int | None, typer.Option(help="Training samples the sharpness loss averages over.")
+    ] = None,
+    cifar10: Annotated[str | None, typer.Option(help="Path of cifar-10-python.tar.gz.")] = None,
+    cifar100: Annotated[str | None, typer.Option(help="Path of cifar-100-python.tar.gz.")] = None,
+    timit: Annotated[str | None, typer.Option(help="Path of TIMIT features .npz.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: auto).")] = None,
+    out: OutOpt = Path("reports/latest"),
+    store: StoreOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Run the paper's experiments through the run store, then write the report."""
+    from sharpminima.report import write_report
+    from sharpminima.reproduce import get_preset
+    from sharpminima.reproduce import reproduce as run_reproduction
+
+    overrides: dict[str, Any] = {
+        "nets": tuple(n.strip().lower() for n in nets.split(",")) if nets else None,
+        "trials": trials,
+        "sb_epochs": sb_epochs,
+        "lb_epochs": lb_epochs,
+        "train_limit": train_limit,
+        "sharpness_samples": sharpness_samples,
+    }
+    p = get_preset(preset, **overrides)
+    sources = {k: v for k, v in (("cifar10", cifar10), ("cifar100", cifar100), ("timit", timit)) if v}
+    bars: list[tqdm] = []
+
+    def factory(total: float) -> Any:
+        bar = tqdm(
+            total=round(total, 1),
+            desc=f"reproduce {p.name}",
+            unit="work",
+            file=sys.stderr,
+            disable=not progress_enabled(),
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {percentage:.0f}% [{elapsed}<{remaining}] {postfix}",
+        )
+        bars.append(bar)
+
+        def advance(units: float, label: str) -> None:
+            bar.update(min(units, bar.total - bar.n) if bar.total else units)
+            bar.set_postfix_str(label, refresh=False)
+
+        return advance
+
+    try:
+        results = run_reproduction(
+            p,
+            store=open_store(store),
+            out=out,
+            experiments=experiments,
+            device=device,
+            sources=sources,
+            progress_factory=factory,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    md, page = write_report(out, results)
+    if json_output:
+        echo_json(results)
+    else:
+        echo(f"report: {page} (and {md})")
+
+
+def report(
+    out: OutOpt = Path("reports/latest"),
+) -> None:
+    """Write report.md and report.html from a reproduction's results.json."""
+    from sharpminima.report import write_report
+
+    md, page = write_report(out)
+    echo(f"report: {page} (and {md})")

@@ -1,0 +1,385 @@
+"""The report's content: what each section says about a reproduction's results."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sharpminima.report import figures, paper
+from sharpminima.report.build import Doc, pm, pm_paper
+
+OPEN_SETTINGS = [
+    (
+        "BatchNorm mode in sharpness and parametric plots",
+        "`batch` (statistics of each chunk of the loss, as the authors' Keras-1 code did) is the "
+        "headline; `eval` (running statistics) is shown beside it. Reported accuracies use eval "
+        "mode (running statistics), the usual PyTorch choice.",
+    ),
+    (
+        "Data the sharpness loss averages over",
+        "the first `{samples}` training samples, mean cross-entropy, in fixed chunks of "
+        "`{chunk}` (BatchNorm statistics per chunk in batch mode).",
+    ),
+    ("Stopping rule", "{stop}"),
+    (
+        "Sharpness maximisation",
+        "scipy L-BFGS-B, `{maxiter}` iterations, started at y = 0; the "
+        "best point evaluated inside the box is reported.",
+    ),
+    (
+        "Random subspace",
+        "p = `{p}` columns drawn as `{dist}` (U[0,1) entries scaled to unit-norm "
+        "columns, as public reimplementations do), a new seed per trial; `A^+ x` via QR, no dense "
+        "pseudo-inverse.",
+    ),
+    (
+        "C1/C3 stride",
+        "stride-1 'same' convolutions with 3x3/2 max-pooling (the authors' code); "
+        "see `sharpminima.models.ShallowConv`.",
+    ),
+    (
+        "Optimizer",
+        "Adam, lr 1e-3, betas (0.9, 0.999), eps 1e-8 for both regimes (the authors' "
+        "code), not re-tuned per batch size.",
+    ),
+    ("Learning rate tuned per batch size", "no (the paper's protocol); see Shallue et al. 2019."),
+]
+
+
+def _stop_text(p: dict[str, Any]) -> str:
+    if p["stop"] == "plateau":
+        return (
+            f"train until the full-pass training loss has not improved by a relative "
+            f"{p['min_improvement']:g} for {p['patience']} epochs (cap: SB {p['sb_epochs']}, "
+            f"LB {p['lb_epochs']} epochs)"
+        )
+    return f"fixed budget: SB {p['sb_epochs']} epochs, LB {p['lb_epochs']} epochs"
+
+
+def build_document(doc: Doc, res: dict[str, Any]) -> str:
+    """Fill ``doc`` from ``res``; return the title."""
+    p = res["preset"]
+    ex = res.get("experiments", {})
+    title = f"sharpminima reproduction of Keskar et al. (ICLR 2017), preset '{p['name']}'"
+    doc.h(1, title)
+    doc.p(
+        f"Networks: {', '.join(n.upper() for n in p['nets'])}; {p['trials']} trials per "
+        f"regime; SB = batch 256, LB = 10% of the training set. " + _stand_in_text(res)
+    )
+    _verdict(doc, res)
+    _settings(doc, res)
+    if "table2" in ex:
+        _table2(doc, ex["table2"])
+    if "fig2" in ex:
+        doc.h(2, "Figure 2: accuracy per epoch")
+        for net, data in ex["fig2"].items():
+            doc.fig(
+                figures.accuracy_per_epoch(net, data),
+                f"fig2_{net}",
+                f"{net.upper()}: train (solid) and test (dashed) accuracy, SB blue, LB red",
+            )
+    if "sharpness" in ex:
+        _sharpness(doc, ex["sharpness"], p)
+    if "hessian" in ex:
+        _hessian(doc, ex["hessian"])
+    if "fig3" in ex:
+        doc.h(2, "Figures 3 and 7: parametric plots between the SB and LB minimizers")
+        doc.p(
+            "25 points on alpha in [-1, 2] (alpha = 0 and 1 are evaluated exactly); "
+            "training loss on the sharpness subset, test loss on the whole test set; "
+            "BatchNorm in batch mode."
+        )
+        for net, paths in ex["fig3"].items():
+            for path, result in paths.items():
+                num = 3 if path == "linear" else 7
+                doc.fig(
+                    figures.parametric(net, result, path),
+                    f"fig{num}_{net}",
+                    f"Figure {num}, {net.upper()}: {path} path from the SB (alpha=0) to the "
+                    f"LB (alpha=1) minimizer; loss left (log), accuracy right",
+                )
+    if "distance" in ex:
+        _distance(doc, ex["distance"])
+    if "stopping" in ex:
+        _stopping(doc, ex["stopping"])
+    if "fig4" in ex:
+        doc.h(2, "Figure 4: batch size sweep")
+        for net, rows in ex["fig4"].items():
+            doc.table(
+                ["batch size", "epochs", "train acc", "test acc", "sharpness"],
+                [
+                    [r["batch_size"], r["epochs"], r["train_acc"], r["test_acc"], r.get("sharpness")]
+                    for r in rows
+                ],
+            )
+            doc.fig(
+                figures.versus(net, rows, "batch_size", "batch size", True),
+                f"fig4_{net}",
+                f"{net.upper()}: test accuracy and sharpness of the final iterate vs batch size",
+            )
+    if "fig5" in ex:
+        doc.h(2, "Figure 5: warm-started large-batch training")
+        for net, data in ex["fig5"].items():
+            rows = data["rows"]
+            doc.table(
+                ["SB epochs before LB", "train acc", "test acc", "sharpness"],
+                [[r["sb_epochs"], r["train_acc"], r["test_acc"], r.get("sharpness")] for r in rows],
+            )
+            doc.fig(
+                figures.versus(net, rows, "sb_epochs", "SB epochs before switching to LB", False),
+                f"fig5_{net}",
+                f"{net.upper()}: LB runs started from the SB iterate after k epochs",
+            )
+    if "fig6" in ex:
+        doc.h(2, "Figure 6: sharpness along training")
+        for net, data in ex["fig6"].items():
+            doc.fig(
+                figures.sharpness_vs_loss(net, data),
+                f"fig6_{net}",
+                f"{net.upper()}: sharpness vs training loss, trial 1",
+            )
+    _environment(doc, res)
+    return title
+
+
+def _stand_in_text(res: dict[str, Any]) -> str:
+    stand = [n.upper() for n, s in res.get("stand_in", {}).items() if s]
+    if not stand:
+        return ""
+    return (
+        f"**{', '.join(stand)} ran on MNIST as an offline stand-in** for their paper "
+        "datasets (not comparable with the paper's numbers)."
+    )
+
+
+def _verdict(doc: Doc, res: dict[str, Any]) -> None:
+    ex = res.get("experiments", {})
+    doc.h(2, "Did the paper's claims hold?")
+    rows = []
+    for net, row in ex.get("table2", {}).items():
+        sb, lb = row["sb"]["test_acc"], row["lb"]["test_acc"]
+        if sb["mean"] is None or lb["mean"] is None:
+            continue
+        gap = sb["mean"] - lb["mean"]
+        se = math.sqrt((sb["std"] or 0) ** 2 / max(sb["n"], 1) + (lb["std"] or 0) ** 2 / max(lb["n"], 1))
+        held = (
+            "yes"
+            if gap > 2 * se and gap > 0
+            else ("no (LB tested better)" if gap < -2 * se else "not resolved (within 2 s.e.)")
+        )
+        rows.append(
+            [
+                f"{net.upper()}: LB tests worse than SB",
+                f"gap SB - LB = {gap:+.2f} ± {se:.2f} points (s.e.)",
+                held,
+            ]
+        )
+        tr = row["lb"]["train_acc"]["mean"] - row["sb"]["train_acc"]["mean"]
+        rows.append(
+            [
+                f"{net.upper()}: LB trains as well as SB",
+                f"train acc LB - SB = {tr:+.2f} points",
+                "yes" if tr > -0.5 else "no",
+            ]
+        )
+    for net, srows in ex.get("sharpness", {}).items():
+        for r in srows:
+            if r["subspace"] == "full" and r["eps"] == 1e-3 and r["bn_mode"] == "batch" and r["ratio"]:
+                rows.append(
+                    [
+                        f"{net.upper()}: LB minimizers are sharper (>= 10x, eps 1e-3, full space)",
+                        f"LB/SB = {r['ratio']:.1f}x ({r['lb']['mean']:.3g} vs {r['sb']['mean']:.3g})",
+                        "yes"
+                        if r["ratio"] >= 10
+                        else ("partly (sharper, < 10x)" if r["ratio"] > 1 else "no"),
+                    ]
+                )
+    for net, d in ex.get("distance", {}).items():
+        m = d["ratio"]["mean"]
+        if m is not None:
+            lo, hi = paper.DISTANCE_RATIO
+            rows.append(
+                [
+                    f"{net.upper()}: SB moves 3-10x farther from the start than LB",
+                    f"ratio = {m:.2f}",
+                    "yes" if lo <= m <= hi else ("farther, but below 3x" if m > 1 else "no"),
+                ]
+            )
+    if rows:
+        doc.table(["claim", "measured here", "held?"], rows)
+    else:
+        doc.p("No experiment with a verdict has been run yet.")
+
+
+def _settings(doc: Doc, res: dict[str, Any]) -> None:
+    p = res["preset"]
+    doc.h(2, "Settings the paper leaves open, and our choices")
+    fill = {
+        "samples": p["sharpness_samples"] or "all",
+        "chunk": p["chunk_size"],
+        "stop": _stop_text(p),
+        "maxiter": p["maxiter"],
+        "p": p["subspace_dim"],
+        "dist": p["subspace_distribution"],
+    }
+    doc.table(["setting", "choice"], [[k, v.format(**fill)] for k, v in OPEN_SETTINGS])
+    for net, d in res.get("datasets", {}).items():
+        doc.p(
+            f"{net.upper()} data: {d['name']} ({d['num_train']} train / {d['num_test']} test), "
+            f"source: {d['source']}."
+        )
+
+
+def _table2(doc: Doc, t2: dict[str, Any]) -> None:
+    doc.h(2, "Table 2: accuracy (mean ± std over trials)")
+    rows = []
+    for net, row in t2.items():
+        ref = paper.TABLE2.get(net, {})
+        for split in ("train", "test"):
+            for regime in ("sb", "lb"):
+                ours = row[regime][f"{split}_acc"]
+                theirs = ref.get(f"{split}_{regime}")
+                diff = (ours["mean"] - theirs[0]) if ours["mean"] is not None and theirs else None
+                rows.append(
+                    [
+                        f"{net.upper()}{' (stand-in)' if row['stand_in'] else ''}",
+                        f"{split} {regime.upper()}",
+                        pm(ours),
+                        pm_paper(theirs),
+                        diff,
+                    ]
+                )
+    doc.table(["net", "accuracy", "ours", "paper", "ours - paper"], rows)
+    for net, row in t2.items():
+        doc.p(
+            f"{net.upper()}: SB batch {row['sb']['batch_size']}, epochs per trial "
+            f"{row['sb']['epochs']}; LB batch {row['lb']['batch_size']}, epochs "
+            f"{row['lb']['epochs']}."
+        )
+        bad = row["sb"]["not_done"] + row["lb"]["not_done"]
+        if bad:
+            doc.p(
+                "Runs left out of the averages: "
+                + "; ".join(f"{b['run']} {b['status']} ({b['message']})" for b in bad)
+            )
+
+
+def _sharpness(doc: Doc, sh: dict[str, Any], p: dict[str, Any]) -> None:
+    doc.h(2, "Tables 3 and 4: Keskar sharpness (Metric 2.1)")
+    doc.p(
+        "Full space is Table 3 (A = I); random subspace is Table 4 (p = "
+        f"{p['subspace_dim']}). Mean ± std over trials. The paper's numbers correspond to "
+        "BatchNorm in batch mode (see PAPER.md, 'Measured here')."
+    )
+    for net, rows in sh.items():
+        table = []
+        for r in rows:
+            for regime in ("sb", "lb"):
+                ref = (
+                    paper.sharpness(net, r["subspace"], r["eps"], regime) if r["bn_mode"] == "batch" else None
+                )
+                table.append(
+                    [
+                        f"{r['subspace']}",
+                        f"{r['eps']:g}",
+                        r["bn_mode"],
+                        regime.upper(),
+                        pm(r[regime]),
+                        pm_paper(ref),
+                    ]
+                )
+            table.append(["", "", "", "LB/SB", f"{r['ratio']:.1f}x" if r["ratio"] else "-", ""])
+        doc.h(3, net.upper())
+        doc.table(["subspace", "eps", "BN mode", "regime", "ours", "paper"], table)
+        doc.fig(
+            figures.sharpness_bars(net, rows),
+            f"sharpness_{net}",
+            f"{net.upper()}: Keskar sharpness of SB and LB minimizers (log scale)",
+        )
+
+
+def _hessian(doc: Doc, hs: dict[str, Any]) -> None:
+    doc.h(2, "Hessian view beside Keskar sharpness")
+    doc.p(
+        "Top Hessian eigenvalue (Lanczos) and trace (Hutchinson, ± 1 s.e.) of the same "
+        "minimizers as the sharpness column (trial 1). If the measures agree, LB should be "
+        "larger on all three."
+    )
+    rows = []
+    for net, by in hs.items():
+        for regime, r in by.items():
+            rows.append(
+                [
+                    net.upper(),
+                    regime.upper(),
+                    r["top_eigenvalue"],
+                    f"{r['trace']:.4g} ± {r['trace_stderr']:.2g}"
+                    if r.get("trace_stderr") is not None
+                    else r["trace"],
+                    r["sharpness"],
+                    r["bn_mode"],
+                    r["samples"],
+                ]
+            )
+    doc.table(
+        [
+            "net",
+            "regime",
+            "top eigenvalue",
+            "trace",
+            f"sharpness (eps {next(iter(next(iter(hs.values())).values()))['sharpness_eps']:g})"
+            if rows
+            else "sharpness",
+            "BN mode",
+            "samples",
+        ],
+        rows,
+    )
+
+
+def _distance(doc: Doc, dist: dict[str, Any]) -> None:
+    doc.h(2, "Distance from the initial weights")
+    rows = [[net.upper(), pm(d["sb"]), pm(d["lb"]), pm(d["ratio"]), "3 to 10"] for net, d in dist.items()]
+    doc.table(["net", "||x_SB - x0||", "||x_LB - x0||", "ratio", "paper"], rows)
+
+
+def _stopping(doc: Doc, st: dict[str, Any]) -> None:
+    doc.h(2, "How the stopping rule decides the accuracy gap")
+    doc.p(
+        "The same trained runs, read at different stopping points: fixed epoch counts for each "
+        "regime, or the plateau rule applied to each run's own training-loss curve. A positive "
+        "gap means LB generalizes worse (the paper's claim); error: 1 standard error."
+    )
+    for net, rules in st.items():
+        doc.table(
+            ["rule", "SB test acc", "LB test acc", "gap SB - LB"],
+            [
+                [
+                    r["rule"],
+                    pm(r["sb"]),
+                    pm(r["lb"]),
+                    f"{r['gap']['mean']:+.2f} ± {r['gap']['se']:.2f}"
+                    if r["gap"]["mean"] is not None
+                    else "-",
+                ]
+                for r in rules
+            ],
+        )
+        doc.fig(
+            figures.stopping_study(net, rules),
+            f"stopping_{net}",
+            f"{net.upper()}: test-accuracy gap under different stopping rules",
+        )
+
+
+def _environment(doc: Doc, res: dict[str, Any]) -> None:
+    doc.h(2, "Machine, versions and time")
+    env = res.get("environment", {})
+    rows = [[k, v] for k, v in env.items()]
+    secs = res.get("seconds", {})
+    rows.append(
+        ["seconds per experiment (this output folder)", ", ".join(f"{k} {v:.0f}" for k, v in secs.items())]
+    )
+    rows.append(["training seconds (all finished runs in the store)", f"{res.get('train_seconds', 0):.0f}"])
+    rows.append(["finished at", res.get("finished_at", "-")])
+    doc.table(["what", "value"], rows)

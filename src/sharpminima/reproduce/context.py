@@ -1,0 +1,186 @@
+"""What every experiment of a reproduction shares: store, data, cached training and measuring."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sharpminima.config import TrainConfig, regime_batch_size
+from sharpminima.data.base import Dataset
+from sharpminima.landscape.objective import ModelObjective, flatten_params
+from sharpminima.reproduce.presets import Preset
+from sharpminima.train import Run, train
+from sharpminima.train.checkpointing import RunFiles
+
+log = logging.getLogger(__name__)
+
+#: ``progress(units_done_delta, label)``: advances the whole reproduction's bar.
+Progress = Callable[[float, str], None]
+
+#: Which dataset each network is trained on in the paper.
+PAPER_DATASET = {
+    "f1": "mnist",
+    "f2": "timit",
+    "c1": "cifar10",
+    "c2": "cifar10",
+    "c3": "cifar100",
+    "c4": "cifar100",
+}
+
+
+@dataclass
+class Context:
+    """Shared state of one reproduction.
+
+    Attributes:
+        store: The run store (training runs and measurements are cached there).
+        preset: The setup.
+        device: Where to train and measure.
+        sources: User data per dataset name (``{"cifar10": "path.tar.gz"}``).
+        progress: Overall progress callback.
+    """
+
+    store: Any
+    preset: Preset
+    device: torch.device
+    sources: dict[str, str] = field(default_factory=dict)
+    progress: Progress | None = None
+    _data: dict[str, Dataset] = field(default_factory=dict)
+
+    # -- data ---------------------------------------------------------------------------
+    def dataset_name(self, net: str) -> str:
+        """The dataset a net runs on here: the paper's, or MNIST as an offline stand-in."""
+        name = PAPER_DATASET.get(net, "mnist")
+        if name == "mnist" or name in self.sources:
+            return name
+        return "mnist"
+
+    def stand_in(self, net: str) -> bool:
+        """Whether ``net`` runs on MNIST instead of its paper dataset."""
+        return self.dataset_name(net) != PAPER_DATASET.get(net, "mnist")
+
+    def data(self, net: str) -> Dataset:
+        """Return the (limited) dataset of ``net``, loaded once."""
+        from sharpminima.data import load
+
+        name = self.dataset_name(net)
+        if name not in self._data:
+            ds = load(name, source=self.sources.get(name))
+            self._data[name] = ds.subset(self.preset.train_limit)
+        return self._data[name]
+
+    # -- training -----------------------------------------------------------------------
+    def config(self, net: str, regime: str, seed: int, **changes: Any) -> TrainConfig:
+        """The config of one SB or LB run of this preset."""
+        p = self.preset
+        data = self.data(net)
+        cfg = TrainConfig(
+            net=net,
+            dataset=self.dataset_name(net),
+            batch_size=regime_batch_size(regime, data.num_train),
+            epochs=p.sb_epochs if regime == "sb" else p.lb_epochs,
+            stop=p.stop,  # type: ignore[arg-type]
+            patience=p.patience,
+            min_improvement=p.min_improvement,
+            seed=seed,
+            train_limit=p.train_limit,
+            data_source=self.sources.get(self.dataset_name(net)),
+        )
+        return cfg.replace(**changes)
+
+    def train(self, config: TrainConfig, label: str) -> Run:
+        """Train (or fetch from the store) one run, advancing the progress bar."""
+        n = self.data(config.net).num_train
+        steps = math.ceil(n / config.batch_size)
+        total_units = train_units(config, n)
+
+        consumed = 0.0
+
+        def advance(units: float) -> None:
+            nonlocal consumed
+            consumed += units
+            if self.progress is not None:
+                self.progress(units, label)
+
+        def on_event(event: str, info: dict[str, Any]) -> None:
+            if event == "start":
+                advance(total_units * info["done_steps"] / max(1, info["total_steps"]))
+            elif event == "step":
+                advance(total_units / (steps * config.epochs))
+
+        t0 = time.perf_counter()
+        run = train(
+            config, dataset=self.data(config.net), store=self.store, device=self.device, progress=on_event
+        )
+        advance(total_units - consumed)  # a reused or early-stopped run: skip the rest
+        log.info("%s: run %s %s in %.1fs", label, run.id, run.status, time.perf_counter() - t0)
+        return run
+
+    def weights(self, run: Run, epoch: int | None = None) -> Tensor:
+        """Flat trainable parameters of a run's final model or of a saved epoch."""
+        if epoch is None:
+            return flatten_params(run.model)
+        files = RunFiles(self.store, run.config, run.id)
+        model = run.model
+        state = files.weights_of(f"{run.id}@{epoch}")
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        return torch.cat([state[n].reshape(-1).to(self.device) for n in names])
+
+    def model_at(self, run: Run, epoch: int | None = None) -> torch.nn.Module:
+        """A copy of the run's network holding final or epoch weights (buffers included)."""
+        import copy
+
+        model = copy.deepcopy(run.model)
+        if epoch is not None:
+            files = RunFiles(self.store, run.config, run.id)
+            model.load_state_dict(files.weights_of(f"{run.id}@{epoch}"))
+        return model
+
+    # -- measuring ----------------------------------------------------------------------
+    def objective(
+        self, model: torch.nn.Module, net: str, samples: int | None, bn: str, split: str = "train"
+    ) -> ModelObjective:
+        """Mean loss over the first ``samples`` training (or test) samples."""
+        data = self.data(net)
+        x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+        if samples is not None:
+            x, y = x[:samples], y[:samples]
+        return ModelObjective(
+            model,
+            x,
+            y,
+            bn_mode=bn,  # type: ignore[arg-type]
+            chunk_size=self.preset.chunk_size,
+        )
+
+    def measure(
+        self, run: Run, kind: str, params: dict[str, Any], compute: Callable[[], Any], units: float = 0.0
+    ) -> dict[str, Any]:
+        """Return a stored measurement, or compute, store and return it.
+
+        ``compute`` returns a :class:`~sharpminima.landscape.Result` (or a dict with
+        ``value``); the stored row has ``value``, ``cost`` and ``result``.
+        """
+        found = self.store.get_measurement(run.id, kind, params)
+        if found is None:
+            result = compute()
+            as_dict = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+            value = float(as_dict.get("value", math.nan))
+            cost = as_dict.get("cost", {})
+            self.store.add_measurement(run.id, kind, params, value, cost, as_dict)
+            found = self.store.get_measurement(run.id, kind, params)
+        if self.progress is not None and units:
+            self.progress(units, kind)
+        return found
+
+
+def train_units(config: TrainConfig, num_train: int) -> float:
+    """Work of a training run in units of one full pass over 10,000 samples."""
+    return config.epochs * num_train * 1.2 / 10_000  # + evaluation passes

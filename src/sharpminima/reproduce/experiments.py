@@ -1,0 +1,493 @@
+"""The paper's experiments, each a function of a :class:`Context` returning JSON-able data.
+
+Every training run and every measurement goes through the run store, so an interrupted
+reproduction picks up where it stopped and nothing finished is done twice. The report is
+drawn from the returned data alone (see :mod:`sharpminima.report`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sharpminima.reproduce.context import Context, train_units
+from sharpminima.train import Run, mean_std
+
+Experiment = Callable[[Context], dict[str, Any]]
+REGIMES = ("sb", "lb")
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0, "values": values}
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {"mean": statistics.fmean(vals), "std": std, "n": len(vals), "values": values}
+
+
+def trial_runs(ctx: Context, net: str) -> dict[str, list[Run]]:
+    """SB and LB runs of every trial of ``net`` (trained once, then from the store)."""
+    cache = ctx.__dict__.setdefault("_trials", {})
+    if net not in cache:
+        keep = ctx.preset.along_training > 0 and "fig6" in ctx.preset.experiments
+        cache[net] = {
+            regime: [
+                ctx.train(
+                    ctx.config(net, regime, seed, save_every_epoch=keep),
+                    f"{net} {regime.upper()} trial {seed + 1}",
+                )
+                for seed in range(ctx.preset.trials)
+            ]
+            for regime in REGIMES
+        }
+    return cache[net]
+
+
+def _done(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.status == "done"]
+
+
+# -- Table 2 and Figure 2 ----------------------------------------------------------------
+def table2(ctx: Context) -> dict[str, Any]:
+    """Train and test accuracy of SB and LB, mean +- std over trials (Table 2)."""
+    out: dict[str, Any] = {}
+    for net in ctx.preset.nets:
+        runs = trial_runs(ctx, net)
+        row: dict[str, Any] = {"dataset": ctx.dataset_name(net), "stand_in": ctx.stand_in(net)}
+        for regime in REGIMES:
+            rs = runs[regime]
+            row[regime] = {
+                m: dict(zip(("mean", "std", "n"), mean_std(rs, m), strict=True))
+                for m in ("train_acc", "test_acc", "train_loss", "test_loss")
+            }
+            row[regime]["batch_size"] = rs[0].config.batch_size
+            row[regime]["epochs"] = [r.epochs for r in rs]
+            row[regime]["runs"] = [r.id for r in rs]
+            row[regime]["not_done"] = [
+                {"run": r.id, "status": r.status, "message": r.message} for r in rs if r.status != "done"
+            ]
+            row[regime]["seconds"] = [r.seconds for r in rs]
+        out[net] = row
+    return out
+
+
+def fig2(ctx: Context) -> dict[str, Any]:
+    """Accuracy and loss per epoch for every trial (Figure 2)."""
+    out: dict[str, Any] = {}
+    for net in ctx.preset.nets:
+        runs = trial_runs(ctx, net)
+        out[net] = {regime: [r.history for r in runs[regime]] for regime in REGIMES}
+    return out
+
+
+def stopping(ctx: Context) -> dict[str, Any]:
+    """How the stopping rule decides the gap, from the recorded per-epoch histories.
+
+    For each rule (fixed epoch counts for SB and LB, or the plateau rule with several
+    patiences applied to each run's own training-loss curve), the test accuracy each run
+    would have ended with, and the SB - LB gap with its spread over trials.
+    """
+    from sharpminima.train.loop import StopState
+
+    out: dict[str, Any] = {}
+    for net in ctx.preset.nets:
+        runs = trial_runs(ctx, net)
+        hist = {r: [run.history for run in _done(runs[r])] for r in REGIMES}
+        rules: list[dict[str, Any]] = []
+
+        def at(history: list[dict], epoch: int) -> float | None:
+            return history[epoch - 1]["test_acc"] if len(history) >= epoch else None
+
+        max_sb = min((len(h) for h in hist["sb"]), default=0)
+        max_lb = min((len(h) for h in hist["lb"]), default=0)
+        for e_sb in sorted({e for e in (1, 2, 5, 10, 20, 50, 100) if e <= max_sb} | {max_sb}):
+            for e_lb in sorted({e for e in (1, 2, 5, 10, 20, 50, 100) if e <= max_lb} | {max_lb}):
+                if e_sb < 1 or e_lb < 1:
+                    continue
+                sb = _stats([at(h, e_sb) for h in hist["sb"]])
+                lb = _stats([at(h, e_lb) for h in hist["lb"]])
+                rules.append(
+                    {"rule": f"SB {e_sb} ep / LB {e_lb} ep", "sb": sb, "lb": lb, "gap": _gap(sb, lb)}
+                )
+        for patience in (1, 2, 3, 5):
+            ends: dict[str, list[float | None]] = {}
+            epochs: dict[str, list[int]] = {}
+            for regime in REGIMES:
+                ends[regime], epochs[regime] = [], []
+                for h in hist[regime]:
+                    s, stop_at = StopState(), len(h)
+                    for row in h:
+                        s.update(row["train_loss"], ctx.preset.min_improvement)
+                        if s.bad_epochs >= patience:
+                            stop_at = row["epoch"]
+                            break
+                    ends[regime].append(at(h, stop_at))
+                    epochs[regime].append(stop_at)
+            sb, lb = _stats(ends["sb"]), _stats(ends["lb"])
+            rules.append(
+                {
+                    "rule": f"plateau, patience {patience}",
+                    "sb": sb,
+                    "lb": lb,
+                    "gap": _gap(sb, lb),
+                    "epochs": epochs,
+                }
+            )
+        out[net] = rules
+    return out
+
+
+def _gap(sb: dict[str, Any], lb: dict[str, Any]) -> dict[str, Any]:
+    if not sb["n"] or not lb["n"]:
+        return {"mean": None, "se": None}
+    se = math.sqrt(sb["std"] ** 2 / sb["n"] + lb["std"] ** 2 / lb["n"])
+    return {"mean": sb["mean"] - lb["mean"], "se": se}
+
+
+# -- Tables 3 and 4 ----------------------------------------------------------------------
+def sharpness_params(ctx: Context, eps: float, subspace: str, bn: str, seed: int) -> dict:
+    """The settings that identify one sharpness measurement."""
+    p = ctx.preset
+    params: dict[str, Any] = {
+        "eps": eps,
+        "subspace": subspace,
+        "bn_mode": bn,
+        "samples": p.sharpness_samples,
+        "chunk_size": p.chunk_size,
+        "maxiter": p.maxiter,
+    }
+    if subspace == "random":
+        params.update(p=p.subspace_dim, distribution=p.subspace_distribution, seed=seed)
+    return params
+
+
+def measure_sharpness(
+    ctx: Context,
+    run: Run,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    subspace: str,
+    bn: str,
+    seed: int,
+    kind: str = "keskar_sharpness",
+    extra: dict | None = None,
+) -> dict:
+    """Keskar sharpness of ``x`` (weights of ``run``'s net), cached in the store."""
+    from sharpminima.landscape.sharpness import keskar_sharpness, random_subspace
+
+    p = ctx.preset
+    params = sharpness_params(ctx, eps, subspace, bn, seed) | (extra or {})
+
+    def compute() -> Any:
+        obj = ctx.objective(model, run.config.net, p.sharpness_samples, bn)
+        a = None
+        if subspace == "random":
+            a = random_subspace(
+                x.numel(), p.subspace_dim, seed=seed, distribution=p.subspace_distribution
+            ).to(x)
+        return keskar_sharpness(obj, x, eps=eps, A=a, maxiter=p.maxiter)
+
+    return ctx.measure(run, kind, params, compute, units=sharpness_units(ctx))
+
+
+def sharpness_units(ctx: Context) -> float:
+    """Work of one sharpness measurement (full training passes over 10,000 samples)."""
+    samples = ctx.preset.sharpness_samples or ctx.data(ctx.preset.nets[0]).num_train
+    return (ctx.preset.maxiter + 3) * samples / 10_000
+
+
+def sharpness(ctx: Context) -> dict[str, Any]:
+    """Keskar sharpness, full space and random subspace, every eps and BN mode (Tables 3, 4)."""
+    p = ctx.preset
+    out: dict[str, Any] = {}
+    for net in p.nets:
+        runs = trial_runs(ctx, net)
+        rows = []
+        for subspace in p.subspaces:
+            for eps in p.eps:
+                for bn in p.bn_modes:
+                    row: dict[str, Any] = {"subspace": subspace, "eps": eps, "bn_mode": bn}
+                    for regime in REGIMES:
+                        vals = []
+                        for seed, run in enumerate(_done(runs[regime])):
+                            m = measure_sharpness(
+                                ctx, run, run.model, ctx.weights(run), eps, subspace, bn, seed
+                            )
+                            vals.append(m["value"])
+                        row[regime] = _stats(vals)
+                    sb, lb = row["sb"]["mean"], row["lb"]["mean"]
+                    row["ratio"] = lb / sb if sb and lb is not None else None
+                    rows.append(row)
+        out[net] = rows
+    return out
+
+
+# -- Figures 3 and 7 ---------------------------------------------------------------------
+def fig3(ctx: Context) -> dict[str, Any]:
+    """Linear and curvilinear parametric plots between SB and LB minimizers (Figures 3, 7)."""
+    from sharpminima.landscape.interpolate import interpolate
+
+    p = ctx.preset
+    out: dict[str, Any] = {}
+    alphas = torch.linspace(-1.0, 2.0, p.interp_points)
+    for net in p.nets:
+        runs = trial_runs(ctx, net)
+        sb, lb = _done(runs["sb"]), _done(runs["lb"])
+        if not sb or not lb:
+            continue
+        out[net] = {}
+        for path in ("linear", "curvilinear"):
+            params = {
+                "path": path,
+                "points": p.interp_points,
+                "samples": p.interp_samples,
+                "bn": "batch",
+                "chunk_size": p.chunk_size,
+                "to": lb[0].id,
+            }
+
+            def compute(path: str = path, sb: list = sb, lb: list = lb, net: str = net) -> Any:
+                train_obj = ctx.objective(sb[0].model, net, p.interp_samples, "batch")
+                test_obj = ctx.objective(sb[0].model, net, None, "batch", split="test")
+                return interpolate(
+                    train_obj,
+                    ctx.weights(lb[0]),
+                    ctx.weights(sb[0]),
+                    path=path,
+                    alphas=alphas,
+                    objective_test=test_obj,
+                )
+
+            m = ctx.measure(sb[0], "interpolation", params, compute, units=interp_units(ctx))
+            out[net][path] = m["result"]
+    return out
+
+
+def interp_units(ctx: Context) -> float:
+    """Work of one parametric plot."""
+    p = ctx.preset
+    data = ctx.data(p.nets[0])
+    n = (p.interp_samples or data.num_train) + data.num_test
+    return p.interp_points * n / 30_000
+
+
+# -- distance and Hessian view -----------------------------------------------------------
+def distance(ctx: Context) -> dict[str, Any]:
+    """||x_SB - x0|| / ||x_LB - x0|| per trial (the paper: 3 to 10)."""
+    out: dict[str, Any] = {}
+    for net in ctx.preset.nets:
+        runs = trial_runs(ctx, net)
+        ratios, sb_d, lb_d = [], [], []
+        for sb, lb in zip(runs["sb"], runs["lb"], strict=True):
+            if sb.status != "done" or lb.status != "done":
+                continue
+            d_sb, d_lb = _distance_from_init(sb), _distance_from_init(lb)
+            sb_d.append(d_sb)
+            lb_d.append(d_lb)
+            ratios.append(d_sb / d_lb)
+        out[net] = {"ratio": _stats(ratios), "sb": _stats(sb_d), "lb": _stats(lb_d)}
+    return out
+
+
+def _distance_from_init(run: Run) -> float:
+    names = [n for n, p in run.model.named_parameters() if p.requires_grad]
+    x = torch.cat([p.detach().reshape(-1) for p in run.model.parameters() if p.requires_grad])
+    x0 = torch.cat([run.init_state[n].reshape(-1).to(x) for n in names])
+    return float((x - x0).norm())
+
+
+def hessian(ctx: Context) -> dict[str, Any]:
+    """Top Hessian eigenvalue and trace beside Keskar sharpness for the same minimizers."""
+    from sharpminima.landscape.eigen import hessian_eigenvalues
+    from sharpminima.landscape.trace import hessian_trace
+
+    p = ctx.preset
+    bn = p.bn_modes[0]
+    out: dict[str, Any] = {}
+    for net in p.nets:
+        runs = trial_runs(ctx, net)
+        out[net] = {}
+        for regime in REGIMES:
+            done = _done(runs[regime])
+            if not done:
+                continue
+            run = done[0]
+            common = {"bn_mode": bn, "samples": p.hessian_samples, "chunk_size": p.chunk_size}
+            eig = ctx.measure(
+                run,
+                "hessian_top_eigenvalue",
+                common | {"k": 1},
+                lambda run=run, net=net: hessian_eigenvalues(
+                    ctx.objective(run.model, net, p.hessian_samples, bn), ctx.weights(run), k=1
+                ),
+                units=40 * p.hessian_samples / 10_000,
+            )
+            tr = ctx.measure(
+                run,
+                "hessian_trace",
+                common | {"samples_probe": p.trace_samples},
+                lambda run=run, net=net: hessian_trace(
+                    ctx.objective(run.model, net, p.hessian_samples, bn),
+                    ctx.weights(run),
+                    samples=p.trace_samples,
+                ),
+                units=2 * p.trace_samples * p.hessian_samples / 10_000,
+            )
+            sharp = measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", bn, 0)
+            out[net][regime] = {
+                "run": run.id,
+                "bn_mode": bn,
+                "samples": p.hessian_samples,
+                "top_eigenvalue": eig["value"],
+                "trace": tr["value"],
+                "trace_stderr": tr["result"].get("stderr"),
+                "sharpness": sharp["value"],
+                "sharpness_eps": p.eps[0],
+                "sharpness_samples": p.sharpness_samples,
+                "eig_cost": eig["cost"],
+                "trace_cost": tr["cost"],
+                "sharpness_cost": sharp["cost"],
+            }
+    return out
+
+
+# -- Figures 4, 5 and 6 -------------------------------------------------------------------
+def fig4(ctx: Context) -> dict[str, Any]:
+    """Test accuracy and sharpness of the final iterate vs batch size (Figure 4)."""
+    p = ctx.preset
+    out: dict[str, Any] = {}
+    bn = p.bn_modes[0]
+    for net in p.nets:
+        rows = []
+        for b in p.batch_sizes:
+            if b > ctx.data(net).num_train:
+                continue
+            cfg = ctx.config(net, "sb", 0, batch_size=b, epochs=p.sweep_epochs)
+            run = ctx.train(cfg, f"{net} batch {b}")
+            row: dict[str, Any] = {
+                "batch_size": b,
+                "run": run.id,
+                "status": run.status,
+                "test_acc": run.final.get("test_acc"),
+                "train_acc": run.final.get("train_acc"),
+                "epochs": run.epochs,
+            }
+            if run.status == "done":
+                m = measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", bn, 0)
+                row["sharpness"] = m["value"]
+            rows.append(row)
+        out[net] = rows
+    return out
+
+
+def fig5(ctx: Context) -> dict[str, Any]:
+    """Warm start: LB training from SB iterates after k SB epochs (Figure 5)."""
+    p = ctx.preset
+    bn = p.bn_modes[0]
+    out: dict[str, Any] = {}
+    for net in p.nets:
+        sb_cfg = ctx.config(net, "sb", 0, epochs=p.warm_sb_epochs, stop="epochs", save_every_epoch=True)
+        sb = ctx.train(sb_cfg, f"{net} SB for warm starts")
+        rows = []
+        for k in p.warm_points:
+            if k > sb.epochs:
+                continue
+            cfg = ctx.config(net, "lb", 0, epochs=p.warm_lb_epochs, init_from=f"{sb.id}@{k}")
+            run = ctx.train(cfg, f"{net} LB from SB epoch {k}")
+            row: dict[str, Any] = {
+                "sb_epochs": k,
+                "run": run.id,
+                "status": run.status,
+                "test_acc": run.final.get("test_acc"),
+                "train_acc": run.final.get("train_acc"),
+            }
+            if run.status == "done":
+                m = measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", bn, 0)
+                row["sharpness"] = m["value"]
+            rows.append(row)
+        out[net] = {"sb_run": sb.id, "rows": rows}
+    return out
+
+
+def fig6(ctx: Context) -> dict[str, Any]:
+    """Sharpness vs training loss along training, SB vs LB, one trial (Figure 6)."""
+    p = ctx.preset
+    bn = p.bn_modes[0]
+    out: dict[str, Any] = {}
+    for net in p.nets:
+        runs = trial_runs(ctx, net)
+        out[net] = {}
+        for regime in REGIMES:
+            run = runs[regime][0]
+            points = []
+            for row in run.history:
+                e = row["epoch"]
+                if e % p.along_training and e != run.epochs:
+                    continue
+                model = ctx.model_at(run, e)
+                m = measure_sharpness(
+                    ctx,
+                    run,
+                    model,
+                    ctx.weights(run, e),
+                    p.eps[0],
+                    "full",
+                    bn,
+                    0,
+                    kind="sharpness_along_training",
+                    extra={"epoch": e},
+                )
+                points.append({"epoch": e, "train_loss": row["train_loss"], "sharpness": m["value"]})
+            out[net][regime] = points
+    return out
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "table2": table2,
+    "sharpness": sharpness,
+    "fig2": fig2,
+    "fig3": fig3,
+    "distance": distance,
+    "hessian": hessian,
+    "stopping": stopping,
+    "fig4": fig4,
+    "fig5": fig5,
+    "fig6": fig6,
+}
+
+#: Aliases accepted on the command line.
+ALIASES = {"table3": "sharpness", "table4": "sharpness", "fig7": "fig3"}
+
+
+def planned_units(ctx: Context, names: list[str]) -> float:
+    """Estimate of the whole reproduction's work, for the progress bar's ETA."""
+    p = ctx.preset
+    total = 0.0
+    for net in p.nets:
+        n = ctx.data(net).num_train
+        trials = p.trials * sum(train_units(ctx.config(net, r, 0), n) for r in REGIMES)
+        total += trials
+        if "sharpness" in names:
+            total += 2 * p.trials * len(p.subspaces) * len(p.eps) * len(p.bn_modes) * sharpness_units(ctx)
+        if "fig3" in names:
+            total += 2 * interp_units(ctx)
+        if "hessian" in names:
+            total += 2 * (40 * p.hessian_samples + 2 * p.trace_samples * p.hessian_samples) / 10_000
+        if "fig4" in names:
+            for b in p.batch_sizes:
+                total += train_units(
+                    ctx.config(net, "sb", 0, batch_size=min(b, n), epochs=p.sweep_epochs), n
+                ) + sharpness_units(ctx)
+        if "fig5" in names:
+            total += train_units(ctx.config(net, "sb", 0, epochs=max(1, p.warm_sb_epochs)), n)
+            total += len(p.warm_points) * (
+                train_units(ctx.config(net, "lb", 0, epochs=p.warm_lb_epochs), n) + sharpness_units(ctx)
+            )
+        if "fig6" in names and p.along_training:
+            total += 2 * (p.sb_epochs // p.along_training + 1) * sharpness_units(ctx)
+    return total

@@ -1,0 +1,159 @@
+"""Run a reproduction: plan, run each experiment through the store, save results, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sharpminima.errors import ConfigError
+from sharpminima.reproduce.context import Context
+from sharpminima.reproduce.experiments import ALIASES, EXPERIMENTS, planned_units
+from sharpminima.reproduce.presets import Preset
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+
+
+def resolve_experiments(preset: Preset, names: Sequence[str] | None) -> list[str]:
+    """Map requested names (and aliases like ``table3``) to experiment keys, in order.
+
+    Raises:
+        ConfigError: For an unknown experiment name.
+    """
+    if not names:
+        return list(preset.experiments)
+    out: list[str] = []
+    for name in names:
+        key = ALIASES.get(name, name)
+        if key not in EXPERIMENTS:
+            valid = sorted(set(EXPERIMENTS) | set(ALIASES))
+            raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join(valid)}")
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def reproduce(
+    preset: Preset,
+    *,
+    store: Any,
+    out: Path,
+    experiments: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    sources: dict[str, str] | None = None,
+    progress_factory: Callable[[float], Callable[[float, str], None]] | None = None,
+) -> dict[str, Any]:
+    """Run the preset's experiments (or the named ones) and write ``out/results.json``.
+
+    Results of earlier calls in ``out`` are kept and updated, so experiments can be run one
+    at a time. Training runs and measurements are cached in ``store``: rerunning after an
+    interruption redoes nothing that finished.
+
+    Args:
+        preset: The setup (see :mod:`sharpminima.reproduce.presets`).
+        store: The run store.
+        out: Output folder for ``results.json`` and the report.
+        experiments: Names to run (default: the preset's list).
+        device: Where to train and measure (default: CUDA if available).
+        sources: User data per dataset (``{"cifar10": "cifar-10-python.tar.gz"}``).
+        progress_factory: Called with the planned total work; returns the progress callback.
+
+    Returns:
+        The results dict that the report is drawn from.
+    """
+    names = resolve_experiments(preset, experiments)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ctx = Context(store=store, preset=preset, device=dev, sources=dict(sources or {}))
+    if progress_factory is not None:
+        ctx.progress = progress_factory(planned_units(ctx, names))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS_FILE
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if results.get("preset", {}).get("name") not in (None, preset.name):
+        results = {}
+    t0 = time.perf_counter()
+    results["preset"] = preset.to_dict()
+    results["stand_in"] = {net: ctx.stand_in(net) for net in preset.nets}
+    results["datasets"] = {
+        net: {
+            "name": ctx.dataset_name(net),
+            "source": ctx.data(net).source,
+            "num_train": ctx.data(net).num_train,
+            "num_test": ctx.data(net).num_test,
+        }
+        for net in preset.nets
+    }
+    results.setdefault("experiments", {})
+    results.setdefault("seconds", {})
+    for name in names:
+        t = time.perf_counter()
+        log.info("experiment %s", name)
+        results["experiments"][name] = EXPERIMENTS[name](ctx)
+        results["seconds"][name] = time.perf_counter() - t
+        _save(path, results)  # keep what is done even if a later experiment fails
+    results["environment"] = environment(dev)
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["wall_seconds_last_call"] = time.perf_counter() - t0
+    results["train_seconds"] = sum(
+        r.summary.get("seconds", 0.0) or 0.0 for r in store.list_runs(status="done")
+    )
+    _save(path, results)
+    return results
+
+
+def _save(path: Path, results: dict[str, Any]) -> None:
+    from sharpminima.store import atomic_write_text
+
+    atomic_write_text(path, json.dumps(results, indent=1, default=_default, allow_nan=True))
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Machine and versions, for the report."""
+    import numpy
+    import scipy
+
+    from sharpminima import __version__
+    from sharpminima.store.db import code_version
+
+    env = {
+        "sharpminima": __version__,
+        "code_version": code_version(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

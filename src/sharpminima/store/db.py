@@ -1,0 +1,918 @@
+"""The run store: one SQLite file that is the ledger of every run and measurement.
+
+``Store(root)`` keeps ``root/store.sqlite`` (stdlib :mod:`sqlite3`, WAL journal) and
+``root/runs/<run id>/`` folders for checkpoints and other files. The database holds:
+
+* ``runs``: one row per configuration (identity = the config hash; the run id is its
+  first 12 characters) with the config itself, status, message, code version, machine,
+  a free-form summary and, for work queues, the worker holding it and its heartbeat.
+* ``epochs``: per-epoch metrics of a run, upserted by ``(run_id, epoch)``.
+* ``measurements``: landscape measurements (sharpness, eigenvalues...) keyed by
+  ``(run_id, kind, sha256 of the canonical JSON of params)``, with value, cost, result.
+* ``meta``: the schema version.
+
+Concurrency. Several processes (a sweep's workers, a report reading the store) may use
+one store at once. Each :class:`Store` holds one connection per process (a child made by
+``fork`` opens its own rather than reuse its parent's) guarded by a lock, so threads may
+share a Store (e.g. a heartbeat thread). Every write is one short ``BEGIN IMMEDIATE``
+transaction; a writer waits up to ``timeout_s`` (60 s) for another to finish, and WAL
+lets readers run alongside a writer. ``synchronous=FULL``: a committed row survives a
+power cut.
+
+JSON columns are canonical (sorted keys, compact) and strict: NaN and infinities, e.g.
+the losses of a diverged run, are stored as the strings ``"NaN"``, ``"Infinity"`` and
+``"-Infinity"`` and read back as floats (see :mod:`sharpminima.store._json`). A NaN
+measurement ``value`` is stored as SQL NULL and read back as NaN.
+"""
+
+# ruff: noqa: D413  (Google style: no blank line closes a docstring; pyproject lacks convention)
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import os
+import platform
+import re
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sharpminima.errors import StoreError
+from sharpminima.store import _json
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "RunRecord", "Store", "code_version", "machine_info"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "done", "failed", "diverged")
+DB_NAME = "store.sqlite"
+RUN_ID_LENGTH = 12
+
+_HASH_RE = re.compile(r"[A-Za-z0-9_-]{12,}")
+_GIT_TIMEOUT_S = 5.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    config_hash TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    message TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    code_version TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    summary TEXT NOT NULL DEFAULT '{}',
+    worker TEXT,
+    heartbeat_at TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, created_at);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    params TEXT NOT NULL,
+    params_hash TEXT NOT NULL,
+    value REAL,
+    cost TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, kind, params_hash)
+);
+CREATE INDEX IF NOT EXISTS measurements_by_kind ON measurements (kind);
+"""
+
+
+def _now() -> str:
+    """Return the current UTC time as fixed-width ISO 8601 (sorts as text)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@functools.cache
+def code_version() -> str:
+    """Return the code version recorded with new runs (computed once per process).
+
+    The short git commit of the repository holding the installed package, with
+    ``-dirty`` appended when the work tree has uncommitted changes; the package
+    ``__version__`` when the package is not a tracked file of a git work tree (an
+    installed wheel, no git, no commit yet) or git does not answer within 5 s.
+
+    Returns:
+        E.g. ``"3f2a9c1"``, ``"3f2a9c1-dirty"`` or ``"0.1.0"``.
+    """
+    import sharpminima
+
+    pkg_dir = Path(sharpminima.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=pkg_dir,
+            capture_output=True,
+            text=True,
+            timeout=_GIT_TIMEOUT_S,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        if not git("ls-files", "--", "__init__.py"):  # e.g. a venv inside some repo
+            return sharpminima.__version__
+        dirty = bool(git("status", "--porcelain"))
+    except (OSError, subprocess.SubprocessError):
+        return sharpminima.__version__
+    return f"{commit}-dirty" if dirty else commit
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def machine_info() -> dict[str, Any]:
+    """Describe this machine for the run record (computed once per process).
+
+    Returns:
+        ``platform``, ``hostname``, ``python``, ``torch``, ``cpu`` (model name),
+        ``cpu_count``, ``cuda`` (name of CUDA device 0, or None) and ``cuda_count``.
+    """
+    import torch
+
+    cuda_name, cuda_count = None, 0
+    try:
+        if torch.cuda.is_available():
+            cuda_count = torch.cuda.device_count()
+            cuda_name = torch.cuda.get_device_name(0)
+    except Exception as exc:  # e.g. CUDA in a forked child; the run record can do without
+        logger.warning("could not query CUDA devices: %s", exc)
+    return {
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cuda": cuda_name,
+        "cuda_count": cuda_count,
+    }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the ``runs`` table.
+
+    Attributes:
+        id: Run id, the first 12 characters of ``config_hash``.
+        kind: What the run is (``"train"`` ...).
+        config: The configuration, as given to :meth:`Store.get_or_create_run`.
+        config_hash: The configuration's identity.
+        status: One of :data:`STATUSES`.
+        message: Why the run failed or diverged, or None.
+        created_at: ISO 8601 UTC time the row was made.
+        updated_at: ISO 8601 UTC time of the last status change.
+        code_version: Git commit (``-dirty`` if modified) or package version.
+        machine: See :func:`machine_info`.
+        summary: Free-form results merged in by :meth:`Store.set_status`.
+    """
+
+    id: str
+    kind: str
+    config: dict
+    config_hash: str
+    status: str
+    message: str | None
+    created_at: str
+    updated_at: str
+    code_version: str
+    machine: dict
+    summary: dict
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as a JSON-friendly dict (a deep copy)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> RunRecord:
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            config=_json.loads(row["config"], default={}),
+            config_hash=row["config_hash"],
+            status=row["status"],
+            message=row["message"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            code_version=row["code_version"],
+            machine=_json.loads(row["machine"], default={}),
+            summary=_json.loads(row["summary"], default={}),
+        )
+
+
+def _measurement_from_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "run_id": row["run_id"],
+        "kind": row["kind"],
+        "params": _json.loads(row["params"], default={}),
+        "params_hash": row["params_hash"],
+        "value": math.nan if row["value"] is None else row["value"],
+        "cost": _json.loads(row["cost"], default={}),
+        "result": _json.loads(row["result"], default={}),
+        "created_at": row["created_at"],
+    }
+
+
+def _check_status(status: str | None) -> None:
+    if status is not None and status not in STATUSES:
+        raise StoreError(f"unknown run status {status!r}; use one of {', '.join(STATUSES)}")
+
+
+def _check_dict(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise StoreError(f"{what} must be a dict, got {type(value).__name__}")
+    return value
+
+
+def _check_text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise StoreError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+class Store:
+    """The SQLite ledger of runs, epochs and measurements under one folder.
+
+    Args:
+        root: Folder of the store; created (with ``runs/``) if missing.
+        timeout_s: How long a write waits for another process's write to finish.
+
+    Raises:
+        StoreError: ``root`` cannot be created, ``store.sqlite`` is not a SQLite
+            database, or it was written by a newer sharpminima (higher schema version).
+
+    Example:
+        >>> with Store("runs") as store:
+        ...     run, created = store.get_or_create_run(config, config_hash)
+        ...     store.set_status(run.id, "running")
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, timeout_s: float = 60.0) -> None:
+        self.root = Path(root)
+        self.path = self.root / DB_NAME
+        self.timeout_s = float(timeout_s)
+        try:
+            (self.root / "runs").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create store folder {self.root} ({exc.strerror or exc}); "
+                "set SHARPMINIMA_STORE to a writable folder"
+            ) from None
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []
+        self._closed = False
+        with self._locked():
+            pass  # opens the connection and creates or checks the schema now
+
+    @classmethod
+    def default(cls) -> Store:
+        """Open the store at ``$SHARPMINIMA_STORE``, or ``./runs`` when it is unset.
+
+        Returns:
+            The store.
+        """
+        return cls(os.environ.get("SHARPMINIMA_STORE") or "runs")
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ connection
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+            self._set_wal(conn)
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._ensure_schema(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise self._error(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching to WAL needs a moment of exclusive access, and SQLite may report
+        # "locked" at once instead of waiting, so retry until the timeout.
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            logger.warning("store %s runs in %s journal mode, not WAL", self.path, mode)
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:  # no meta table yet: a new store
+            row = None
+        if row is None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema version {version}, this sharpminima knows "
+                f"{SCHEMA_VERSION}; upgrade sharpminima or use another store"
+            )
+        # Migrations from older versions go here when SCHEMA_VERSION grows.
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            return StoreError(
+                f"store {self.path} stayed locked by another process for {self.timeout_s:g} s; "
+                "retry, or look for a hung sharpminima process"
+            )
+        return StoreError(
+            f"store {self.path}: {exc}; check the file is a sharpminima store "
+            "and its disk is writable"
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """Yield this process's connection, holding the Store's lock."""
+        if self._closed:
+            raise StoreError(f"store {self.root} is closed; open a new Store")
+        if self._pid != os.getpid():
+            # A forked child: SQLite connections must not cross fork, and a lock held
+            # by a parent thread at fork time would never be released here.
+            self._lock = threading.RLock()
+            if self._conn is not None:
+                self._inherited.append(self._conn)  # keep, never close, the parent's
+            self._conn = None
+            self._pid = os.getpid()
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
+            yield self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed if the block succeeds."""
+        with self._locked() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from exc
+                raise
+
+    def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._locked() as conn:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+
+    def close(self) -> None:
+        """Close the connection; further use raises :class:`StoreError`."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+            self._closed = True
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ runs
+
+    def _no_run(self, run_id: str) -> StoreError:
+        return StoreError(
+            f"no run {run_id} in store {self.root}; list runs with `sharpminima runs list`"
+        )
+
+    def _require_run(self, conn: sqlite3.Connection, run_id: str) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise self._no_run(run_id)
+        return row
+
+    def get_or_create_run(
+        self, config: dict, config_hash: str, kind: str = "train"
+    ) -> tuple[RunRecord, bool]:
+        """Return the run of ``config_hash``, creating it (status ``pending``) if new.
+
+        Safe under concurrency: when several processes ask for the same config at once,
+        exactly one creates the run and all get the same record.
+
+        Args:
+            config: The configuration (JSON-serialisable dict), stored with the run.
+            config_hash: The configuration's identity (at least 12 characters of
+                ``[A-Za-z0-9_-]``); the run id is its first 12 characters.
+            kind: What the run is.
+
+        Returns:
+            ``(record, created)``; ``created`` is True only for the call that made it.
+
+        Raises:
+            StoreError: Bad arguments; the hash already names a run of another kind;
+                another hash already took the same 12-character id.
+        """
+        _check_dict(config, "config")
+        _check_text(kind, "run kind")
+        if not isinstance(config_hash, str) or not _HASH_RE.fullmatch(config_hash):
+            raise StoreError(
+                f"config_hash must be at least {RUN_ID_LENGTH} characters of "
+                f"[A-Za-z0-9_-], got {config_hash!r}"
+            )
+        config_json = _json.dumps(config, what="config")
+        record = self.find_run(config_hash)
+        created = False
+        if record is None:
+            version, machine = code_version(), _json.dumps(machine_info(), what="machine")
+            now = _now()
+            with self._write() as conn:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO runs (id, kind, config, config_hash, status,"
+                    " created_at, updated_at, code_version, machine, summary)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, '{}')",
+                    (
+                        config_hash[:RUN_ID_LENGTH],
+                        kind,
+                        config_json,
+                        config_hash,
+                        now,
+                        now,
+                        version,
+                        machine,
+                    ),
+                )
+                created = cursor.rowcount == 1
+                row = conn.execute(
+                    "SELECT * FROM runs WHERE config_hash = ?", (config_hash,)
+                ).fetchone()
+            if row is None:
+                raise StoreError(
+                    f"run id {config_hash[:RUN_ID_LENGTH]} is taken by another config hash "
+                    f"in store {self.root}; this is a hash-prefix collision, report it"
+                )
+            record = RunRecord._from_row(row)
+            if created:
+                logger.info("created run %s (%s)", record.id, kind)
+        if record.kind != kind:
+            raise StoreError(
+                f"config hash {config_hash[:RUN_ID_LENGTH]} already names a {record.kind!r} "
+                f"run; a {kind!r} run needs a config that hashes differently"
+            )
+        if not created and _json.dumps(record.config) != config_json:
+            logger.warning(
+                "run %s: stored config differs from the given one with the same hash; "
+                "keeping the stored config",
+                record.id,
+            )
+        return record, created
+
+    def find_run(self, config_hash: str) -> RunRecord | None:
+        """Return the run with exactly this config hash, or None.
+
+        Args:
+            config_hash: The full config hash.
+
+        Returns:
+            The run record or None.
+        """
+        rows = self._query("SELECT * FROM runs WHERE config_hash = ?", (config_hash,))
+        return RunRecord._from_row(rows[0]) if rows else None
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Return a run by id, by a unique prefix of its id, or by its config hash.
+
+        Args:
+            run_id: Run id, unique prefix, or (a prefix of) the config hash.
+
+        Returns:
+            The run record.
+
+        Raises:
+            StoreError: No run matches, or the prefix matches several runs.
+        """
+        _check_text(run_id, "run id")
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            rows = self._query(
+                "SELECT * FROM runs WHERE substr(config_hash, 1, ?) = ? ORDER BY id LIMIT 4",
+                (len(run_id), run_id),
+            )
+        if not rows:
+            raise self._no_run(run_id)
+        if len(rows) > 1:
+            shown = ", ".join(row["id"] for row in rows[:3])
+            raise StoreError(
+                f"run prefix {run_id!r} is ambiguous in store {self.root} (matches {shown}"
+                f"{', ...' if len(rows) > 3 else ''}); give more characters"
+            )
+        return RunRecord._from_row(rows[0])
+
+    def list_runs(self, status: str | None = None, kind: str | None = None) -> list[RunRecord]:
+        """Return runs, oldest first, optionally filtered.
+
+        Args:
+            status: Keep only runs with this status.
+            kind: Keep only runs of this kind.
+
+        Returns:
+            Run records ordered by creation time.
+
+        Raises:
+            StoreError: ``status`` is not one of :data:`STATUSES`.
+        """
+        _check_status(status)
+        rows = self._query(
+            "SELECT * FROM runs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR kind = ?2)"
+            " ORDER BY created_at, rowid",
+            (status, kind),
+        )
+        return [RunRecord._from_row(row) for row in rows]
+
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        message: str | None = None,
+        summary: dict | None = None,
+    ) -> RunRecord:
+        """Set a run's status and message, merging ``summary`` into its summary.
+
+        Args:
+            run_id: Exact run id.
+            status: One of :data:`STATUSES`.
+            message: Why (for ``failed``/``diverged``); None clears the old message.
+            summary: Keys to add or overwrite in the stored summary (``dict.update``).
+
+        Returns:
+            The updated record.
+
+        Raises:
+            StoreError: Unknown status or run, or a summary that is not a JSON dict.
+        """
+        _check_status(status)
+        if summary is not None:
+            _check_dict(summary, "summary")
+            _json.dumps(summary, what="summary")
+        with self._write() as conn:
+            row = self._require_run(conn, run_id)
+            merged = _json.loads(row["summary"], default={})
+            merged.update(summary or {})
+            # Only a running run has a live heartbeat; the worker stays on record.
+            conn.execute(
+                "UPDATE runs SET status = ?, message = ?, summary = ?, updated_at = ?,"
+                " heartbeat_at = CASE WHEN ? = 'running' THEN heartbeat_at END WHERE id = ?",
+                (status, message, _json.dumps(merged, what="summary"), _now(), status, run_id),
+            )
+            row = self._require_run(conn, run_id)
+        return RunRecord._from_row(row)
+
+    def run_dir(self, run_id: str) -> Path:
+        """Return ``root/runs/<run_id>/``, creating it if needed.
+
+        Args:
+            run_id: Exact run id.
+
+        Returns:
+            The folder.
+
+        Raises:
+            StoreError: No such run, or the folder cannot be created.
+        """
+        rows = self._query("SELECT id FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise self._no_run(run_id)
+        folder = self.root / "runs" / rows[0]["id"]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create run folder {folder} ({exc.strerror or exc}); "
+                "check the store folder is writable"
+            ) from None
+        return folder
+
+    # ------------------------------------------------------------------ epochs
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict) -> None:
+        """Store (or replace) the metrics of one epoch.
+
+        Args:
+            run_id: Exact run id.
+            epoch: Epoch number, an int >= 0.
+            metrics: JSON-serialisable dict; NaN/inf allowed. An ``"epoch"`` key must
+                equal ``epoch`` and is not stored twice.
+
+        Raises:
+            StoreError: No such run, a bad epoch, or metrics that are not a JSON dict
+                or name another epoch.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise StoreError(f"epoch must be an int >= 0, got {epoch!r}")
+        metrics = dict(_check_dict(metrics, "metrics"))
+        if metrics.pop("epoch", epoch) != epoch:
+            raise StoreError(f"metrics name epoch {metrics!r} but log_epoch was given {epoch}")
+        metrics_json = _json.dumps(metrics, what="metrics")
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(
+                "INSERT INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)"
+                " ON CONFLICT (run_id, epoch) DO UPDATE SET metrics = excluded.metrics",
+                (run_id, epoch, metrics_json),
+            )
+
+    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+        """Return a run's per-epoch metrics in epoch order.
+
+        Args:
+            run_id: Exact run id.
+
+        Returns:
+            One dict per logged epoch: ``{"epoch": n, **metrics}``.
+
+        Raises:
+            StoreError: No such run.
+        """
+        with self._locked() as conn:
+            try:
+                self._require_run(conn, run_id)
+                rows = conn.execute(
+                    "SELECT epoch, metrics FROM epochs WHERE run_id = ? ORDER BY epoch",
+                    (run_id,),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+        return [{"epoch": row["epoch"], **_json.loads(row["metrics"], default={})} for row in rows]
+
+    def truncate_epochs(self, run_id: str, after_epoch: int) -> int:
+        """Delete the epochs after ``after_epoch`` (when resuming from an older checkpoint).
+
+        Args:
+            run_id: Exact run id.
+            after_epoch: Last epoch to keep; -1 deletes all.
+
+        Returns:
+            Number of epochs deleted.
+
+        Raises:
+            StoreError: No such run.
+        """
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            cursor = conn.execute(
+                "DELETE FROM epochs WHERE run_id = ? AND epoch > ?", (run_id, int(after_epoch))
+            )
+            return cursor.rowcount
+
+    # ------------------------------------------------------------------ measurements
+
+    def add_measurement(
+        self,
+        run_id: str,
+        kind: str,
+        params: dict,
+        value: float,
+        cost: dict,
+        result: dict,
+    ) -> int:
+        """Store a measurement, replacing one with the same run, kind and params.
+
+        Args:
+            run_id: Exact run id.
+            kind: What was measured (``"keskar_sharpness"``, ``"top_eigenvalues"``...).
+            params: Settings that identify the measurement; hashed as canonical JSON, so
+                dict order does not matter but ``1`` and ``1.0`` differ.
+            value: The headline number; NaN is stored as NULL and read back as NaN.
+            cost: Evaluation counts and seconds.
+            result: Everything else (JSON).
+
+        Returns:
+            The measurement's row id (kept when a measurement is replaced).
+
+        Raises:
+            StoreError: No such run, or arguments of the wrong type.
+        """
+        _check_text(kind, "measurement kind")
+        params_json = _json.dumps(_check_dict(params, "params"), what="params")
+        cost_json = _json.dumps(_check_dict(cost, "cost"), what="cost")
+        result_json = _json.dumps(_check_dict(result, "result"), what="result")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise StoreError(f"measurement value must be a number, got {value!r}") from None
+        params_hash = _json.hash_json(params, what="params")
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(
+                "INSERT INTO measurements"
+                " (run_id, kind, params, params_hash, value, cost, result, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, kind, params_hash) DO UPDATE SET value = excluded.value,"
+                " cost = excluded.cost, result = excluded.result, created_at = excluded.created_at",
+                (
+                    run_id,
+                    kind,
+                    params_json,
+                    params_hash,
+                    None if math.isnan(number) else number,
+                    cost_json,
+                    result_json,
+                    _now(),
+                ),
+            )
+            row = conn.execute(
+                "SELECT id FROM measurements WHERE run_id = ? AND kind = ? AND params_hash = ?",
+                (run_id, kind, params_hash),
+            ).fetchone()
+        return int(row["id"])
+
+    def get_measurement(self, run_id: str, kind: str, params: dict) -> dict[str, Any] | None:
+        """Return the measurement with these run, kind and params, or None.
+
+        Args:
+            run_id: Exact run id.
+            kind: Measurement kind.
+            params: Its params (any dict order).
+
+        Returns:
+            ``{"id", "run_id", "kind", "params", "params_hash", "value", "cost",
+            "result", "created_at"}`` or None.
+        """
+        params_hash = _json.hash_json(params, what="params")
+        rows = self._query(
+            "SELECT * FROM measurements WHERE run_id = ? AND kind = ? AND params_hash = ?",
+            (run_id, kind, params_hash),
+        )
+        return _measurement_from_row(rows[0]) if rows else None
+
+    def measurements(
+        self, run_id: str | None = None, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Return measurements in the order they were first stored, optionally filtered.
+
+        Args:
+            run_id: Keep only this run's.
+            kind: Keep only this kind.
+
+        Returns:
+            Measurement dicts as :meth:`get_measurement` returns them.
+        """
+        rows = self._query(
+            "SELECT * FROM measurements WHERE (?1 IS NULL OR run_id = ?1)"
+            " AND (?2 IS NULL OR kind = ?2) ORDER BY id",
+            (run_id, kind),
+        )
+        return [_measurement_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------ work queue
+
+    def claim_next(
+        self, worker: str, stale_after_s: float = 300.0, *, kind: str | None = None
+    ) -> RunRecord | None:
+        """Atomically take the oldest run that needs a worker and mark it running.
+
+        A run needs a worker if it is ``pending``, or ``running`` with a heartbeat older
+        than ``stale_after_s`` (its worker died). A run set ``running`` by
+        :meth:`set_status` alone has no heartbeat and is never taken. No two callers,
+        in any processes, get the same run unless its heartbeat went stale.
+
+        Args:
+            worker: Name of the claiming worker (e.g. ``f"{hostname}:{pid}"``).
+            stale_after_s: Heartbeat age after which a running run is taken over.
+            kind: Only claim runs of this kind.
+
+        Returns:
+            The claimed run (status ``running``), or None when nothing is left.
+
+        Raises:
+            StoreError: ``worker`` is empty.
+        """
+        _check_text(worker, "worker")
+        now_dt = datetime.now(UTC)
+        now = now_dt.isoformat(timespec="microseconds")
+        cutoff = (now_dt - timedelta(seconds=stale_after_s)).isoformat(timespec="microseconds")
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id, status, worker FROM runs"
+                " WHERE (status = 'pending' OR (status = 'running'"
+                " AND heartbeat_at IS NOT NULL AND heartbeat_at < ?1))"
+                " AND (?2 IS NULL OR kind = ?2) ORDER BY created_at, rowid LIMIT 1",
+                (cutoff, kind),
+            ).fetchone()
+            if row is None:
+                return None
+            if row["status"] == "running":
+                logger.warning(
+                    "worker %s takes over run %s from %s (heartbeat older than %g s)",
+                    worker,
+                    row["id"],
+                    row["worker"],
+                    stale_after_s,
+                )
+            conn.execute(
+                "UPDATE runs SET status = 'running', message = NULL, worker = ?,"
+                " heartbeat_at = ?, updated_at = ? WHERE id = ?",
+                (worker, now, now, row["id"]),
+            )
+            claimed = self._require_run(conn, row["id"])
+        return RunRecord._from_row(claimed)
+
+    def heartbeat(self, run_id: str, worker: str) -> None:
+        """Tell the store ``worker`` is still working on ``run_id``.
+
+        Call it more often than the ``stale_after_s`` other workers use.
+
+        Args:
+            run_id: Exact run id.
+            worker: The name given to :meth:`claim_next`.
+
+        Raises:
+            StoreError: No such run, or the run is no longer this worker's (finished,
+                or taken over after a stale heartbeat); stop working on it.
+        """
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND worker = ?"
+                " AND status = 'running'",
+                (_now(), run_id, worker),
+            )
+            if cursor.rowcount == 0:
+                row = self._require_run(conn, run_id)
+                raise StoreError(
+                    f"run {run_id} is no longer held by worker {worker} (status "
+                    f"{row['status']}, worker {row['worker']}); stop working on it"
+                )
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
