@@ -66,7 +66,7 @@ def train(
     config = TrainConfig(
         net=net,
         dataset=dataset,
-        batch_size=batch_size or 256,
+        batch_size=batch_size if batch_size is not None else 256,
         optimizer=optimizer,
         lr=lr,
         momentum=momentum,

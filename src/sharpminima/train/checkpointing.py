@@ -134,6 +134,8 @@ class RunFiles:
         """Load the last checkpoint if there is one; return the last finished epoch."""
         if self.store is None:
             return 0
+        for stale in Path(self.store.run_dir(self.run_id)).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a process killed mid-write
         state = self._latest()
         if state is None:
             self.store.truncate_epochs(self.run_id, 0)

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from sharpminima.cli.app import main
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+TRAIN = ["train", "--net", "f1", "--dataset", "synthetic", "--train-limit", "400", "--test-limit", "100",
+         "--epochs", "1", "--batch-size", "100"]
+
+
+def test_train_json_and_runs_list(capsys, tmp_path):
+    store = ["--store", str(tmp_path)]
+    code, out, _ = run_cli(capsys, *TRAIN, *store, "--json")
+    assert code == 0
+    result = json.loads(out)
+    for key in ("run_id", "status", "train_acc", "test_acc", "train_loss", "test_loss"):
+        assert key in result
+    assert result["status"] == "done" and result["batch_size"] == 100
+    code, out, _ = run_cli(capsys, "runs", "list", *store, "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["run_id"] for r in rows] == [result["run_id"]]
+    assert rows[0]["test_acc"] == pytest.approx(result["test_acc"])
+    code, out, _ = run_cli(capsys, "runs", "show", result["run_id"][:6], *store, "--json")
+    shown = json.loads(out)
+    assert code == 0 and len(shown["epochs"]) == 1 and shown["config"]["batch_size"] == 100
+    code, out, _ = run_cli(capsys, "runs", "list", *store)
+    assert result["run_id"] in out and "done" in out
+
+
+def test_regime_sets_batch_size_and_store_env(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARPMINIMA_STORE", str(tmp_path / "env-store"))
+    code, out, _ = run_cli(capsys, *TRAIN, "--regime", "lb", "--json")
+    assert code == 0 and json.loads(out)["batch_size"] == 40  # 10% of 400
+    assert (tmp_path / "env-store" / "store.sqlite").exists()
+
+
+def test_trials_print_mean_and_std(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, *TRAIN, "--trials", "2", "--store", str(tmp_path), "--json")
+    result = json.loads(out)
+    assert code == 0 and [r["seed"] for r in result["runs"]] == [0, 1]
+    assert result["stats"]["test_acc"]["n"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--net", "f9", "--dataset", "synthetic"], "unknown network 'f9'"),
+        (["train", "--dataset", "synthetic", "--batch-size", "0"], "batch size must be a positive integer"),
+        (["train", "--dataset", "synthetic", "--regime", "xl"], "unknown regime"),
+        (["train", "--dataset", "synthetic", "--trials", "0"], "--trials must be a positive integer"),
+        (["train", "--dataset", "synthetic", "--optimizer", "lion"], "unknown optimizer 'lion'"),
+        (["data", "fetch", "cifar10"], "CIFAR-10"),
+        (["data", "fetch", "imagenet"], "imagenet"),
+        (["runs", "show", "nosuchrun"], "no run"),
+        (["report", "--out", "/nonexistent/dir"], "no results.json"),
+        (["reproduce", "--preset", "huge"], "unknown preset 'huge'"),
+        (["reproduce", "table9"], "unknown experiment 'table9'"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(capsys, tmp_path, args, message):
+    code, _, err = run_cli(capsys, *args, "--store", str(tmp_path)) if args[0] in ("train", "runs") \
+        else run_cli(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_debug_shows_traceback(capsys):
+    code, _, err = run_cli(capsys, "--debug", "train", "--net", "f9", "--dataset", "synthetic")
+    assert code == 2 and "Traceback" in err and "unknown network" in err
+
+
+def test_version(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith("sharpminima ")
