@@ -1,22 +1,11 @@
-"""Shared fixtures: a tiny synthetic dataset and an isolated store/data directory."""
+"""Shared fixtures: a tiny synthetic dataset and an isolated run store."""
 
 from __future__ import annotations
 
 import pytest
-import torch
+from sm_testing import make_tiny
 
 from sharpminima.data.base import Dataset
-
-
-def make_tiny(
-    n_train: int = 600, n_test: int = 200, shape=(1, 8, 8), classes: int = 4, seed: int = 0
-) -> Dataset:
-    """A small learnable problem: labels from a fixed random linear teacher."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n_train + n_test, *shape, generator=g)
-    w = torch.randn(x[0].numel(), classes, generator=g)
-    y = (x.flatten(1) @ w).argmax(1)
-    return Dataset("tiny", x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes, "test")
 
 
 @pytest.fixture
@@ -28,14 +17,3 @@ def tiny() -> Dataset:
 def _isolated_store(tmp_path, monkeypatch):
     """Keep every test's run store out of the working directory."""
     monkeypatch.setenv("SHARPMINIMA_STORE", str(tmp_path / "store"))
-
-
-def small_mlp(in_features: int = 64, classes: int = 4) -> torch.nn.Module:
-    """A fast BatchNorm MLP for loop tests (F1's structure, 32 units wide)."""
-    return torch.nn.Sequential(
-        torch.nn.Flatten(),
-        torch.nn.Linear(in_features, 32),
-        torch.nn.BatchNorm1d(32),
-        torch.nn.ReLU(),
-        torch.nn.Linear(32, classes),
-    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import make_tiny, small_mlp  # noqa: E402
+from sm_testing import make_tiny, small_mlp  # noqa: E402
 
 from sharpminima.config import TrainConfig  # noqa: E402
 from sharpminima.store import Store  # noqa: E402

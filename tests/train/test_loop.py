@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import small_mlp
+from sm_testing import small_mlp
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError
 from sharpminima.train import batch_indices, make_optimizer, make_step, mean_std, train, train_trials

