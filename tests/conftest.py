@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from sm_testing import make_tiny
 
 from sharpminima.data.base import Dataset
+from sm_testing import make_tiny
 
 
 @pytest.fixture

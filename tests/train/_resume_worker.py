@@ -7,11 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sm_testing import make_tiny, small_mlp  # noqa: E402
-
 from sharpminima.config import TrainConfig  # noqa: E402
 from sharpminima.store import Store  # noqa: E402
 from sharpminima.train import train  # noqa: E402
+from sm_testing import make_tiny, small_mlp  # noqa: E402
 
 CONFIG = TrainConfig(net="small", dataset="tiny", batch_size=50, epochs=6, save_every_epoch=True)
 

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from sm_testing import small_mlp
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError
 from sharpminima.train import batch_indices, make_optimizer, make_step, mean_std, train, train_trials
 from sharpminima.train.loop import StopState
+from sm_testing import small_mlp
 
 CFG = TrainConfig(net="f1", dataset="tiny", batch_size=64, epochs=3)
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 from _resume_worker import CONFIG
-from sm_testing import small_mlp
 
 from sharpminima.errors import StoreError
 from sharpminima.store import Store
 from sharpminima.train import train
+from sm_testing import small_mlp
 
 WORKER = Path(__file__).with_name("_resume_worker.py")
 
