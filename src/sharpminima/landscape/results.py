@@ -89,6 +89,24 @@ class Result:
         return out
 
 
+    def to_record(self, max_elements: int = 4096) -> dict[str, Any]:
+        """Like :meth:`to_dict`, but arrays with more than ``max_elements`` entries (e.g. a
+        perturbation the size of the network) are replaced by a note of their shape, so the
+        record fits in a database row."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for k, v in self.__dict__.items():
+            if hasattr(v, "shape") and hasattr(v, "size") and _numel(v) > max_elements:
+                out[k] = {"omitted": f"array of shape {tuple(v.shape)}"}
+            else:
+                out[k] = v.to_dict() if isinstance(v, Cost) else _jsonable(v)
+        return out
+
+
+def _numel(v: Any) -> int:
+    n = v.numel() if callable(getattr(v, "numel", None)) else v.size
+    return int(n)
+
+
 def _jsonable(v: Any) -> Any:
     import numpy as np
     import torch

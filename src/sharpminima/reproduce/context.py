@@ -57,6 +57,8 @@ class Context:
     # -- data ---------------------------------------------------------------------------
     def dataset_name(self, net: str) -> str:
         """The dataset a net runs on here: the paper's, or MNIST as an offline stand-in."""
+        if self.preset.dataset:
+            return self.preset.dataset
         name = PAPER_DATASET.get(net, "mnist")
         if name == "mnist" or name in self.sources:
             return name
@@ -64,7 +66,7 @@ class Context:
 
     def stand_in(self, net: str) -> bool:
         """Whether ``net`` runs on MNIST instead of its paper dataset."""
-        return self.dataset_name(net) != PAPER_DATASET.get(net, "mnist")
+        return self.dataset_name(net) == "mnist" and PAPER_DATASET.get(net, "mnist") != "mnist"
 
     def data(self, net: str) -> Dataset:
         """Return the (limited) dataset of ``net``, loaded once."""
@@ -171,7 +173,7 @@ class Context:
         found = self.store.get_measurement(run.id, kind, params)
         if found is None:
             result = compute()
-            as_dict = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+            as_dict = result.to_record() if hasattr(result, "to_record") else dict(result)
             value = float(as_dict.get("value", math.nan))
             cost = as_dict.get("cost", {})
             self.store.add_measurement(run.id, kind, params, value, cost, as_dict)

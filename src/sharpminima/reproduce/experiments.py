@@ -178,19 +178,17 @@ def measure_sharpness(
     extra: dict | None = None,
 ) -> dict:
     """Keskar sharpness of ``x`` (weights of ``run``'s net), cached in the store."""
-    from sharpminima.landscape.sharpness import keskar_sharpness, random_subspace
+    from sharpminima.landscape.sharpness import keskar_sharpness
 
     p = ctx.preset
     params = sharpness_params(ctx, eps, subspace, bn, seed) | (extra or {})
 
     def compute() -> Any:
         obj = ctx.objective(model, run.config.net, p.sharpness_samples, bn)
-        a = None
+        extra = {}
         if subspace == "random":
-            a = random_subspace(
-                x.numel(), p.subspace_dim, seed=seed, distribution=p.subspace_distribution
-            ).to(x)
-        return keskar_sharpness(obj, x, eps=eps, A=a, maxiter=p.maxiter)
+            extra = {"p": p.subspace_dim, "seed": seed, "distribution": p.subspace_distribution}
+        return keskar_sharpness(obj, x, eps=eps, maxiter=p.maxiter, **extra)
 
     return ctx.measure(run, kind, params, compute, units=sharpness_units(ctx))
 

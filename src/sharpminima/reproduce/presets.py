@@ -44,6 +44,8 @@ class Preset:
         warm_lb_epochs: Figure 5: LB epochs after each warm start.
         along_training: Figure 6: measure sharpness along training every k epochs (0: skip).
         experiments: Experiments run by ``reproduce`` without a name.
+        dataset: Run every net on this dataset instead of the paper's (e.g. ``synthetic`` for
+            smoke tests); None: the paper's, with MNIST standing in for unavailable data.
     """
 
     name: str
@@ -74,6 +76,7 @@ class Preset:
     warm_lb_epochs: int = 100
     along_training: int = 0
     experiments: tuple[str, ...] = ()
+    dataset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the preset as a JSON-friendly dict."""

@@ -193,3 +193,43 @@ class RunFiles:
         summary["epochs"] = len(history)
         summary["seconds"] = sum(h.get("seconds", 0.0) for h in history)
         self.store.set_status(self.run_id, status, message, summary=summary)
+
+
+def load_run(
+    store: Any,
+    run_ref: str,
+    *,
+    dataset: Any = None,
+    device: str | torch.device | None = None,
+) -> tuple[Any, Any]:
+    """Load a finished run (final weights, history) and its dataset from a store.
+
+    Args:
+        store: The run store.
+        run_ref: Run id or unique prefix.
+        dataset: The run's dataset if already loaded (else loaded from its config).
+        device: Where to put the model (default: CPU).
+
+    Returns:
+        ``(run, dataset)`` with the dataset limited as in the run's config.
+
+    Raises:
+        StoreError: If the run is not finished.
+    """
+    from sharpminima.data import load
+    from sharpminima.train.loop import build_model
+
+    record = store.get_run(run_ref)
+    if record.status not in FINISHED:
+        raise StoreError(
+            f"run {record.id} is {record.status}; finish it first by rerunning the same "
+            "`sharpminima train` command"
+        )
+    config = TrainConfig.from_dict(record.config)
+    if dataset is None:
+        dataset = load(config.dataset, source=config.data_source)
+    data = dataset.subset(config.train_limit, config.test_limit)
+    dev = torch.device(device or "cpu")
+    files = RunFiles(store, config, record.id, record.status)
+    run = files.load_run(lambda: build_model(config, data).to(dev))
+    return run, data

@@ -1,0 +1,113 @@
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sharpminima.errors import ConfigError
+from sharpminima.report import write_report
+from sharpminima.reproduce import QUICK, get_preset, reproduce, resolve_experiments
+from sharpminima.store import Store
+
+# The quick preset's experiments on a small synthetic problem, fast enough for CI.
+TINY = get_preset(
+    "quick", dataset="synthetic", trials=2, sb_epochs=2, lb_epochs=3, sharpness_samples=300,
+    hessian_samples=300, trace_samples=4, interp_points=7, interp_samples=300, maxiter=3,
+    chunk_size=150, eps=(1e-3, 5e-4),
+)
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    store = Store(root / "store")
+    t0 = time.perf_counter()
+    results = reproduce(TINY, store=store, out=root / "out")
+    return root, store, results, time.perf_counter() - t0
+
+
+def test_every_quick_experiment_produces_its_section(done):
+    root, store, results, _ = done
+    ex = results["experiments"]
+    assert set(ex) == set(QUICK.experiments)
+    t2 = ex["table2"]["f1"]
+    assert t2["sb"]["test_acc"]["n"] == 2 and t2["lb"]["batch_size"] == 200  # 10% of 2000
+    rows = ex["sharpness"]["f1"]
+    assert len(rows) == 2 * 2 * 2  # subspaces x eps x BN modes
+    for r in rows:
+        assert r["sb"]["n"] == 2 and all(v >= 0 for v in r["sb"]["values"] + r["lb"]["values"])
+    assert set(ex["fig3"]["f1"]) == {"linear", "curvilinear"}
+    lin = ex["fig3"]["f1"]["linear"]
+    assert len(lin["alphas"]) == 7 and lin["alphas"][0] == -1.0 and lin["alphas"][-1] == 2.0
+    assert ex["distance"]["f1"]["ratio"]["n"] == 2
+    assert ex["hessian"]["f1"]["sb"]["top_eigenvalue"] is not None
+    assert any(r["rule"].startswith("plateau") for r in ex["stopping"]["f1"])
+    assert len(store.list_runs()) == 4
+
+
+def test_report_has_tables_figures_and_settings(done):
+    root, _, results, _ = done
+    md, page = write_report(root / "out", results)
+    text = md.read_text()
+    for heading in ("Did the paper's claims hold?", "Table 2", "Tables 3 and 4", "Figure 2",
+                    "Figures 3 and 7", "Distance from the initial weights", "Hessian view",
+                    "stopping rule", "Settings the paper leaves open", "Machine, versions"):
+        assert heading in text, heading
+    assert "205.14" in text  # the paper's F1 LB sharpness beside ours
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "<table>" in html
+    assert (root / "out" / "fig3_f1.png").stat().st_size > 5000
+
+
+def test_rerun_redoes_nothing(done):
+    root, store, results, first_seconds = done
+    n_meas = len(store.measurements())
+    t0 = time.perf_counter()
+    again = reproduce(TINY, store=store, out=root / "out")
+    assert len(store.measurements()) == n_meas and len(store.list_runs()) == 4
+    assert again["experiments"] == results["experiments"]
+    assert time.perf_counter() - t0 < first_seconds / 2
+
+
+def test_killed_reproduction_finishes_the_same(done, tmp_path):
+    root, _, results, _ = done
+    store_dir, out = tmp_path / "store", tmp_path / "out"
+    worker = Path(__file__).with_name("_reproduce_worker.py")
+    proc = subprocess.Popen([sys.executable, str(worker), str(store_dir), str(out)])
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # kill once some work is stored, mid-way
+        if (store_dir / "store.sqlite").exists() and Store(store_dir).list_runs(status="done"):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = Store(store_dir)
+    finished_before = {r.id for r in store.list_runs(status="done")}
+    assert finished_before, "the worker was killed before any run finished"
+    again = reproduce(TINY, store=store, out=out)
+    assert again["experiments"] == results["experiments"]
+    after = {r.id: r for r in store.list_runs()}
+    for run_id in finished_before:  # finished runs were not trained again
+        assert after[run_id].status == "done"
+
+
+def test_single_experiment_and_aliases(tmp_path):
+    assert resolve_experiments(TINY, ["table3", "table4", "fig7"]) == ["sharpness", "fig3"]
+    with pytest.raises(ConfigError, match="unknown experiment 'fig9'"):
+        resolve_experiments(TINY, ["fig9"])
+    res = reproduce(dataclasses.replace(TINY, trials=1), store=Store(tmp_path / "s"),
+                    out=tmp_path / "o", experiments=["table2"])
+    assert list(res["experiments"]) == ["table2"]
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["experiments"]["table2"]["f1"]["sb"]["test_acc"]["n"] == 1
+
+
+def test_preset_errors():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        get_preset("huge")
+    with pytest.raises(ConfigError, match="unknown preset fields"):
+        get_preset("quick", colour="red")
