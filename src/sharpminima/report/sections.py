@@ -162,11 +162,14 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
             continue
         gap = sb["mean"] - lb["mean"]
         se = math.sqrt((sb["std"] or 0) ** 2 / max(sb["n"], 1) + (lb["std"] or 0) ** 2 / max(lb["n"], 1))
-        held = (
-            "yes"
-            if gap > 2 * se and gap > 0
-            else ("no (LB tested better)" if gap < -2 * se else "not resolved (within 2 s.e.)")
-        )
+        if min(sb["n"], lb["n"]) < 2:
+            held = "direction only (one trial: no error bar)" if gap > 0 else "no (one trial)"
+        elif gap > 2 * se:
+            held = "yes"
+        elif gap < -2 * se:
+            held = "no (LB tested better)"
+        else:
+            held = "not resolved (within 2 s.e.)"
         rows.append(
             [
                 f"{net.upper()}: LB tests worse than SB",
