@@ -1,12 +1,12 @@
 import pytest
 import torch
-from sm_testing import make_tiny, small_mlp
 
 from sharpminima.errors import ConfigError
 from sharpminima.landscape import ModelObjective, flatten_params
 from sharpminima.landscape.eigen import hessian_eigenvalues
 from sharpminima.landscape.facade import Landscape
 from sharpminima.landscape.sharpness import keskar_sharpness
+from sm_testing import make_tiny, small_mlp
 
 
 @pytest.fixture

@@ -69,8 +69,8 @@ def parametric(net: str, result: dict[str, Any], path: str) -> Figure:
         else "curvilinear: $f(\\sin(\\alpha\\pi/2) x_{LB} + \\cos(\\alpha\\pi/2) x_{SB})$"
     )
     ax.set_title(f"{net.upper()}, {kind}", fontsize=10)
-    lines = ax.get_lines()[:2] + ax2.get_lines()[:2]
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper center", fontsize=8, ncol=2)
+    lines = [ln for ln in ax.get_lines() + ax2.get_lines() if not ln.get_label().startswith("_")]
+    fig.legend(lines, [ln.get_label() for ln in lines], loc="outside lower center", ncol=4, fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
