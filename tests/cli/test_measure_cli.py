@@ -78,3 +78,15 @@ def test_interpolate_writes_figure_and_numbers(capsys, trained, tmp_path):
     assert out.stat().st_size > 5000
     code, _, err = run_cli(capsys, "interpolate", ids[0], ids[1], "--path", "zigzag", "--store", str(store))
     assert code == 2 and "--path must be linear or curvilinear" in err
+
+
+def test_epsilon_study_with_plot(capsys, trained, tmp_path):
+    store, ids = trained
+    plot = tmp_path / "eps.png"
+    code, out, err = run_cli(capsys, "measure", ids[0], "--what", "epsilon-study", "--eps", "1e-4",
+                             "--eps", "1e-3", "--samples", "100", "--maxiter", "3", "--plot", str(plot),
+                             "--store", str(store), "--json")
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["kind"] == "epsilon_study" and row["settings"]["eps"] == [1e-4, 1e-3]
+    assert plot.stat().st_size > 5000

@@ -31,6 +31,7 @@ MEASURES = (
     "weight-norm",
     "distance",
     "surface",
+    "epsilon-study",
 )
 
 
@@ -58,6 +59,9 @@ def measure(
     sigma: Annotated[float, typer.Option(help="Average sharpness: perturbation scale.")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of random subspaces and probes.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cpu).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="epsilon-study: save its figure here (.png/.pdf/.svg).")
+    ] = None,
     store: StoreOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per measure.")] = False,
 ) -> None:
@@ -117,6 +121,8 @@ def measure(
                 if extra in found["result"]:
                     row[extra] = found["result"][extra]
             rows.append(row)
+            if kind == "epsilon_study" and plot is not None:
+                _plot_epsilon(found["result"], plot)
             if json_output:
                 echo_json(row)
     if not json_output:
@@ -266,6 +272,17 @@ def _jobs(
             return land.distance(x0)
 
         jobs.append(("distance_from_init", {}, dist))
+    elif kind == "epsilon-study":
+        from sharpminima.landscape.epsilon import epsilon_study
+
+        grid = sorted(set(eps_list)) if len(eps_list) > 1 else [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+        jobs.append(
+            (
+                "epsilon_study",
+                base | {"eps": grid, "maxiter": maxiter},
+                lambda: epsilon_study(land.objective, land.point(), grid, maxiter=maxiter),
+            )
+        )
     elif kind == "surface":
         jobs.append(("loss_surface_1d", base | {"seed": seed}, lambda: land.surface(dims=1, seed=seed)))
     return jobs
@@ -331,3 +348,16 @@ def interpolate(
         echo_json(numbers)
     else:
         echo(f"figure: {out}, numbers: {out.with_suffix('.json')}")
+
+
+def _plot_epsilon(record: dict[str, Any], path: Path) -> None:
+    """Redraw a stored epsilon study (its record holds every number the plot needs)."""
+    import dataclasses
+
+    from sharpminima.landscape.epsilon import EpsilonStudyResult, plot_epsilon_study
+
+    names = {f.name for f in dataclasses.fields(EpsilonStudyResult)}
+    fields = {k: v for k, v in record.items() if k in names and k not in ("cost", "results")}
+    fig = plot_epsilon_study(EpsilonStudyResult(**fields))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)

@@ -117,6 +117,10 @@ def _jsonable(v: Any) -> Any:
         return v.tolist()
     if isinstance(v, np.generic):
         return v.item()
+    if isinstance(v, Result):
+        return v.to_record()
+    if isinstance(v, Cost):
+        return v.to_dict()
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
