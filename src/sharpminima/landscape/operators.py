@@ -1,0 +1,415 @@
+"""Symmetric linear operators: the Hessian, the Gauss-Newton matrix and their diagonal blocks.
+
+Every curvature algorithm in :mod:`sharpminima.landscape` (Lanczos, power iteration,
+Hutchinson, stochastic Lanczos quadrature) is a plain function of ``A: Tensor | Operator``.
+An :class:`Operator` is an ``n x n`` symmetric matrix known only through products: it exposes
+``.shape``, ``.dtype``, ``.device``, ``A @ v`` for a vector ``(n,)`` or a matrix ``(n, k)``
+(column by column), a running ``num_matvecs`` count, and :meth:`Operator.to_scipy` (a
+:class:`scipy.sparse.linalg.LinearOperator` with float64 numpy input and output), in the
+manner of curvlinops. A dense square tensor becomes an operator through :func:`as_operator`,
+so the same algorithms run on known-spectrum matrices in tests.
+
+Operators built on an :class:`~sharpminima.landscape.objective.Objective` keep a reference
+to it (``.objective``) so that results can report the objective's counted evaluations.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from sharpminima.errors import ConfigError
+from sharpminima.landscape.objective import (
+    LossFn,
+    ModelObjective,
+    Objective,
+    as_objective,
+    bn_mode,
+)
+from sharpminima.landscape.results import Cost, CostMeter
+
+
+class Operator:
+    """A symmetric ``n x n`` matrix accessed through matrix-vector products.
+
+    Subclasses set ``shape``, ``dtype``, ``device`` (and ``objective`` where there is one)
+    and implement :meth:`_matvec` for a single vector of the operator's dtype and device.
+
+    Attributes:
+        shape: ``(n, n)``.
+        dtype: Floating dtype of the products.
+        device: Device of the products.
+        objective: The objective whose evaluations the products spend, or ``None``.
+        num_matvecs: Number of matrix-vector products computed so far (a matrix ``(n, k)``
+            counts ``k``).
+
+    """
+
+    kind = "operator"
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+    objective: Objective | None = None
+
+    def __init__(self) -> None:
+        self.num_matvecs = 0
+
+    def _matvec(self, v: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __matmul__(self, v: Tensor) -> Tensor:
+        """Return ``A @ v`` for ``v`` of shape ``(n,)`` or ``(n, k)``, in the operator's dtype.
+
+        Raises:
+            ConfigError: If ``v`` is not a tensor with leading dimension ``n`` and 1 or 2 dims.
+
+        """
+        n = self.shape[0]
+        if not isinstance(v, Tensor) or v.ndim not in (1, 2) or v.shape[0] != n:
+            got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise ConfigError(f"operator of shape {self.shape} cannot multiply {got}")
+        v = v.to(dtype=self.dtype, device=self.device)
+        if v.ndim == 2:
+            return torch.stack([self @ v[:, j] for j in range(v.shape[1])], dim=1)
+        self.num_matvecs += 1
+        return self._matvec(v)
+
+    def settings(self) -> dict[str, Any]:
+        """Describe the operator (its kind and the objective's settings, if any)."""
+        out: dict[str, Any] = {"operator": self.kind, "dim": self.shape[0]}
+        settings = getattr(self.objective, "settings", None)
+        if callable(settings):
+            out.update(settings())
+        return out
+
+    def to_scipy(self) -> LinearOperator:
+        """Return a float64 :class:`scipy.sparse.linalg.LinearOperator` view (symmetric).
+
+        Inputs are cast to the operator's dtype and device, outputs back to float64 numpy, so
+        a float32 operator is symmetric only to float32 round-off.
+        """
+
+        def matvec(v: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1))
+            return (self @ t).detach().to("cpu", torch.float64).numpy()
+
+        def matmat(v: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))
+            return (self @ t).detach().to("cpu", torch.float64).numpy()
+
+        return LinearOperator(
+            self.shape, matvec=matvec, rmatvec=matvec, matmat=matmat, dtype=np.float64
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
+
+
+class DenseOperator(Operator):
+    """A dense symmetric matrix as an :class:`Operator` (for tests and small problems).
+
+    Args:
+        matrix: Square tensor ``(n, n)``, assumed symmetric (not checked).
+
+    Raises:
+        ConfigError: If ``matrix`` is not a square 2-D floating tensor.
+
+    """
+
+    kind = "dense"
+
+    def __init__(self, matrix: Tensor) -> None:
+        super().__init__()
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+            raise ConfigError(
+                f"a dense operator needs a non-empty square matrix, got shape "
+                f"{tuple(matrix.shape)}"
+            )
+        if not matrix.is_floating_point():
+            raise ConfigError(f"a dense operator needs a floating matrix, got {matrix.dtype}")
+        self.matrix = matrix.detach()
+        n = int(matrix.shape[0])
+        self.shape = (n, n)
+        self.dtype = matrix.dtype
+        self.device = matrix.device
+
+    def _matvec(self, v: Tensor) -> Tensor:
+        return self.matrix @ v
+
+
+class HessianOperator(Operator):
+    """The Hessian ``H = grad^2 f(x)`` of an objective at a fixed point ``x``.
+
+    Each product is one counted :meth:`Objective.hvp` (about two gradient passes over the
+    objective's data). For a :class:`ModelObjective` the Hessian is that of the mean loss
+    over its ``N`` samples, in its BatchNorm mode.
+
+    Args:
+        loss: A callable of the flat parameter vector, or an :class:`Objective`.
+        x: The point, shape ``(n,)`` (copied, so later changes to ``x`` do not move it).
+
+    Raises:
+        ConfigError: If ``x`` is not a 1-D floating tensor matching the objective.
+
+    """
+
+    kind = "hessian"
+
+    def __init__(self, loss: LossFn | Objective, x: Tensor) -> None:
+        super().__init__()
+        self.objective = as_objective(loss, x)
+        self.x = x.detach().clone()
+        n = int(x.numel())
+        self.shape = (n, n)
+        self.dtype = x.dtype
+        self.device = x.device
+
+    def _matvec(self, v: Tensor) -> Tensor:
+        assert self.objective is not None
+        return self.objective.hvp(self.x, v)
+
+
+class GGNOperator(Operator):
+    """The generalized Gauss-Newton matrix of a network's mean cross-entropy.
+
+    ``G = sum_c (n_c / N) J_c^T H_c J_c``, where for each fixed chunk ``c`` of ``n_c``
+    samples ``J_c`` is the Jacobian of the chunk's logits ``(n_c, C)`` with respect to the
+    flat parameters and ``H_c = (1 / n_c) blockdiag_i(diag(p_i) - p_i p_i^T)`` is the Hessian
+    of the chunk's mean cross-entropy with respect to those logits (``p_i`` = softmax of
+    sample ``i``'s logits). ``G`` is positive semidefinite, weighted like the loss (chunk
+    means weighted by ``n_c / N``) and drops the second-order term of the network from the
+    Hessian (Schraudolph 2002; Martens 2020). In ``"batch"`` BatchNorm mode the logits of a
+    chunk depend jointly on all its samples, and ``J_c`` is that joint Jacobian.
+
+    Each product costs per chunk one forward-mode JVP and one reverse-mode VJP through the
+    network (``torch.func``); the objective's counters are not touched (a GGN product is not
+    a Hessian-vector product), so results report these products as ``num_matvecs``.
+
+    Args:
+        objective: A :class:`ModelObjective` with the default cross-entropy ``loss_fn``.
+        x: The point, shape ``(n,)``.
+
+    Raises:
+        ConfigError: If ``objective`` is not a ModelObjective with cross-entropy loss, or
+            ``x`` does not match it.
+
+    """
+
+    kind = "ggn"
+
+    def __init__(self, objective: ModelObjective, x: Tensor) -> None:
+        super().__init__()
+        if not isinstance(objective, ModelObjective):
+            raise ConfigError(
+                f"the Gauss-Newton operator needs a ModelObjective, got {type(objective).__name__}"
+            )
+        if objective.loss_fn is not nn.functional.cross_entropy:
+            raise ConfigError(
+                "the Gauss-Newton operator supports only torch.nn.functional.cross_entropy "
+                f"as loss_fn, got {getattr(objective.loss_fn, '__name__', objective.loss_fn)!r}"
+            )
+        self.objective = as_objective(objective, x)
+        self.x = x.detach().clone()
+        n = int(x.numel())
+        self.shape = (n, n)
+        self.dtype = x.dtype
+        self.device = x.device
+
+    def _matvec(self, v: Tensor) -> Tensor:
+        obj = self.objective
+        assert isinstance(obj, ModelObjective)
+        out = torch.zeros_like(self.x)
+        with bn_mode(obj.model, obj.bn_mode):
+            for xb, _, weight in obj.chunks():
+
+                def logits_of(p: Tensor, xb: Tensor = xb) -> Tensor:
+                    return functional_call(obj.model, obj.unflatten(p), (xb,))
+
+                logits, jv = torch.func.jvp(logits_of, (self.x,), (v,))  # (B, C), (B, C)
+                prob = torch.softmax(logits, dim=1)  # (B, C)
+                # (diag(p) - p p^T) Jv per sample, divided by B for the chunk mean.
+                hjv = prob * jv - prob * (prob * jv).sum(dim=1, keepdim=True)  # (B, C)
+                hjv = hjv / xb.shape[0]
+                _, vjp_fn = torch.func.vjp(logits_of, self.x)
+                (jthjv,) = vjp_fn(hjv)  # (n,)
+                out += weight * jthjv
+        return out
+
+
+class BlockOperator(Operator):
+    """The diagonal block ``A[idx, idx]`` of an operator, e.g. one layer's Hessian.
+
+    A product embeds ``v`` into zeros at ``idx``, multiplies by the full operator and
+    keeps the entries at ``idx``, so each block product costs one full product of ``A``.
+
+    Args:
+        operator: The full operator (or a dense square tensor).
+        indices: 1-D integer tensor of distinct indices into ``range(n)``, or a ``slice``.
+        name: Label of the block (e.g. the layer name), recorded in :meth:`settings`.
+
+    Raises:
+        ConfigError: If ``indices`` are empty, not integers, repeated or out of range.
+
+    """
+
+    kind = "block"
+
+    def __init__(
+        self, operator: Tensor | Operator, indices: Tensor | slice, name: str = ""
+    ) -> None:
+        super().__init__()
+        self.base = as_operator(operator)
+        n = self.base.shape[0]
+        if isinstance(indices, slice):
+            indices = torch.arange(n)[indices]
+        if not isinstance(indices, Tensor) or indices.ndim != 1 or indices.is_floating_point():
+            raise ConfigError("block indices must be a 1-D integer tensor or a slice")
+        if indices.numel() == 0:
+            raise ConfigError("block indices are empty")
+        if int(indices.min()) < 0 or int(indices.max()) >= n:
+            raise ConfigError(f"block indices must lie in [0, {n}), got {int(indices.min())}"
+                              f"..{int(indices.max())}")
+        if torch.unique(indices).numel() != indices.numel():
+            raise ConfigError("block indices must be distinct")
+        self.indices = indices.to(device=self.base.device, dtype=torch.long)
+        self.name = name
+        m = int(indices.numel())
+        self.shape = (m, m)
+        self.dtype = self.base.dtype
+        self.device = self.base.device
+        self.objective = self.base.objective
+
+    def settings(self) -> dict[str, Any]:
+        """Describe the block and the operator it is cut from."""
+        out = self.base.settings()
+        out.update(
+            operator=f"block of {out['operator']}",
+            block=self.name,
+            dim=self.shape[0],
+            full_dim=self.base.shape[0],
+        )
+        return out
+
+    def _matvec(self, v: Tensor) -> Tensor:
+        full = torch.zeros(self.base.shape[0], dtype=self.dtype, device=self.device)
+        full[self.indices] = v
+        return (self.base @ full)[self.indices]
+
+
+def as_operator(matrix: Tensor | Operator) -> Operator:
+    """Return ``matrix`` itself if it is an :class:`Operator`, else wrap a dense tensor.
+
+    Args:
+        matrix: An operator or a square floating tensor ``(n, n)``.
+
+    Raises:
+        ConfigError: If ``matrix`` is neither.
+
+    """
+    if isinstance(matrix, Operator):
+        return matrix
+    if isinstance(matrix, Tensor):
+        return DenseOperator(matrix)
+    raise ConfigError(
+        f"expected a square tensor or an Operator, got {type(matrix).__name__}"
+    )
+
+
+def parameter_groups(objective: Objective, by: str = "module") -> dict[str, Tensor]:
+    """Group a network's flat parameter indices by the module (or tensor) that owns them.
+
+    With ``by="module"`` a parameter named ``"net.3.weight"`` belongs to group ``"net.3"``
+    (its name without the last component), so a layer's weight and bias form one block; a
+    parameter registered directly on the root module is its own group (``"weight"``);
+    BatchNorm layers are their own groups (``"net.2"`` with its weight and bias). With
+    ``by="parameter"`` every parameter tensor is a group under its full name. Groups are
+    listed in the order of ``model.named_parameters()``; only trainable parameters are in
+    ``x``.
+
+    Args:
+        objective: A :class:`ModelObjective` (it knows the parameter names and sizes).
+        by: ``"module"`` or ``"parameter"``.
+
+    Returns:
+        Group name -> 1-D long tensor of indices into the flat vector ``x``.
+
+    Raises:
+        ConfigError: If ``objective`` is not a ModelObjective or ``by`` is unknown.
+
+    """
+    if not isinstance(objective, ModelObjective):
+        raise ConfigError(
+            "parameter groups need a ModelObjective (it knows the parameter names); for "
+            f"another objective pass groups explicitly, got {type(objective).__name__}"
+        )
+    if by not in ("module", "parameter"):
+        raise ConfigError(f"parameters are grouped by 'module' or 'parameter', got {by!r}")
+    ranges: dict[str, list[Tensor]] = {}
+    start = 0
+    for name, numel in zip(objective.names, objective.numels, strict=True):
+        group = name.rsplit(".", 1)[0] if by == "module" and "." in name else name
+        ranges.setdefault(group, []).append(torch.arange(start, start + numel))
+        start += numel
+    return {group: torch.cat(parts) for group, parts in ranges.items()}
+
+
+class OperatorMeter:
+    """Measure the products, evaluations and seconds an algorithm spends on an operator.
+
+    Example:
+        >>> with OperatorMeter(op) as meter:
+        ...     ...
+        >>> meter.num_matvecs, meter.cost
+
+    """
+
+    def __init__(self, operator: Operator) -> None:
+        self.operator = operator
+        self.cost = Cost()
+        self.num_matvecs = 0
+
+    def __enter__(self) -> OperatorMeter:
+        self._start = self.operator.num_matvecs
+        obj = self.operator.objective
+        self._meter = CostMeter(obj).__enter__() if obj is not None else None
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.num_matvecs = self.operator.num_matvecs - self._start
+        if self._meter is not None:
+            self.cost = self._meter.current()
+        else:
+            self.cost = Cost(seconds=time.perf_counter() - self._t0)
+
+
+def resolve_operator(
+    loss: LossFn | Objective, x: Tensor, operator: Tensor | Operator | None = None
+) -> Operator:
+    """Return the operator a measure works on: ``operator`` if given, else the Hessian.
+
+    Args:
+        loss: A callable of the flat parameter vector, or an :class:`Objective`.
+        x: The point, shape ``(n,)``.
+        operator: ``None`` for :class:`HessianOperator` ``(loss, x)``, or any operator (a
+            :class:`GGNOperator`, a dense matrix) of shape ``(n, n)``; ``loss`` is then unused.
+
+    Raises:
+        ConfigError: If ``x`` is not a 1-D floating tensor, or ``operator`` is not ``n x n``.
+
+    """
+    if operator is None:
+        return HessianOperator(loss, x)
+    op = as_operator(operator)
+    if x.ndim != 1 or op.shape[0] != x.numel():
+        raise ConfigError(
+            f"operator of shape {op.shape} does not match the parameter vector of shape "
+            f"{tuple(x.shape)}"
+        )
+    return op
