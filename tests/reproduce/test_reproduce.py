@@ -121,3 +121,22 @@ def test_preset_errors():
         get_preset("huge")
     with pytest.raises(ConfigError, match="unknown preset fields"):
         get_preset("quick", colour="red")
+
+
+def test_paper_only_experiments_run_and_report(tmp_path):
+    preset = dataclasses.replace(
+        TINY, trials=1, batch_sizes=(50, 200, 5000), sweep_epochs=1, warm_sb_epochs=2,
+        warm_points=(0, 2), warm_lb_epochs=1, along_training=1, subspaces=("full",), eps=(1e-3,),
+        bn_modes=("batch",), experiments=("fig4", "fig5", "fig6"),
+    )
+    res = reproduce(preset, store=Store(tmp_path / "s"), out=tmp_path / "o")
+    ex = res["experiments"]
+    assert [r["batch_size"] for r in ex["fig4"]["f1"]] == [50, 200]  # 5000 > 2000 samples: skipped
+    assert all(r["sharpness"] >= 0 for r in ex["fig4"]["f1"])
+    assert [r["sb_epochs"] for r in ex["fig5"]["f1"]["rows"]] == [0, 2]
+    fig6 = ex["fig6"]["f1"]
+    assert [p["epoch"] for p in fig6["sb"]] == [1, 2] and [p["epoch"] for p in fig6["lb"]] == [1, 2, 3]
+    md, _ = write_report(tmp_path / "o", res)
+    text = md.read_text()
+    for heading in ("Figure 4", "Figure 5", "Figure 6"):
+        assert heading in text

@@ -21,7 +21,6 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from sharpminima.atomic import atomic_target as _atomic_target
 from sharpminima.errors import DataError
 
 __all__ = [
@@ -251,16 +251,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a folder be opened.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_target(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """Open a temporary file that replaces ``path`` atomically when the block succeeds.
@@ -279,29 +269,14 @@ def atomic_target(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         DataError: The destination folder cannot be created or written.
 
     """
-    dest = Path(path)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    except OSError as exc:
-        raise DataError(
+    def error(dest: Path, exc: OSError) -> DataError:
+        return DataError(
             f"{dest}: cannot write to {dest.parent} ({exc.strerror or exc}); "
             "set SHARPMINIMA_DATA to a writable folder"
-        ) from exc
-    tmp = Path(tmp_name)
-    done = False
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache should be readable
-        os.replace(tmp, dest)
-        done = True
-        _fsync_dir(dest.parent)
-    finally:
-        if not done:
-            tmp.unlink(missing_ok=True)
+        )
+
+    with _atomic_target(Path(path), error) as fh:
+        yield fh
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

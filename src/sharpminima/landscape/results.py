@@ -90,9 +90,11 @@ class Result:
 
 
     def to_record(self, max_elements: int = 4096) -> dict[str, Any]:
-        """Like :meth:`to_dict`, but arrays with more than ``max_elements`` entries (e.g. a
-        perturbation the size of the network) are replaced by a note of their shape, so the
-        record fits in a database row."""
+        """Return :meth:`to_dict` with large arrays replaced by a note of their shape.
+
+        Arrays with more than ``max_elements`` entries (e.g. a perturbation the size of the
+        network) would not fit in a database row.
+        """
         out: dict[str, Any] = {"kind": self.kind}
         for k, v in self.__dict__.items():
             if hasattr(v, "shape") and hasattr(v, "size") and _numel(v) > max_elements:

@@ -35,9 +35,7 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +45,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from sharpminima.atomic import atomic_target
 from sharpminima.errors import StoreError
 from sharpminima.store import _json
 
@@ -73,46 +72,16 @@ _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 # --------------------------------------------------------------------------- atomic IO
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a folder be opened.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _atomic_target(path: Path) -> contextlib.AbstractContextManager[IO[bytes]]:
+    """Atomic replacement of ``path`` (see :func:`sharpminima.atomic.atomic_target`)."""
 
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a temporary file that replaces ``path`` atomically when the block succeeds.
-
-    The temporary file lives in ``path``'s folder (so ``os.replace`` is a rename within
-    one file system), is flushed and fsynced before the rename, and is deleted if
-    anything raises, ``KeyboardInterrupt`` included.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise StoreError(
-            f"{path}: cannot write to {path.parent} ({exc.strerror or exc}); "
+    def error(p: Path, exc: OSError) -> StoreError:
+        return StoreError(
+            f"{p}: cannot write to {p.parent} ({exc.strerror or exc}); "
             "point the store at a writable folder (SHARPMINIMA_STORE)"
-        ) from exc
-    tmp = Path(tmp_name)
-    done = False
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-        done = True
-        _fsync_dir(path.parent)
-    finally:
-        if not done:
-            tmp.unlink(missing_ok=True)
+        )
+
+    return atomic_target(path, error)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
