@@ -265,11 +265,7 @@ def _jobs(
     elif kind == "distance":
 
         def dist() -> Any:
-            names = [n for n, q in run.model.named_parameters() if q.requires_grad]
-            import torch
-
-            x0 = torch.cat([run.init_state[n].reshape(-1) for n in names]).to(land.point())
-            return land.distance(x0)
+            return land.distance(run.initial_vector())
 
         jobs.append(("distance_from_init", {}, dist))
     elif kind == "epsilon-study":

@@ -293,10 +293,9 @@ def distance(ctx: Context) -> dict[str, Any]:
 
 
 def _distance_from_init(run: Run) -> float:
-    names = [n for n, p in run.model.named_parameters() if p.requires_grad]
-    x = torch.cat([p.detach().reshape(-1) for p in run.model.parameters() if p.requires_grad])
-    x0 = torch.cat([run.init_state[n].reshape(-1).to(x) for n in names])
-    return float((x - x0).norm())
+    from sharpminima.landscape.objective import flatten_params
+
+    return float((flatten_params(run.model) - run.initial_vector()).norm())
 
 
 def hessian(ctx: Context) -> dict[str, Any]:

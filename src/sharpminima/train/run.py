@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from sharpminima.config import TrainConfig
@@ -56,6 +57,12 @@ class Run:
     def seconds(self) -> float:
         """Total training seconds over all epochs."""
         return float(sum(h.get("seconds", 0.0) for h in self.history))
+
+    def initial_vector(self) -> Tensor:
+        """The initial trainable parameters as one flat vector (same order as the model's)."""
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        device = next(self.model.parameters()).device
+        return torch.cat([self.init_state[n].reshape(-1).to(device) for n in names])
 
     def summary(self) -> dict[str, Any]:
         """Return ``run_id``, ``status``, the final metrics, epochs and seconds."""
