@@ -1,20 +1,24 @@
 """Speed switches of the training step, with what each costs in exactness.
 
-Measured on the 2-core CPU the project's benchmarks run on (``benchmarks/bench_train.py``,
-results in ``benchmarks/RESULTS.md``):
+Measured for F1 on the project's 2-core CPU by ``benchmarks/bench_train.py`` (results in
+``benchmarks/RESULTS.md``):
 
-* **Fused Adam/AdamW** (default): torch's single-kernel CPU/CUDA update instead of its
-  per-parameter loop of seven elementwise kernels. Deterministic; per step it differs from
-  the loop implementation by at most an ulp or so in a few percent of the weights
-  (``tests/train/test_perf_equivalence.py`` states the tolerance).
+* **Fused Adam/AdamW** (default, :mod:`sharpminima.train.optim`): torch's single-kernel
+  CPU/CUDA update instead of its per-parameter loop of seven elementwise kernels; about
+  10% more samples/s at batch 256. Deterministic; per step it differs from the unfused
+  update by about one ulp in ~3% of the weights (``tests/train/test_perf_equivalence.py``
+  states the tolerance). ``foreach=True`` is bit-identical to the unfused update but was
+  no faster on CPU, so it is not used.
 * **torch.compile of forward + loss + backward** (opt-in, ``method_args=(("compile",
-  True),)``): Inductor fuses each BatchNorm with its ReLU and the loss into generated
-  C++ kernels. Deterministic on CPU for a fixed thread count, but its reductions sum in a
-  different order than eager BatchNorm, so results drift from the eager path like any
-  float reordering; and the first step of each new batch shape pays a compile (tens of
-  seconds on 2 cores, less when Inductor's on-disk cache is warm).
-
-What did not pay here is recorded in the benchmark's output, not switched on.
+  True),)``): Inductor fuses each BatchNorm with its ReLU and the loss into generated C++
+  kernels. A few percent faster at batch 256, slower at batch 6000, and the first step of
+  each batch shape compiles (about 30 s cold on 2 cores for an epoch's two shapes, a few
+  seconds from Inductor's on-disk cache), so it pays only for long runs at small batch.
+  Deterministic on CPU for a fixed thread count (a killed and resumed compiled run ends
+  bit-identical), but its reductions sum in another order than eager BatchNorm, so its
+  results drift from the eager path like any float reordering.
+* Left as torch sets them: 2 threads on 2 cores (1 thread is 25-35% slower),
+  ``zero_grad(set_to_none=True)`` (already the step's choice).
 """
 
 from __future__ import annotations
