@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +43,39 @@ def regime_batch_size(regime: str, num_train: int) -> int:
     raise ConfigError(f"unknown regime {regime!r}; use 'sb' (batch 256) or 'lb' (10% of data)")
 
 
+#: Config fields holding a component's options as ``(name, value)`` pairs; they are
+#: normalised on construction (sorted by name, lists made tuples), so a config rebuilt
+#: from JSON equals the original and has the same hash.
+OPTION_FIELDS = (
+    "method_args",
+    "optimizer_args",
+    "batch_schedule_args",
+    "lr_schedule_args",
+    "augment_args",
+)
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _option_pairs(field_name: str, pairs: Any) -> tuple[tuple[str, Any], ...]:
+    """Return ``pairs`` as a name-sorted tuple of ``(str, value)`` pairs (lists -> tuples).
+
+    Raises:
+        ConfigError: If an entry is not a ``(name, value)`` pair or a name repeats.
+    """
+    out = []
+    for pair in pairs:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise ConfigError(f"{field_name} must hold (name, value) pairs, got {pair!r}")
+        out.append((pair[0], _freeze(pair[1])))
+    names = [name for name, _ in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{field_name} names an option twice: {names}")
+    return tuple(sorted(out))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines one training run.
@@ -51,6 +85,8 @@ class TrainConfig:
         dataset: ``mnist``, ``cifar10``, ``cifar100``, ``timit`` or ``synthetic``.
         batch_size: Samples per step (the last batch of an epoch may be smaller).
         optimizer: Name in :data:`sharpminima.train.optim.OPTIMIZERS`.
+        optimizer_args: Optimizer-specific options as ``(name, value)`` pairs (e.g. LARS's
+            ``trust_coefficient``), see :func:`sharpminima.train.optim.optimizer_options`.
         lr: Learning rate (the paper's code: Adam, 1e-3, not re-tuned for LB).
         momentum: Momentum for SGD.
         betas: Adam's (beta1, beta2).
@@ -72,6 +108,19 @@ class TrainConfig:
         method: Training method (``"plain"``; later work adds more), see
             :mod:`sharpminima.train.methods`.
         method_args: Method options as sorted ``(name, value)`` pairs.
+        batch_schedule: How the batch size changes over epochs, a name in
+            :data:`sharpminima.train.schedules.BATCH_SCHEDULES` (``"constant"`` uses
+            ``batch_size`` throughout; the others start from it).
+        batch_schedule_args: Options of the batch schedule as ``(name, value)`` pairs.
+        lr_schedule: How the learning rate follows the step, epoch and batch size, a name in
+            :data:`sharpminima.train.schedules.LR_SCHEDULES` (``"constant"``: ``lr``).
+        lr_schedule_args: Options of the learning-rate schedule as ``(name, value)`` pairs.
+        augment: Data augmentation of training batches, a name in
+            :data:`sharpminima.data.augment.AUGMENTS` (``"none"`` or ``"paper"``).
+        augment_args: Options of the augmentation as ``(name, value)`` pairs.
+        init: Weight initialisation, a name in :data:`sharpminima.models.init.INITS`
+            (``"default"`` keeps PyTorch's).
+        init_scale: Factor on the initial weights of every linear and conv layer.
         init_from: Start from stored weights: ``"RUN_ID"`` (final) or ``"RUN_ID@EPOCH"``.
         tags: Free labels that do not change the result but do change the identity
             (e.g. ``("trial", "3")``); keep empty normally.
@@ -81,6 +130,7 @@ class TrainConfig:
     dataset: str = "mnist"
     batch_size: int = SB_BATCH_SIZE
     optimizer: str = "adam"
+    optimizer_args: tuple[tuple[str, Any], ...] = ()
     lr: float = 1e-3
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
@@ -98,6 +148,14 @@ class TrainConfig:
     eval_chunk: int = 10_000
     method: str = "plain"
     method_args: tuple[tuple[str, Any], ...] = ()
+    batch_schedule: str = "constant"
+    batch_schedule_args: tuple[tuple[str, Any], ...] = ()
+    lr_schedule: str = "constant"
+    lr_schedule_args: tuple[tuple[str, Any], ...] = ()
+    augment: str = "none"
+    augment_args: tuple[tuple[str, Any], ...] = ()
+    init: str = "default"
+    init_scale: float = 1.0
     init_from: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -117,6 +175,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
+        if not (math.isfinite(self.init_scale) and self.init_scale > 0):
+            raise ConfigError(f"init_scale must be a positive number, got {self.init_scale}")
+        for name in OPTION_FIELDS:
+            object.__setattr__(self, name, _option_pairs(name, getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         """Return all fields as a JSON-friendly dict."""

@@ -157,3 +157,94 @@ class DeepConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits for images ``(B, C, H, W)``."""
         return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: ``y = relu(shortcut(x) + gate * (BN conv3x3 -> ReLU -> BN conv3x3)(x))``.
+
+    With BatchNorm the gate is the constant 1 (He et al. 2016). Without BatchNorm the convs
+    carry biases and the residual branch is multiplied by a learnable scalar ``gate``
+    initialised to 0 (SkipInit, De and Smith 2020), so at initialisation every block is its
+    shortcut and the signal's scale does not grow with depth; that is what lets the
+    BatchNorm-free network train at the same learning rate.
+
+    Args:
+        c_in: Input channels.
+        c_out: Output channels.
+        stride: Stride of the first conv (2 halves the side); the shortcut is a strided
+            1x1 conv (with BN if ``batch_norm``) when the shape changes, else the identity.
+        batch_norm: Whether to use BatchNorm.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, batch_norm: bool) -> None:
+        super().__init__()
+
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if batch_norm else nn.Identity()
+
+        bias = not batch_norm
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
+        self.bn1 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=bias)
+        self.bn2 = norm(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias), norm(c_out))
+        self.gate = None if batch_norm else nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the block's output ``(B, c_out, H / stride, W / stride)``."""
+        branch = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        if self.gate is not None:
+            branch = branch * self.gate
+        return torch.relu(self.shortcut(x) + branch)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for CIFAR-shaped images (the common 3x3-stem variant of He et al. 2016).
+
+    Stem: conv 3x3 (``width`` channels, stride 1) -> BN -> ReLU, no max-pool; then 4 stages
+    of 2 :class:`BasicBlock` with ``width x (1, 2, 4, 8)`` channels (64-128-256-512 by
+    default), the first block of stages 2-4 with stride 2; global average pool; a linear
+    layer. 11,173,962 parameters for 10 classes at width 64. Any ``(C, H, W)`` input works
+    (the pool is adaptive), so it also runs on MNIST.
+
+    Args:
+        input_shape: ``(C, H, W)``.
+        num_classes: Output classes.
+        width: Channels of the stem and first stage.
+        batch_norm: ``False`` replaces every BatchNorm by the identity, gives the convs
+            biases and He-normal weights (zero biases), and gates each residual branch by a
+            zero-initialised scalar (see :class:`BasicBlock`).
+    """
+
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, width: int = 64, batch_norm: bool = True
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], width, 3, stride=1, padding=1, bias=not batch_norm),
+            nn.BatchNorm2d(width) if batch_norm else nn.Identity(),
+            nn.ReLU(inplace=True),
+        )
+        blocks: list[nn.Module] = []
+        c_in = width
+        for stage in range(4):
+            c_out = width * 2**stage
+            for i in range(2):
+                blocks.append(BasicBlock(c_in, c_out, 2 if stage > 0 and i == 0 else 1, batch_norm))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(c_in, num_classes)
+        if not batch_norm:
+            # Without BN nothing rescales the signal: PyTorch's default conv init shrinks its
+            # variance about 6x per layer (with ReLU), so use He init (as SkipInit does).
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits ``(B, num_classes)`` for images ``(B, C, H, W)``."""
+        return self.fc(self.pool(self.blocks(self.stem(x))))

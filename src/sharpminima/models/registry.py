@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from sharpminima.errors import ConfigError
-from sharpminima.models.networks import MLP, DeepConv, ShallowConv
+from sharpminima.models.networks import MLP, DeepConv, ResNet18, ShallowConv
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class NetSpec:
         num_classes: Classes on that dataset.
         description: One line for tables and reports.
         factory: ``factory(input_shape, num_classes) -> nn.Module``.
+        needs_image: Whether it only takes image inputs ``(C, H, W)``.
     """
 
     name: str
@@ -32,10 +33,15 @@ class NetSpec:
     num_classes: int
     description: str
     factory: Callable[[tuple[int, ...], int], nn.Module]
+    needs_image: bool = False
 
 
 def _mlp(depth: int) -> Callable[[tuple[int, ...], int], nn.Module]:
     return lambda shape, classes: MLP(math.prod(shape), classes, depth=depth)
+
+
+def _resnet(width: int, batch_norm: bool) -> Callable[[tuple[int, ...], int], nn.Module]:
+    return lambda shape, classes: ResNet18(shape, classes, width=width, batch_norm=batch_norm)
 
 
 NETS: dict[str, NetSpec] = {
@@ -43,10 +49,20 @@ NETS: dict[str, NetSpec] = {
     for s in [
         NetSpec("f1", "mnist", (1, 28, 28), 10, "5 x [FC 512, BN, ReLU], MNIST", _mlp(5)),
         NetSpec("f2", "timit", (360,), 1973, "7 x [FC 512, BN, ReLU], TIMIT", _mlp(7)),
-        NetSpec("c1", "cifar10", (3, 32, 32), 10, "shallow conv (AlexNet-like), CIFAR-10", ShallowConv),
-        NetSpec("c2", "cifar10", (3, 32, 32), 10, "deep conv (VGG-16-like), CIFAR-10", DeepConv),
-        NetSpec("c3", "cifar100", (3, 32, 32), 100, "shallow conv (AlexNet-like), CIFAR-100", ShallowConv),
-        NetSpec("c4", "cifar100", (3, 32, 32), 100, "deep conv (VGG-16-like), CIFAR-100", DeepConv),
+        NetSpec("c1", "cifar10", (3, 32, 32), 10, "shallow conv (AlexNet-like), CIFAR-10", ShallowConv, True),
+        NetSpec("c2", "cifar10", (3, 32, 32), 10, "deep conv (VGG-16-like), CIFAR-10", DeepConv, True),
+        NetSpec(
+            "c3", "cifar100", (3, 32, 32), 100, "shallow conv (AlexNet-like), CIFAR-100", ShallowConv, True
+        ),
+        NetSpec("c4", "cifar100", (3, 32, 32), 100, "deep conv (VGG-16-like), CIFAR-100", DeepConv, True),
+        NetSpec("resnet18", "cifar10", (3, 32, 32), 10, "ResNet-18 (3x3 stem, BN), CIFAR-10",
+                _resnet(64, True), True),
+        NetSpec("resnet18-nobn", "cifar10", (3, 32, 32), 10,
+                "ResNet-18 without BatchNorm (zero-init residual gates), CIFAR-10", _resnet(64, False), True),
+        NetSpec("resnet18-w16", "cifar10", (3, 32, 32), 10, "ResNet-18 at width 16 (BN), CIFAR-10",
+                _resnet(16, True), True),
+        NetSpec("resnet18-nobn-w16", "cifar10", (3, 32, 32), 10,
+                "ResNet-18 at width 16 without BatchNorm, CIFAR-10", _resnet(16, False), True),
     ]
 }
 
@@ -59,7 +75,8 @@ def build(
     """Build a network by name, for the paper's dataset or any other input shape.
 
     Args:
-        name: ``f1``, ``f2``, ``c1``, ``c2``, ``c3``, ``c4`` (case-insensitive), or
+        name: ``f1``, ``f2``, ``c1``, ``c2``, ``c3``, ``c4``, ``resnet18``,
+            ``resnet18-nobn``, ``resnet18-w16``, ``resnet18-nobn-w16`` (case-insensitive), or
             ``"module:function"`` naming a user factory called as
             ``function(input_shape, num_classes)``.
         input_shape: Input shape without the batch dimension; defaults to the paper's
@@ -84,7 +101,7 @@ def build(
     spec = NETS[key]
     shape = tuple(input_shape) if input_shape is not None else spec.input_shape
     classes = num_classes if num_classes is not None else spec.num_classes
-    if spec.factory in (ShallowConv, DeepConv) and len(shape) != 3:
+    if spec.needs_image and len(shape) != 3:
         raise ConfigError(f"network {key} needs image inputs (C, H, W), got input shape {shape}")
     return spec.factory(shape, classes)
 

@@ -2,14 +2,16 @@
 
 A method is a factory ``make(config) -> StepFn`` where
 ``step(model, optimizer, inputs, targets) -> loss`` performs one update and returns the
-batch's mean loss as a detached 0-dim tensor (no host synchronisation). The training loop
-calls only this interface, so SAM, conservative (proximal) steps, ghost BatchNorm and the
-like plug in here without a branch in the loop.
+batch's mean loss at the step's starting weights as a detached 0-dim tensor (no host
+synchronisation). The training loop calls only this interface, so every method below
+plugs in without a branch in the loop. Options come from ``config.method_args`` (sorted
+``(name, value)`` pairs); an unknown option or a bad value is a one-line ``ConfigError``.
+Every method except ``plain`` and ``ghost_bn`` also takes ``ghost_batch_size`` (ghost
+BatchNorm in all its forward passes, see :func:`batch_loss`), so e.g. SAM + ghost BN is
+``method="sam", method_args=(("ghost_batch_size", 256), ("rho", 0.05))``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -18,9 +20,11 @@ from torch.nn import functional as F
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError
 from sharpminima.train.perf import compiled
+from sharpminima.train.remedies import adversarial, conservative, ghost_bn, grad_noise, iterate_noise
+from sharpminima.train.sam import asam, sam
+from sharpminima.train.step_parts import BOOL, MethodFactory, StepFn, batch_loss, method_options
 
-StepFn = Callable[[nn.Module, torch.optim.Optimizer, Tensor, Tensor], Tensor]
-MethodFactory = Callable[[TrainConfig], StepFn]
+__all__ = ["METHODS", "MethodFactory", "StepFn", "batch_loss", "make_step", "plain", "register_method"]
 
 
 def _batch_loss(model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
@@ -43,19 +47,12 @@ def plain(config: TrainConfig) -> StepFn:
     Raises:
         ConfigError: For an unknown option or a non-boolean ``compile``.
     """
-    args = {**PLAIN_ARGS, **dict(config.method_args)}
-    unknown = sorted(set(args) - set(PLAIN_ARGS))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {unknown} for method 'plain'; it takes {sorted(PLAIN_ARGS)}"
-        )
-    if not isinstance(args["compile"], bool):
-        raise ConfigError(f"method option 'compile' must be true or false, got {args['compile']!r}")
-    batch_loss = compiled(_batch_loss) if args["compile"] else _batch_loss
+    args = method_options(config, "plain", PLAIN_ARGS, {"compile": BOOL})
+    loss_fn = compiled(_batch_loss) if args["compile"] else _batch_loss
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = batch_loss(model, xb, yb)
+        loss = loss_fn(model, xb, yb)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -63,7 +60,31 @@ def plain(config: TrainConfig) -> StepFn:
     return step
 
 
-METHODS: dict[str, MethodFactory] = {"plain": plain}
+#: Registered methods, with their options and defaults (``config.method_args``):
+#:
+#: * ``plain``: ``compile`` (False).
+#: * ``sam``: ``rho`` (0.05), ``ghost_batch_size`` (None). Foret et al. 2021.
+#: * ``asam``: ``rho`` (0.5), ``eta`` (0.01), ``ghost_batch_size``. Kwon et al. 2021.
+#: * ``conservative``: ``lam`` (1e-3), ``inner_iters`` (3), ``ghost_batch_size``. The
+#:   paper's Appendix E proximal step; the config's optimizer runs the inner iterations.
+#: * ``adversarial``: ``eps`` (0.1), ``alpha`` (0.5), ``clip`` ("auto", "none" or
+#:   [lo, hi]), ``ghost_batch_size``. Fast gradient sign, Goodfellow et al. 2015.
+#: * ``grad_noise``: ``eta`` (0.01), ``gamma`` (0.55), ``ghost_batch_size``. Variance
+#:   ``eta/(1+t)^gamma``, Neelakantan et al. 2015.
+#: * ``iterate_noise``: ``std`` (1e-4), ``gamma`` (0), ``ghost_batch_size``.
+#: * ``ghost_bn``: ``ghost_batch_size`` (256). Hoffer et al. 2017.
+#:
+#: SAM, ASAM, adversarial and the noise methods wrap whatever ``config.optimizer`` names.
+METHODS: dict[str, MethodFactory] = {
+    "plain": plain,
+    "sam": sam,
+    "asam": asam,
+    "conservative": conservative,
+    "adversarial": adversarial,
+    "grad_noise": grad_noise,
+    "iterate_noise": iterate_noise,
+    "ghost_bn": ghost_bn,
+}
 
 
 def register_method(name: str, factory: MethodFactory) -> None:
@@ -78,8 +99,9 @@ def make_step(config: TrainConfig) -> StepFn:
         ConfigError: For an unknown method name.
     """
     try:
-        return METHODS[config.method](config)
+        factory = METHODS[config.method]
     except KeyError:
         raise ConfigError(
             f"unknown training method {config.method!r}; choose one of {', '.join(sorted(METHODS))}"
         ) from None
+    return factory(config)
