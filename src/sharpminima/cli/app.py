@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -48,7 +48,7 @@ def _register() -> None:
     app.add_typer(data_cmd.app, name="data")
     app.add_typer(runs_cmd.app, name="runs")
     train_cmd.register(app)
-    for optional in ("measure_cmd", "reproduce_cmd"):
+    for optional in ("measure_cmd", "reproduce_cmd", "study_cmd", "sweep_cmd"):
         try:
             module = __import__(f"sharpminima.cli.{optional}", fromlist=["register"])
         except ImportError:  # pragma: no cover - during development only
@@ -57,6 +57,18 @@ def _register() -> None:
 
 
 _register()
+
+
+def _distributed_session() -> Any:
+    """The torch.distributed session when started by torchrun, else a no-op (no torch import)."""
+    import contextlib
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return contextlib.nullcontext()
+    from sharpminima.distributed import session
+
+    return session()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="sharpminima")
+        with _distributed_session():  # under torchrun: join the process group
+            app(args=args, prog_name="sharpminima")
     except SharpMinimaError as exc:
         if debug:
             traceback.print_exc()

@@ -12,6 +12,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sharpminima.errors import ConfigError
+
 
 @dataclass
 class State:
@@ -24,13 +26,21 @@ class State:
 STATE = State()
 
 
+def is_root_process() -> bool:
+    """False in the processes of rank > 0 under torchrun: only rank 0 prints."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def echo(text: str = "") -> None:
-    """Print a line to stdout (the CLI is the only place that prints)."""
-    print(text, flush=True)
+    """Print a line to stdout (the CLI is the only place that prints; rank 0 only)."""
+    if is_root_process():
+        print(text, flush=True)
 
 
 def echo_json(obj: Any) -> None:
     """Print one JSON document (NaN and infinity become null)."""
+    if not is_root_process():
+        return
     print(json.dumps(_finite(obj), indent=None, sort_keys=False), flush=True)
 
 
@@ -46,7 +56,7 @@ def _finite(obj: Any) -> Any:
 
 def progress_enabled(json_output: bool = False) -> bool:
     """Progress bars go to stderr, only on a terminal, and never with ``--quiet``."""
-    return not STATE.quiet and sys.stderr.isatty()
+    return not STATE.quiet and sys.stderr.isatty() and is_root_process()
 
 
 def open_store(path: Path | None) -> Any:
@@ -109,3 +119,38 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+def _option_value(text: str) -> Any:
+    """``3`` -> 3, ``1e-3`` -> 0.001, ``true`` -> True, ``none`` -> None, ``a,b`` -> tuple."""
+    if "," in text:
+        return tuple(_option_value(part) for part in text.split(",") if part != "")
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(flag: str, specs: list[str] | None) -> tuple[tuple[str, Any], ...]:
+    """Turn repeated ``NAME=VALUE`` options into sorted ``(name, value)`` pairs.
+
+    Values are read as int, float, true/false, none, or a comma-separated tuple of those;
+    anything else stays a string.
+
+    Raises:
+        ConfigError: For an entry without ``=`` or with an empty name.
+    """
+    out: dict[str, Any] = {}
+    for spec in specs or []:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{flag} takes NAME=VALUE (e.g. {flag} rho=0.05), got {spec!r}")
+        out[name.strip().replace("-", "_")] = _option_value(value.strip())
+    return tuple(sorted(out.items()))

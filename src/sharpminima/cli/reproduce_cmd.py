@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from sharpminima.cli.common import echo, echo_json, open_store, progress_enabled
+from sharpminima.cli.common import echo, echo_json, is_root_process, open_store, progress_enabled
 
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")
@@ -83,10 +83,17 @@ def reproduce(
 
         return advance
 
+    from sharpminima.train.parallel import follower_store
+
+    run_store = follower_store(open_store(store))  # under torchrun only rank 0 writes the store
+    if not is_root_process():  # ...and the report; the other ranks write theirs aside
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix="sharpminima-rank-"))
     try:
         results = run_reproduction(
             p,
-            store=open_store(store),
+            store=run_store,
             out=out,
             experiments=experiments,
             device=device,
@@ -97,6 +104,10 @@ def reproduce(
         for bar in bars:
             bar.close()
     md, page = write_report(out, results)
+    if not is_root_process():  # a rank > 0's copy of the report
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
     if json_output:
         echo_json(results)
     else:

@@ -1,8 +1,12 @@
 """The training loop: one function, ``train(config) -> Run``.
 
 The step itself lives in :mod:`sharpminima.train.methods`; optimizers in
-:mod:`sharpminima.train.optim`. This module only orders the work: seed, build, resume,
-epochs of seeded shuffles over data held on the device, evaluation, checkpoint, stop.
+:mod:`sharpminima.train.optim`; batch-size and learning-rate schedules (pure functions of
+the epoch and step) in :mod:`sharpminima.train.schedules`; augmentation in
+:mod:`sharpminima.data.augment`; initialisation schemes in :mod:`sharpminima.models.init`.
+This module only orders the work: seed, build, initialise, resume, epochs of seeded
+shuffles over data held on the device, evaluation, checkpoint, stop. Each epoch's metrics
+record its batch size, mean batch size, the global step count and the last learning rate.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ import torch
 from torch import Tensor, nn
 
 from sharpminima.config import TrainConfig
+from sharpminima.data.augment import make_augment
 from sharpminima.data.base import Dataset
 from sharpminima.errors import ConfigError
+from sharpminima.models.init import initialize
 from sharpminima.train.checkpointing import RunFiles
-from sharpminima.train.evaluate import evaluate
 from sharpminima.train.methods import make_step
 from sharpminima.train.optim import make_optimizer
+from sharpminima.train.parallel import open_run_files, parallel_evaluate, parallel_step  # torchrun/DDP
+from sharpminima.train.perf import prepare
 from sharpminima.train.run import Run
+from sharpminima.train.schedules import EpochContext, make_schedule, set_lr, steps_done
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +104,8 @@ def train(
         The :class:`Run` with its final model and per-epoch history.
 
     Raises:
-        ConfigError: If the batch size exceeds the training set.
+        ConfigError: If the batch size exceeds the training set, or for unknown or invalid
+            schedule, augmentation or initialisation options.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dataset is None:
@@ -106,7 +115,8 @@ def train(
     data = dataset.subset(config.train_limit, config.test_limit).to(dev)
     if config.batch_size > data.num_train:
         raise ConfigError(f"batch size {config.batch_size} exceeds the {data.num_train} training samples")
-    files = RunFiles.open(store, config)
+    _check_options(config, data)
+    files = open_run_files(store, config)  # under torchrun: rank 0 writes, the others follow
     if files.finished():
         return files.load_run(lambda: _fresh_model(config, data, model_factory).to(dev))
     devices = [dev.index or 0] if dev.type == "cuda" else []
@@ -114,11 +124,19 @@ def train(
         return _train(config, data, files, dev, progress, model_factory)
 
 
+def _check_options(config: TrainConfig, data: Dataset) -> None:
+    """Build the schedules, augmentation and init once, so bad options fail before the store."""
+    make_schedule(config, data.num_train)
+    make_augment(config.augment, config.augment_args, data.input_shape)
+    initialize(nn.Sequential(), config.init, config.init_scale)
+
+
 def _fresh_model(
     config: TrainConfig, data: Dataset, model_factory: Callable[[], nn.Module] | None
 ) -> nn.Module:
     torch.manual_seed(config.seed)
-    return model_factory() if model_factory is not None else build_model(config, data)
+    model = model_factory() if model_factory is not None else build_model(config, data)
+    return initialize(model, config.init, config.init_scale)
 
 
 def _train(
@@ -133,32 +151,41 @@ def _train(
     if config.init_from:
         model.load_state_dict(files.weights_of(config.init_from))
     init_state = files.initial_weights(model)
+    model, data = prepare(model, data, dev)  # CUDA fast path (TF32, channels_last); no-op on CPU
     opt = make_optimizer(model.parameters(), config)
-    step = make_step(config)
+    step = parallel_step(make_step(config), model)  # DDP on this rank's shard under torchrun
+    schedule = make_schedule(config, data.num_train)
+    augment = make_augment(config.augment, config.augment_args, data.input_shape)
     stop, history = StopState(), []
     start_epoch = files.resume(model, opt, stop, history)
     n = data.num_train
+    num_steps = steps_done(history, n, config.batch_size)
     steps_per_epoch = math.ceil(n / config.batch_size)
     if progress:
         progress(
             "start",
-            {"total_steps": steps_per_epoch * config.epochs, "done_steps": steps_per_epoch * start_epoch},
+            {"total_steps": steps_per_epoch * config.epochs, "done_steps": num_steps},
         )
     files.mark_running()
     status, message = "done", None
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
+            t0 = time.perf_counter()
+            plan = schedule.plan(epoch, EpochContext(model, data, history))  # batch size, lr factor
             torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout
             model.train()
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=dev)
-            for idx in batch_indices(n, config.batch_size, config.seed, epoch, dev):
-                loss_sum += step(model, opt, data.x_train[idx], data.y_train[idx]) * idx.numel()
+            augment_batch = augment.for_epoch(epoch_seed(config.seed, epoch))
+            loss_sum, first_step = torch.zeros((), device=dev), num_steps
+            for idx in batch_indices(n, plan.batch_size, config.seed, epoch, dev):
+                set_lr(opt, schedule.lr(num_steps, epoch, plan), config.lr)
+                xb = augment_batch(data.x_train[idx])
+                loss_sum += step(model, opt, xb, data.y_train[idx]) * idx.numel()
+                num_steps += 1
                 if progress:
                     progress("step", {})
             seconds = time.perf_counter() - t0
-            train_loss, train_acc = evaluate(model, data.x_train, data.y_train, config.eval_chunk)
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, config.eval_chunk)
+            train_loss, train_acc = parallel_evaluate(model, data.x_train, data.y_train, config.eval_chunk)
+            test_loss, test_acc = parallel_evaluate(model, data.x_test, data.y_test, config.eval_chunk)
             metrics = {
                 "epoch": epoch,
                 "epoch_loss": float(loss_sum) / n,
@@ -167,6 +194,11 @@ def _train(
                 "test_loss": test_loss,
                 "test_acc": test_acc,
                 "seconds": seconds,
+                "batch_size": plan.batch_size,
+                "batch_size_mean": n / (num_steps - first_step),
+                "steps": num_steps,
+                "lr_end": float(opt.param_groups[0]["lr"]),
+                **plan.metrics,
             }
             history.append(metrics)
             if not (math.isfinite(metrics["epoch_loss"]) and math.isfinite(train_loss)):
