@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpminima.errors import ConfigError
+from sharpminima.landscape.batched import evaluate_points
 from sharpminima.landscape.objective import LossFn, ModelObjective, Objective, as_objective
 from sharpminima.landscape.results import Cost, Result
 from sharpminima.landscape.sharpness import _objective_settings
@@ -217,6 +218,7 @@ def interpolate(
     models: tuple[ModelOrState, ModelOrState] | None = None,
     bn_samples: int | None = None,
     bn_batch_size: int | None = None,
+    batched: bool | None = None,
 ) -> InterpolationResult:
     """Loss and accuracy on the training (and test) data along a path from ``x_a`` to ``x_b``.
 
@@ -241,6 +243,10 @@ def interpolate(
             (all if ``None``).
         bn_batch_size: ``bn="recompute"``: batch size of the re-estimation (default: the
             training objective's chunk size).
+        batched: With ``bn="batch"``, evaluate several grid points per forward pass
+            (:func:`~sharpminima.landscape.batched.evaluate_points`; None: the faster path
+            for the device). The other BN choices set per-point statistics and evaluate
+            one point at a time.
 
     Returns:
         :class:`InterpolationResult`; ``settings`` records the path, BN handling, the
@@ -302,7 +308,17 @@ def interpolate(
     num_clamped = 0
     num_evals = 0
     t0 = time.perf_counter()
-    for alpha in grid.tolist():
+    if work is None:  # no per-point BatchNorm state: the points can be evaluated together
+        coeffs = [path_coefficients(alpha, path) for alpha in grid.tolist()]
+        cols: list[tuple[list[float], list[float]]] = []
+        for obj in evaluators:
+            if obj is None:
+                cols.append(([math.nan] * len(coeffs), [math.nan] * len(coeffs)))
+                continue
+            cols.append(evaluate_points(obj, (xa * ca + xb * cb for ca, cb in coeffs), batched=batched))
+            num_evals += len(coeffs)
+        rows = [[cols[0][0][i], cols[0][1][i], cols[1][0][i], cols[1][1][i]] for i in range(len(coeffs))]
+    for alpha in grid.tolist() if work is not None else []:
         ca, cb = path_coefficients(alpha, path)
         point = xa * ca + xb * cb  # set absolutely from the two frozen endpoints
         if work is not None and bn == "interpolate":

@@ -12,7 +12,7 @@ point set absolutely from the frozen ``x0``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from sharpminima.errors import ConfigError
+from sharpminima.landscape.batched import evaluate_points
 from sharpminima.landscape.objective import LossFn, ModelObjective, Objective, as_objective
 from sharpminima.landscape.results import CostMeter, Result
 from sharpminima.landscape.sharpness import _objective_settings
@@ -148,6 +149,8 @@ def loss_surface(
     x0: Tensor,
     directions: Sequence[Tensor],
     coords: Sequence[Tensor | Sequence[float]],
+    *,
+    batched: bool | None = None,
 ) -> SurfaceResult:
     """``f(x0 + a d)`` on a line or ``f(x0 + a d + b e)`` on a grid of a plane.
 
@@ -160,6 +163,9 @@ def loss_surface(
         x0: The centre ``(n,)``.
         directions: One or two directions ``(n,)`` (e.g. from :func:`random_direction`).
         coords: The coordinates along each direction (e.g. ``torch.linspace(-1, 1, 21)``).
+        batched: Evaluate several points per forward pass
+            (:func:`~sharpminima.landscape.batched.evaluate_points`; None: the faster path
+            for the device).
 
     Returns:
         :class:`SurfaceResult` (``value`` is ``f(x0)``).
@@ -184,14 +190,20 @@ def loss_surface(
     shape = tuple(g.numel() for g in grids)
     losses = torch.empty(shape, dtype=torch.float64)
     accs = torch.empty(shape, dtype=torch.float64)
-    with CostMeter(obj) as meter:
-        for index in torch.cartesian_prod(*[torch.arange(s) for s in shape]).reshape(-1, len(shape)):
+    indices = torch.cartesian_prod(*[torch.arange(s) for s in shape]).reshape(-1, len(shape)).tolist()
+
+    def points() -> Iterator[Tensor]:
+        for index in indices:
             point = base.clone()
-            for g, d, i in zip(grids, dirs, index.tolist(), strict=True):
+            for g, d, i in zip(grids, dirs, index, strict=True):
                 point.add_(d, alpha=float(g[i]))
-            lv, av = _evaluate(obj, point)
-            losses[tuple(index.tolist())] = lv
-            accs[tuple(index.tolist())] = av
+            yield point
+
+    with CostMeter(obj) as meter:
+        loss_values, acc_values = evaluate_points(obj, points(), batched=batched)
+        for index, lv, av in zip(indices, loss_values, acc_values, strict=True):
+            losses[tuple(index)] = lv
+            accs[tuple(index)] = av
         centre = [torch.nonzero(g == 0) for g in grids]
         if all(c.numel() > 0 for c in centre):
             f0 = float(losses[tuple(int(c[0, 0]) for c in centre)])
@@ -214,6 +226,8 @@ def loss_surface_1d(
     x0: Tensor,
     d: Tensor,
     alphas: Tensor | Sequence[float] | None = None,
+    *,
+    batched: bool | None = None,
 ) -> SurfaceResult:
     """``f(x0 + a d)`` for ``a`` in ``alphas`` (default ``linspace(-1, 1, 21)``).
 
@@ -222,12 +236,13 @@ def loss_surface_1d(
         x0: The centre ``(n,)``.
         d: The direction ``(n,)``.
         alphas: Coordinates along ``d``.
+        batched: See :func:`loss_surface`.
 
     Returns:
         :class:`SurfaceResult` with ``losses`` of shape ``(A,)``.
     """
     grid = torch.linspace(-1, 1, 21, dtype=torch.float64) if alphas is None else alphas
-    return loss_surface(loss, x0, [d], [grid])
+    return loss_surface(loss, x0, [d], [grid], batched=batched)
 
 
 def loss_surface_2d(
@@ -237,6 +252,8 @@ def loss_surface_2d(
     e: Tensor,
     alphas: Tensor | Sequence[float] | None = None,
     betas: Tensor | Sequence[float] | None = None,
+    *,
+    batched: bool | None = None,
 ) -> SurfaceResult:
     """``f(x0 + a d + b e)`` on the grid ``alphas x betas`` (default 11 x 11 on [-1, 1]).
 
@@ -247,6 +264,7 @@ def loss_surface_2d(
         e: Second direction ``(n,)``.
         alphas: Coordinates along ``d``.
         betas: Coordinates along ``e``.
+        batched: See :func:`loss_surface`.
 
     Returns:
         :class:`SurfaceResult` with ``losses`` of shape ``(A, B)``.
@@ -255,4 +273,5 @@ def loss_surface_2d(
     return loss_surface(
         loss, x0, [d, e],
         [default if alphas is None else alphas, default if betas is None else betas],
+        batched=batched,
     )

@@ -23,11 +23,15 @@ Measured for F1 on the project's 2-core CPU by ``benchmarks/bench_train.py`` (re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from sharpminima.data.base import Dataset
 
 #: Devices whose fused Adam kernels we test and use.
 FUSED_DEVICE_TYPES = ("cpu", "cuda")
@@ -68,3 +72,56 @@ def compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     gets its own specialised kernels rather than slower shape-generic ones.
     """
     return torch.compile(fn, dynamic=False)
+
+
+def set_cuda_flags() -> None:
+    """Allow TF32 tensor-core matmuls and convolutions and cuDNN autotuning (process-wide).
+
+    See :func:`prepare` for what they change; vectorised trials call this alone (their
+    parameters are stacked, so channels_last does not apply to them).
+    """
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
+def prepare(model: nn.Module, data: Dataset, device: torch.device) -> tuple[nn.Module, Dataset]:
+    """Apply the CUDA fast path to a freshly built model and its on-device data; no-op elsewhere.
+
+    Call it once, after the model and data are on ``device`` and before the optimizer is
+    built (so the optimizer holds the converted parameters). On CUDA:
+
+    * **TF32 matmuls and convolutions** (``torch.set_float32_matmul_precision("high")``,
+      ``cudnn.allow_tf32``): tensor-core products with a 10-bit mantissa in the inputs and
+      fp32 accumulation. Process-wide. It changes results at about 1e-3 relative per
+      product, like any GPU run differs from a CPU one; it was *not* checked against the
+      fp32 path on a GPU here (no GPU was available), so reproduction numbers from a GPU
+      should state it. bf16 autocast is not switched on for the same reason.
+    * **cuDNN autotuning** (``cudnn.benchmark``): an epoch has at most two batch shapes,
+      so the per-shape search pays for itself within the first epoch.
+    * **channels_last** for networks with 2-D convolutions: parameters and the image data
+      are converted to NHWC, which tensor-core convolution kernels read without a
+      transpose. Batches indexed from channels_last data stay channels_last.
+
+    The step loop itself needs nothing here: its loss sum stays on the device and only
+    the end of an epoch synchronises (``float(loss_sum)``).
+
+    Args:
+        model: The network, already on ``device``.
+        data: The data, already on ``device``.
+        device: The training device.
+
+    Returns:
+        ``(model, data)``: the same objects on CPU; converted ones on CUDA.
+    """
+    if device.type != "cuda":
+        return model, data
+    set_cuda_flags()
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()) and data.x_train.ndim == 4:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        data = dataclasses.replace(
+            data,
+            x_train=data.x_train.contiguous(memory_format=torch.channels_last),
+            x_test=data.x_test.contiguous(memory_format=torch.channels_last),
+        )
+    return model, data

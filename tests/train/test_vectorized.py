@@ -1,0 +1,246 @@
+"""Vectorised trials against K sequential ``train()`` runs (the reference path).
+
+Tolerances, float32, 2 epochs, and why (see sharpminima.train.vectorized):
+
+* the stacked optimizer update is bit-identical to per-trial optimizers fed the same
+  gradients (AdamW, SGD with momentum, Adagrad; fused Adam with weight decay within an ulp,
+  its vectorised body and scalar tail rounding apart);
+* initial weights and the data order are bit-identical;
+* whole training: every weight and buffer within ``1e-5`` of its tensor's largest entry
+  (measured ~1e-7: vmap's batched products round differently from single ones), except,
+  under Adam, the biases feeding a BatchNorm and that BatchNorm's running mean, which carry
+  no signal and random-walk on rounding noise in any implementation; training-mode
+  outputs, where those biases cancel, within ``1e-5``.
+"""
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from sharpminima.config import TrainConfig
+from sharpminima.errors import ConfigError
+from sharpminima.store import Store
+from sharpminima.train import train, train_trials
+from sharpminima.train.optim import make_optimizer
+from sharpminima.train.perf import prepare
+from sharpminima.train.vectorized import fallback_reason, train_vectorized
+from sm_testing import make_tiny, small_mlp
+
+CFG = TrainConfig(net="f1", dataset="tiny", batch_size=64, epochs=2)
+SEEDS = [0, 1, 2]
+TOL = 1e-5
+
+
+def _pre_bn_names(model):
+    names, mods = set(), list(model.named_modules())
+    for (name, mod), (bn_name, nxt) in zip(mods, mods[1:], strict=False):
+        if isinstance(mod, nn.Linear) and isinstance(nxt, nn.BatchNorm1d):
+            names |= {f"{name}.bias", f"{bn_name}.running_mean"}
+    return names
+
+
+def _assert_close_runs(vec, seq, loose=frozenset()):
+    assert vec.id == seq.id and vec.config == seq.config and vec.status == seq.status == "done"
+    assert [h["epoch"] for h in vec.history] == [h["epoch"] for h in seq.history]
+    for hv, hs in zip(vec.history, seq.history, strict=True):
+        assert hv.keys() == hs.keys()
+        for key in ("batch_size", "batch_size_mean", "steps", "lr_end"):
+            assert hv.get(key) == hs.get(key), key
+    for k, v in seq.model.state_dict().items():
+        w = vec.model.state_dict()[k]
+        if not v.is_floating_point():
+            assert torch.equal(v, w), k
+        elif k not in loose:
+            assert float((w - v).abs().max()) <= TOL * float(v.abs().max()), k
+    x = make_tiny().x_test
+    a, b = copy.deepcopy(vec.model).train(), copy.deepcopy(seq.model).train()
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), rtol=TOL, atol=TOL)
+    for hv, hs in zip(vec.history, seq.history, strict=True):
+        assert hv["epoch_loss"] == pytest.approx(hs["epoch_loss"], rel=TOL)
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.01), ("adam", 1e-3)])
+def test_vectorised_trials_equal_sequential_runs(tiny, optimizer, lr):
+    cfg = CFG.replace(optimizer=optimizer, lr=lr)
+    vec = train_vectorized(cfg, SEEDS, dataset=tiny, model_factory=small_mlp)
+    seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=small_mlp) for s in SEEDS]
+    loose = _pre_bn_names(seq[0].model) if optimizer == "adam" else frozenset()
+    for v, s in zip(vec, seq, strict=True):
+        _assert_close_runs(v, s, loose)
+        assert all(torch.equal(v.init_state[k], s.init_state[k]) for k in s.init_state)
+        # eval-mode metrics use the running means, loose under Adam (see the module docstring)
+        rel = 1e-5 if optimizer == "sgd" else 1e-2
+        assert v.final["train_loss"] == pytest.approx(s.final["train_loss"], rel=rel)
+
+
+def test_lr_schedules_and_init_options_are_vectorised(tiny):
+    cfg = CFG.replace(optimizer="sgd", lr=0.02, epochs=3, lr_schedule="step",
+                      lr_schedule_args=(("milestones", (1,)), ("warmup_steps", 4)), init_scale=0.5)
+    assert fallback_reason(cfg, small_mlp()) is None
+    vec = train_vectorized(cfg, SEEDS[:2], dataset=tiny, model_factory=small_mlp)
+    seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=small_mlp) for s in SEEDS[:2]]
+    for v, s in zip(vec, seq, strict=True):
+        _assert_close_runs(v, s)
+        assert all(torch.equal(v.init_state[k], s.init_state[k]) for k in s.init_state)
+    assert vec[0].history[0]["lr_end"] != vec[0].history[-1]["lr_end"]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "nesterov", "adagrad"])
+def test_stacked_update_equals_per_trial_optimizers(name):
+    cfg = TrainConfig(optimizer=name, weight_decay=0.01)
+    g = torch.Generator().manual_seed(0)
+    trials = [[torch.randn(33, 7, generator=g).requires_grad_(), torch.randn(5, generator=g).requires_grad_()]
+              for _ in range(3)]
+    stacked = [torch.stack([t[i].detach() for t in trials]).requires_grad_() for i in range(2)]
+    opts = [make_optimizer(t, cfg) for t in trials]
+    opt = make_optimizer(stacked, cfg)
+    for _ in range(4):
+        for t in trials:
+            for p in t:
+                scale = 10.0 ** torch.randint(-10, 0, p.shape, generator=g)  # tiny to large gradients
+                p.grad = torch.randn(p.shape, generator=g) * scale
+        for i, p in enumerate(stacked):
+            p.grad = torch.stack([t[i].grad for t in trials])
+        for o in opts:
+            o.step()
+        opt.step()
+    for k, t in enumerate(trials):
+        for i, p in enumerate(t):
+            if name == "adam":  # fused Adam with weight decay: vector body and tail round apart
+                torch.testing.assert_close(stacked[i][k], p, rtol=1e-6, atol=1e-7)
+            else:
+                assert torch.equal(stacked[i][k], p)
+
+
+def test_runs_are_stored_like_sequential_ones_and_reused(tiny, tmp_path):
+    store = Store(tmp_path / "store")
+    cfg = CFG.replace(optimizer="sgd", lr=0.01)
+    vec = train_trials(cfg, SEEDS, vectorize=True, dataset=tiny, store=store, model_factory=small_mlp)
+    for run in vec:
+        assert run.id == store.get_run(run.id).id and store.get_run(run.id).status == "done"
+        assert len(store.epochs(run.id)) == 2
+        files = {p.name for p in (tmp_path / "store").rglob("*.safetensors") if run.id in str(p)}
+        assert {"init.safetensors", "final.safetensors", "last_0.safetensors", "last_1.safetensors"} <= files
+    again = train_trials(cfg, SEEDS, dataset=tiny, store=store, model_factory=small_mlp)  # sequential
+    for v, s in zip(vec, again, strict=True):
+        assert v.id == s.id and v.history == s.history
+        assert all(torch.equal(a, b) for a, b in zip(v.model.state_dict().values(),
+                                                     s.model.state_dict().values(), strict=True))
+
+
+def test_interrupted_group_resumes_per_trial(tiny, tmp_path):
+    cfg = CFG.replace(optimizer="sgd", lr=0.01, epochs=3)
+    store = Store(tmp_path / "store")
+    epochs_seen = []
+
+    def stop_after_first_epoch(event, info):
+        if event == "epoch":
+            epochs_seen.append(info["epoch"])
+            if len(epochs_seen) == 1:  # trial 0 has saved epoch 1; trials 1 and 2 have not
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_vectorized(cfg, SEEDS, dataset=tiny, store=store, model_factory=small_mlp,
+                         progress=stop_after_first_epoch)
+    ids = [cfg.replace(seed=s).hash()[:12] for s in SEEDS]
+    assert [store.get_run(i).status for i in ids] == ["failed"] * 3
+    resumed = train_vectorized(cfg, SEEDS, dataset=tiny, store=store, model_factory=small_mlp)
+    seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=small_mlp) for s in SEEDS]
+    for v, s in zip(resumed, seq, strict=True):
+        _assert_close_runs(v, s)
+        assert store.get_run(v.id).status == "done"
+
+
+def test_trials_that_stop_early_leave_the_group(tiny):
+    # plateau with patience 1: seeds stop at different epochs; the rest train on
+    cfg = CFG.replace(optimizer="sgd", lr=0.05, epochs=6, stop="plateau", patience=1, min_improvement=0.15)
+    vec = train_vectorized(cfg, [0, 1, 2, 3], dataset=tiny, model_factory=small_mlp)
+    seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=small_mlp) for s in [0, 1, 2, 3]]
+    assert len({r.epochs for r in seq}) > 1, "the test needs trials that stop at different epochs"
+    for v, s in zip(vec, seq, strict=True):
+        _assert_close_runs(v, s)
+
+
+def _no_bn():  # without BatchNorm nothing stops the weights from overflowing
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def test_diverging_trials_are_reported(tiny):
+    cfg = CFG.replace(optimizer="sgd", lr=1e20, momentum=0.0, epochs=2)
+    runs = train_vectorized(cfg, [0, 1], dataset=tiny, model_factory=_no_bn)
+    assert [r.status for r in runs] == ["diverged", "diverged"]
+    assert "lower the learning rate" in runs[0].message and runs[0].epochs == 1
+
+
+def _dropout_net():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize(("cfg", "factory", "reason"), [
+    (CFG, _dropout_net, "dropout"),
+    (CFG.replace(optimizer="lion-like"), small_mlp, "not known to update elementwise"),
+    (CFG.replace(method_args=(("compile", True),)), small_mlp, "is not vectorised"),
+    (CFG.replace(init_from="abc"), small_mlp, "not implemented by the vectorised path"),
+    (CFG.replace(batch_schedule="step"), small_mlp, "['batch_schedule'] are not implemented"),
+])
+def test_fallback_reasons(cfg, factory, reason):
+    assert reason in fallback_reason(cfg, factory())
+    assert fallback_reason(CFG, small_mlp()) is None
+
+
+def test_dropout_nets_fall_back_to_sequential_runs(tiny, caplog):
+    with caplog.at_level(logging.INFO, logger="sharpminima.train.vectorized"):
+        vec = train_vectorized(CFG.replace(epochs=1), [0, 1], dataset=tiny, model_factory=_dropout_net)
+    assert "one at a time" in caplog.text and "dropout" in caplog.text
+    seq = train(CFG.replace(epochs=1, seed=1), dataset=tiny, model_factory=_dropout_net)
+    assert all(torch.equal(a, b) for a, b in zip(vec[1].model.state_dict().values(),
+                                                 seq.model.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize(("seeds", "kwargs", "match"), [
+    ([], {}, "at least one seed"),
+    ([0, 0], {}, r"seeds must differ, got \[0, 0\]"),
+    ([0, 1], {"batch_size": 10_000}, "batch size 10000 exceeds the 600 training samples"),
+])
+def test_bad_input(tiny, seeds, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        train_vectorized(CFG.replace(**kwargs), seeds, dataset=tiny, model_factory=small_mlp)
+
+
+# ---------------------------------------------------------------------------- GPU fast path
+
+
+def test_prepare_is_a_no_op_off_cuda(tiny):
+    model = small_mlp()
+    precision = torch.get_float32_matmul_precision()
+    assert prepare(model, tiny, torch.device("cpu")) == (model, tiny)
+    assert torch.get_float32_matmul_precision() == precision
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prepare_uses_channels_last_and_tf32_on_cuda():
+    from sharpminima.models import build
+
+    dev = torch.device("cuda")
+    data = make_tiny(shape=(3, 8, 8)).to(dev)
+    model, data = prepare(build("c1", (3, 8, 8), 4).to(dev), data, dev)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert data.x_train.is_contiguous(memory_format=torch.channels_last)
+    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_vectorised_trials_train_on_cuda():
+    data = make_tiny()
+    cfg = CFG.replace(optimizer="sgd", lr=0.01)
+    vec = train_vectorized(cfg, SEEDS, dataset=data, device="cuda", model_factory=small_mlp)
+    seq = [train(cfg.replace(seed=s), dataset=data, device="cuda", model_factory=small_mlp) for s in SEEDS]
+    for v, s in zip(vec, seq, strict=True):
+        assert v.final["train_loss"] == pytest.approx(s.final["train_loss"], rel=1e-3)
