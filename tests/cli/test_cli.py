@@ -82,3 +82,38 @@ def test_debug_shows_traceback(capsys):
 def test_version(capsys):
     code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and out.startswith("sharpminima ")
+
+
+def test_method_schedule_augment_and_init_options_reach_the_config(capsys, tmp_path):
+    store = ["--store", str(tmp_path)]
+    code, out, err = run_cli(
+        capsys, *TRAIN, *store, "--json", "--method", "sam", "--method-arg", "rho=0.1",
+        "--optimizer", "lars", "--optimizer-arg", "trust_coefficient=0.01",
+        "--optimizer-arg", "exclude_1d=false",
+        "--lr", "1", "--batch-schedule", "step", "--batch-schedule-arg", "every=1",
+        "--lr-schedule", "sqrt", "--lr-schedule-arg", "warmup_steps=3", "--augment", "paper",
+        "--augment-arg", "strength=0.5", "--init", "orthogonal", "--init-scale", "0.5",
+    )
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    code, out, _ = run_cli(capsys, "runs", "show", run_id, *store, "--json")
+    cfg = json.loads(out)["config"]
+    assert cfg["method"] == "sam" and cfg["method_args"] == [["rho", 0.1]]
+    assert cfg["optimizer_args"] == [["exclude_1d", False], ["trust_coefficient", 0.01]]
+    assert cfg["batch_schedule_args"] == [["every", 1]] and cfg["lr_schedule"] == "sqrt"
+    assert cfg["augment"] == "paper" and cfg["augment_args"] == [["strength", 0.5]]
+    assert cfg["init"] == "orthogonal" and cfg["init_scale"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method-arg", "rho"], "--method-arg takes NAME=VALUE"),
+        (["--method", "sam", "--method-arg", "bogus=1"], "unknown option"),
+        (["--method", "nope"], "unknown training method 'nope'"),
+        (["--batch-schedule", "nope"], "nope"),
+    ],
+)
+def test_bad_method_options_are_one_line_errors(capsys, tmp_path, args, message):
+    code, out, err = run_cli(capsys, *TRAIN, "--store", str(tmp_path), *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

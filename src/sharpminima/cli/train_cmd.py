@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from sharpminima.cli.common import TrainProgress, echo, echo_json, open_store, progress_enabled
+from sharpminima.cli.common import (
+    TrainProgress,
+    echo,
+    echo_json,
+    is_root_process,
+    open_store,
+    parse_options,
+    progress_enabled,
+)
 from sharpminima.errors import ConfigError
 
 StoreOpt = Annotated[
@@ -35,7 +43,42 @@ def train(
     patience: Annotated[int, typer.Option(help="Plateau: epochs without improvement.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of weights, shuffles and dropout.")] = 0,
     trials: Annotated[int, typer.Option(help="Train seeds seed..seed+trials-1.")] = 1,
-    optimizer: Annotated[str, typer.Option(help="adam, sgd, adagrad, adamw.")] = "adam",
+    vectorize: Annotated[
+        bool, typer.Option(help="Train the trials as one batched computation (same runs; see docs).")
+    ] = False,
+    optimizer: Annotated[
+        str, typer.Option(help="adam, adamw, sgd, nesterov, adagrad, lars, lamb.")
+    ] = "adam",
+    optimizer_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Optimizer option NAME=VALUE (repeat), e.g. trust_coefficient=1e-3."),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Step method: plain, sam, asam, conservative, adversarial, grad_noise, "
+            "iterate_noise, ghost_bn."
+        ),
+    ] = "plain",
+    method_arg: Annotated[
+        list[str] | None, typer.Option(help="Method option NAME=VALUE (repeat), e.g. rho=0.05.")
+    ] = None,
+    batch_schedule: Annotated[
+        str, typer.Option(help="constant, step, linear, exponential, increase, adaptive.")
+    ] = "constant",
+    batch_schedule_arg: Annotated[
+        list[str] | None, typer.Option(help="Batch schedule option NAME=VALUE (repeat), e.g. factor=2.")
+    ] = None,
+    lr_schedule: Annotated[str, typer.Option(help="constant, linear, sqrt, step.")] = "constant",
+    lr_schedule_arg: Annotated[
+        list[str] | None, typer.Option(help="LR schedule option NAME=VALUE (repeat), e.g. warmup_steps=100.")
+    ] = None,
+    augment: Annotated[str, typer.Option(help="none or paper (flips, rotations, shifts).")] = "none",
+    augment_arg: Annotated[
+        list[str] | None, typer.Option(help="Augmentation option NAME=VALUE (repeat), e.g. strength=0.5.")
+    ] = None,
+    init: Annotated[str, typer.Option(help="default, kaiming, xavier, orthogonal.")] = "default",
+    init_scale: Annotated[float, typer.Option(help="Factor on the initial weights.")] = 1.0,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     weight_decay: Annotated[float, typer.Option(help="L2 penalty.")] = 0.0,
@@ -51,6 +94,11 @@ def train(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: auto).")] = None,
     store: StoreOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Profile a few steps instead of training: write PATH.json (trace), PATH.md."),
+    ] = None,
+    profile_steps: Annotated[int, typer.Option(help="Steps recorded by --profile.")] = 10,
 ) -> None:
     """Train a network (SB or LB) and record it in the run store."""
     from sharpminima.config import TrainConfig, regime_batch_size
@@ -68,6 +116,17 @@ def train(
         dataset=dataset,
         batch_size=batch_size if batch_size is not None else 256,
         optimizer=optimizer,
+        optimizer_args=parse_options("--optimizer-arg", optimizer_arg),
+        method=method,
+        method_args=parse_options("--method-arg", method_arg),
+        batch_schedule=batch_schedule,
+        batch_schedule_args=parse_options("--batch-schedule-arg", batch_schedule_arg),
+        lr_schedule=lr_schedule,
+        lr_schedule_args=parse_options("--lr-schedule-arg", lr_schedule_arg),
+        augment=augment,
+        augment_args=parse_options("--augment-arg", augment_arg),
+        init=init,
+        init_scale=init_scale,
         lr=lr,
         momentum=momentum,
         weight_decay=weight_decay,
@@ -81,9 +140,29 @@ def train(
         save_every_epoch=save_every_epoch,
         init_from=init_from,
     )
-    run_store = open_store(store)
+    if profile is not None:
+        from sharpminima.train.profile import profile_training
+
+        result = profile_training(config, profile, dataset=data, steps=profile_steps, device=device)
+        if json_output:
+            echo_json({"trace": str(result.trace), "table": str(result.table), "steps": result.steps,
+                       "seconds": result.seconds, "top_ops": [list(op) for op in result.top_ops[:5]]})
+        else:
+            echo(f"profiled {result.steps} steps ({result.seconds:.3f} s): {result.trace}, {result.table}")
+        return
+    run_store = open_store(store) if is_root_process() else None  # torchrun: rank 0 owns the store
     runs = []
-    for i in range(trials):
+    vectorize = vectorize and trials > 1
+    if vectorize:
+        from sharpminima.train import train_trials
+
+        bar = TrainProgress(f"{net} b={config.batch_size} {trials} trials", progress_enabled())
+        try:
+            runs = train_trials(config, range(seed, seed + trials), vectorize=True, dataset=data,
+                                store=run_store, device=device, progress=bar)
+        finally:
+            bar.close()
+    for i in range(0 if vectorize else trials):
         cfg = config.replace(seed=seed + i)
         bar = TrainProgress(f"{net} b={cfg.batch_size} seed={cfg.seed}", progress_enabled())
         try:
@@ -91,12 +170,10 @@ def train(
         finally:
             bar.close()
         if not json_output:
-            s = runs[-1].summary()
-            echo(
-                f"run {s['run_id']} {s['status']}: {s['epochs']} epochs, train acc "
-                f"{_pct(s['train_acc'])}, test acc {_pct(s['test_acc'])}, train loss "
-                f"{_num(s['train_loss'])}" + (f" ({s['message']})" if s["message"] else "")
-            )
+            _echo_run(runs[-1])
+    if vectorize and not json_output:
+        for run in runs:
+            _echo_run(run)
     if json_output:
         if trials == 1:
             echo_json(runs[0].summary())
@@ -110,6 +187,15 @@ def train(
         for m in ("train_acc", "test_acc"):
             mean, std, n = mean_std(runs, m)
             echo(f"{m}: {mean:.2f} +- {std:.2f} over {n} finished trials")
+
+
+def _echo_run(run: Any) -> None:
+    s = run.summary()
+    echo(
+        f"run {s['run_id']} {s['status']}: {s['epochs']} epochs, train acc "
+        f"{_pct(s['train_acc'])}, test acc {_pct(s['test_acc'])}, train loss "
+        f"{_num(s['train_loss'])}" + (f" ({s['message']})" if s["message"] else "")
+    )
 
 
 def _pct(v: float | None) -> str:

@@ -117,6 +117,20 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
                 f"fig4_{net}",
                 f"{net.upper()}: test accuracy and sharpness of the final iterate vs batch size",
             )
+            from sharpminima.report.remedies_report import gap_opens
+
+            opens = gap_opens(rows)
+            num_train = res.get("datasets", {}).get(net, {}).get("num_train") or 0
+            where = f" ({100 * opens / num_train:.1f}% of the training set)" if opens and num_train else ""
+            doc.p(
+                f"{net.upper()}, the 10% question: "
+                + (
+                    f"test accuracy first falls more than 0.5 points below the smallest batch's "
+                    f"at batch {opens}{where}."
+                    if opens
+                    else "no swept batch size is more than 0.5 points below the smallest batch's."
+                )
+            )
     if "fig5" in ex:
         doc.h(2, "Figure 5: warm-started large-batch training")
         for net, data in ex["fig5"].items():
@@ -138,6 +152,16 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
                 f"fig6_{net}",
                 f"{net.upper()}: sharpness vs training loss, trial 1",
             )
+    from sharpminima.report import remedies_report as rr
+
+    if "remedies" in ex:
+        rr.remedies_section(doc, ex["remedies"])
+    if "conservative_sweep" in ex:
+        rr.conservative_section(doc, ex["conservative_sweep"])
+    if "init_study" in ex:
+        rr.init_section(doc, ex["init_study"])
+    if "dynamics" in ex:
+        rr.dynamics_section(doc, ex["dynamics"])
     _environment(doc, res)
     return title
 

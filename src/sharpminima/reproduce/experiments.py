@@ -33,7 +33,10 @@ def trial_runs(ctx: Context, net: str) -> dict[str, list[Run]]:
     """SB and LB runs of every trial of ``net`` (trained once, then from the store)."""
     cache = ctx.__dict__.setdefault("_trials", {})
     if net not in cache:
-        keep = ctx.preset.along_training > 0 and "fig6" in ctx.preset.experiments
+        p = ctx.preset
+        keep = (p.along_training > 0 and "fig6" in p.experiments) or (
+            p.dynamics_every > 0 and "dynamics" in p.experiments
+        )
         cache[net] = {
             regime: [
                 ctx.train(
@@ -457,6 +460,15 @@ EXPERIMENTS: dict[str, Experiment] = {
     "fig6": fig6,
 }
 
+
+def _add_remedies() -> None:
+    from sharpminima.reproduce import remedies
+
+    EXPERIMENTS.update(remedies.EXPERIMENTS)
+
+
+_add_remedies()
+
 #: Aliases accepted on the command line.
 ALIASES = {"table3": "sharpness", "table4": "sharpness", "fig7": "fig3"}
 
@@ -487,4 +499,6 @@ def planned_units(ctx: Context, names: list[str]) -> float:
             )
         if "fig6" in names and p.along_training:
             total += 2 * (p.sb_epochs // p.along_training + 1) * sharpness_units(ctx)
-    return total
+    from sharpminima.reproduce import remedies
+
+    return total + remedies.planned_units(ctx, names)
