@@ -82,21 +82,22 @@ def _grow_batch(kind: str) -> Changes:
 
     def changes(ctx: Context, net: str, seed: int) -> dict[str, Any]:
         lb = _lb_batch(ctx, net)
+        start = min(SB_BATCH_SIZE, lb)  # tiny data sets: LB may be below 256
         epochs = max(2, ctx.preset.lb_epochs)
-        growth = lb / SB_BATCH_SIZE
+        growth = lb / start
         if kind == "step":  # x2 every few epochs, reaching LB by the last fifth
             every = max(1, math.floor(0.8 * epochs / max(1.0, math.log2(growth))))
             args: dict[str, Any] = {"factor": 2.0, "every": every, "max_batch": lb}
         elif kind == "linear":
             args = {"final": lb, "over": max(1, epochs - 1)}
         elif kind == "exponential":
-            args = {"rate": growth ** (1.0 / max(1, epochs - 1)), "max_batch": lb}
+            args = {"rate": max(1.0, growth) ** (1.0 / max(1, epochs - 1)), "max_batch": lb}
         elif kind == "increase":  # where lr would decay by 5 (at 1/2 and 3/4), grow B instead
             args = {"milestones": (epochs // 2, (3 * epochs) // 4), "factor": 5, "max_batch": lb}
         else:  # adaptive: B = clip(B_simple, 256, LB), measured every epoch
-            args = {"min_batch": SB_BATCH_SIZE, "max_batch": lb}
+            args = {"min_batch": start, "max_batch": lb}
         return {
-            "batch_size": SB_BATCH_SIZE,
+            "batch_size": start,
             "batch_schedule": kind,
             "batch_schedule_args": tuple(sorted(args.items())),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ def reproduce(
     preset: Preset,
     *,
     store: Any,
-    out: Path,
+    out: str | os.PathLike[str],
     experiments: Sequence[str] | None = None,
     device: str | torch.device | None = None,
     sources: dict[str, str] | None = None,
@@ -75,6 +76,7 @@ def reproduce(
     ctx = Context(store=store, preset=preset, device=dev, sources=dict(sources or {}))
     if progress_factory is not None:
         ctx.progress = progress_factory(planned_units(ctx, names))
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
