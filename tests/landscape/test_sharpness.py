@@ -149,7 +149,7 @@ def test_identity_subspace_equals_full_space(driver):
     assert full.settings["space"] == "full" and sub.settings["space"] == "subspace"
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "gaussian"])
+@pytest.mark.parametrize("distribution", ["uniform", "gaussian", "uniform-raw"])
 def test_subspace_box_uses_pseudo_inverse_coordinates(distribution):
     f, _, x = quadratic([4.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.01], seed=6)
     eps = 1e-2
@@ -182,6 +182,9 @@ def test_random_subspace_columns_and_determinism():
     gauss = random_subspace(500, 7, seed=3, distribution="gaussian", dtype=DTYPE)
     assert bool((gauss < 0).any())
     assert torch.allclose(gauss.norm(dim=0), torch.ones(7, dtype=DTYPE), atol=1e-12)
+    raw = random_subspace(500, 7, seed=3, distribution="uniform-raw")
+    assert torch.allclose(raw / raw.norm(dim=0), a, atol=1e-6)  # same draw, not normalised
+    assert float(raw.norm(dim=0).mean()) == pytest.approx((500 / 3) ** 0.5, rel=0.1)
 
 
 def test_drivers_give_identical_iterates():

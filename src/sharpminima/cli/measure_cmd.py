@@ -47,7 +47,9 @@ def measure(
     eps: Annotated[list[float] | None, typer.Option(help="Box size(s) of Metric 2.1 (repeatable).")] = None,
     subspace: Annotated[str, typer.Option(help="full, random or both.")] = "full",
     p: Annotated[int, typer.Option(help="Random subspace dimension.")] = 100,
-    distribution: Annotated[str, typer.Option(help="Random subspace: uniform or gaussian.")] = "uniform",
+    distribution: Annotated[
+        str, typer.Option(help="Random subspace: uniform, gaussian or uniform-raw.")
+    ] = "uniform",
     maxiter: Annotated[int, typer.Option(help="L-BFGS-B iterations.")] = 10,
     bn: Annotated[str, typer.Option(help="BatchNorm mode: batch, eval or both.")] = "batch",
     samples: Annotated[

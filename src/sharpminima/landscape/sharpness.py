@@ -53,11 +53,11 @@ from sharpminima.errors import ConfigError
 from sharpminima.landscape.objective import LossFn, Objective, as_objective
 from sharpminima.landscape.results import CostMeter, Result
 
-SubspaceDistribution = Literal["uniform", "gaussian"]
+SubspaceDistribution = Literal["uniform", "gaussian", "uniform-raw"]
 Driver = Literal["auto", "setulb", "scipy"]
 MultistartMethod = Literal["lbfgsb", "pga"]
 
-DISTRIBUTIONS = ("uniform", "gaussian")
+DISTRIBUTIONS = ("uniform", "gaussian", "uniform-raw")
 DRIVERS = ("auto", "setulb", "scipy")
 MULTISTART_METHODS = ("lbfgsb", "pga")
 
@@ -157,20 +157,25 @@ def random_subspace(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Draw a random ``n x p`` matrix with unit-norm columns for the subspace metric.
+    """Draw a random ``n x p`` matrix (unit-norm columns by default) for the subspace metric.
 
     Keskar et al. do not give the distribution. ``"uniform"``: entries ``U[0, 1)``, then
     each column scaled to unit norm (what public reimplementations use; the columns share a
     large common component along the all-ones direction, ``cond(A) ~ sqrt(3p)``).
     ``"gaussian"``: entries ``N(0, 1)``, each column scaled to unit norm (nearly
-    orthonormal columns). Drawn on the CPU from ``torch.Generator().manual_seed(seed)``
-    and then moved, so the matrix does not depend on the device.
+    orthonormal columns). ``"uniform-raw"``: entries ``U[0, 1)`` left unscaled (columns of
+    norm about ``sqrt(n/3)``), the literal reading of the paper's "random matrix" with no
+    normalisation stated; on F1 it moves every weight by ~0.05 and saturates the metric
+    (about 250 for both SB and LB), where unit-norm columns give values near 0; neither
+    matches the paper's Table 4. Drawn on the CPU from
+    ``torch.Generator().manual_seed(seed)`` and then moved, so the matrix does not depend
+    on the device.
 
     Args:
         n: Number of parameters (rows).
         p: Subspace dimension (columns), ``1 <= p <= n``.
         seed: Random seed.
-        distribution: ``"uniform"`` or ``"gaussian"``.
+        distribution: ``"uniform"``, ``"gaussian"`` or ``"uniform-raw"``.
         dtype: Floating dtype of the result (the objective's).
         device: Device of the result.
 
@@ -187,8 +192,10 @@ def random_subspace(
             f"unknown subspace distribution {distribution!r}; choose one of {DISTRIBUTIONS}"
         )
     gen = torch.Generator().manual_seed(int(seed))
-    draw = torch.rand if distribution == "uniform" else torch.randn
+    draw = torch.randn if distribution == "gaussian" else torch.rand
     a = draw(n, p, generator=gen, dtype=dtype)  # (n, p)
+    if distribution == "uniform-raw":
+        return a.to(device) if device is not None else a
     sq = torch.zeros(p, dtype=torch.float64)
     for s in _row_blocks(n, 65536):  # float64 sums without a float64 copy of A
         sq += a[s : s + 65536].double().square().sum(0)
@@ -619,7 +626,8 @@ def keskar_sharpness(
             full space (``A = I``).
         p: Draw ``A`` with :func:`random_subspace` (``p`` columns; needs ``seed``).
         seed: Seed of the drawn subspace (recorded; also recorded if ``A`` is given).
-        distribution: Distribution of the drawn subspace, ``"uniform"`` or ``"gaussian"``.
+        distribution: Distribution of the drawn subspace, ``"uniform"``, ``"gaussian"`` or
+            ``"uniform-raw"`` (see :func:`random_subspace`).
         maxiter: L-BFGS-B iterations.
         maxcor: L-BFGS-B memory (scipy's default 10).
         ftol: L-BFGS-B relative-reduction tolerance (0: off).

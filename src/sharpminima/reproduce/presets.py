@@ -28,7 +28,8 @@ class Preset:
         eps: Box sizes of Metric 2.1.
         subspaces: ``full`` (A = I) and/or ``random`` (p columns).
         subspace_dim: p for the random subspace (the paper: 100).
-        subspace_distribution: ``uniform`` (U[0,1) columns, unit norm) or ``gaussian``.
+        subspace_distribution: ``uniform`` (U[0,1) columns, unit norm), ``gaussian`` or
+            ``uniform-raw`` (U[0,1) entries, not normalised).
         bn_modes: BatchNorm modes for sharpness; the first is the headline (``batch``
             matches the paper's magnitudes; ``eval`` is shown beside it).
         maxiter: L-BFGS-B iterations (the paper: 10).
@@ -188,11 +189,14 @@ PAPER = Preset(
 
 #: F1 on MNIST with every remedy (one trial each), the conservative-training sweep, the
 #: initialization study and the optimization dynamics; about an hour on the 2-core CPU.
+#: The baseline trials are the ``quick`` preset's (with every epoch's weights kept).
 REMEDIES = dataclasses.replace(
     QUICK,
     name="remedies",
     remedies=ALL_REMEDIES,
     remedy_trials=1,
+    inits=(("default", 1.0), ("kaiming", 1.0), ("xavier", 1.0), ("orthogonal", 1.0), ("default", 0.5)),
+    dynamics_every=5,
     experiments=("table2", "remedies", "conservative_sweep", "init_study", "dynamics"),
 )
 
