@@ -10,12 +10,12 @@ from sharpminima.reproduce.presets import ALL_REMEDIES
 from sharpminima.reproduce.remedies import REMEDIES, get_remedy
 from sharpminima.store import Store
 
-NAMES = ("warm-start", "sam", "batch-exp", "augment")
+NAMES = ("warm-start", "sam", "batch-exp", "augment", "conservative")
 
 TINY = get_preset(
     "remedies", dataset="synthetic", trials=1, sb_epochs=2, lb_epochs=3, sharpness_samples=100,
     maxiter=2, chunk_size=100, eps=(1e-3,), train_limit=600, remedies=NAMES, warm_epochs=1,
-    lambda_sweep=(1e-3, 1e-1), inner_iters_sweep=(1,), inits=(("default", 1.0), ("orthogonal", 0.5)),
+    lambda_sweep=(1e-3,), inner_iters_sweep=(1, 3), inits=(("default", 1.0), ("orthogonal", 0.5)),
     dynamics_every=2, dynamics_samples=100, noise_examples=50, dynamics_optimizers=(("sgd", 0.05),),
 )
 
@@ -61,7 +61,10 @@ def test_sweeps_init_study_and_dynamics(done):
     _, _, results = done
     ex = results["experiments"]
     cs = ex["conservative_sweep"]["f1"]
-    assert [(r["lambda"], r["inner_iters"]) for r in cs["rows"]] == [(1e-3, 1), (1e-1, 1)]
+    assert [(r["lambda"], r["inner_iters"]) for r in cs["rows"]] == [(1e-3, 1), (1e-3, 3)]
+    # The paper's cell (1e-3, 3 inner steps) is the remedies table's conservative run itself.
+    conservative = next(r for r in ex["remedies"]["f1"] if r["name"] == "conservative")
+    assert cs["rows"][1]["runs"] == conservative["runs"] != cs["rows"][0]["runs"]
     init = ex["init_study"]["f1"]
     assert [(r["init"], r["scale"]) for r in init] == [("default", 1.0), ("orthogonal", 0.5)]
     assert all(r["gap"] is not None for r in init)

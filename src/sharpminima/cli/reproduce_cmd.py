@@ -28,10 +28,13 @@ def reproduce(
         list[str] | None,
         typer.Argument(
             help="Experiments to run (default: all of the preset): table2, table3, table4, "
-            "sharpness, fig2, fig3, fig7, fig4, fig5, fig6, distance, hessian, stopping."
+            "sharpness, fig2, fig3, fig7, fig4, fig5, fig6, distance, hessian, stopping, "
+            "remedies, conservative_sweep, init_study, dynamics."
         ),
     ] = None,
-    preset: Annotated[str, typer.Option(help="quick (minutes on a CPU) or paper (faithful).")] = "quick",
+    preset: Annotated[
+        str, typer.Option(help="quick (minutes on a CPU), paper (faithful) or remedies (F1 + every method).")
+    ] = "quick",
     nets: Annotated[str | None, typer.Option(help="Comma-separated networks, e.g. f1,c1.")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials per regime.")] = None,
     sb_epochs: Annotated[int | None, typer.Option(help="Override the SB epochs (cap).")] = None,

@@ -31,6 +31,7 @@ from sharpminima.config import SB_BATCH_SIZE
 from sharpminima.errors import ConfigError
 from sharpminima.reproduce.context import Context
 from sharpminima.train import Run
+from sharpminima.train.remedies import CONSERVATIVE_ARGS
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,9 @@ def conservative_sweep(ctx: Context) -> dict[str, Any]:
         rows = []
         for lam in p.lambda_sweep:
             for inner in p.inner_iters_sweep:
-                args = (("inner_iters", int(inner)), ("lam", float(lam)))
+                # Only non-default options, so the paper's (1e-3, 3) is the remedies run itself.
+                given = {"inner_iters": int(inner), "lam": float(lam)}
+                args = tuple((k, v) for k, v in sorted(given.items()) if CONSERVATIVE_ARGS[k] != v)
                 cfg = ctx.config(net, "lb", 0, method="conservative", method_args=args)
                 run = ctx.train(cfg, f"{net} LB conservative lambda {lam:g} x{inner}")
                 rows.append({"lambda": lam, "inner_iters": inner, **_summarise(ctx, [run])})
