@@ -102,3 +102,28 @@ def test_gap_opens_finds_the_first_drop():
     assert gap_opens(rows) == 4000
     assert gap_opens(rows, tolerance=10) is None
     assert gap_opens(rows[:1]) is None
+
+
+def test_batch_increase_remedy_reaches_the_lb_size():
+    """Two equal growth factors at 1/2 and 3/4 of training end exactly at LB (no lr decay)."""
+    from types import SimpleNamespace
+
+    from sharpminima.config import TrainConfig
+    from sharpminima.reproduce.presets import QUICK
+    from sharpminima.train.schedules import EpochContext, make_schedule
+
+    class Ctx(SimpleNamespace):
+        def config(self, net, regime, seed, **changes):
+            return TrainConfig(batch_size=6000 if regime == "lb" else 256, epochs=15).replace(**changes)
+
+        def data(self, net):
+            return SimpleNamespace(num_train=60_000)
+
+    ctx = Ctx(preset=QUICK)
+    cfg = ctx.config("f1", "lb", 0, **REMEDIES["batch-increase"].changes(ctx, "f1", 0))
+    schedule = make_schedule(cfg, 60_000)
+    plans = [schedule.plan(e, EpochContext(None, None, [])) for e in range(1, 16)]
+    sizes = [p.batch_size for p in plans]
+    assert sizes[0] == 256 and sizes[-1] == 6000 and sizes == sorted(sizes)
+    assert len(set(sizes)) == 3
+    assert all(schedule.lr(0, e, p) == pytest.approx(cfg.lr) for e, p in enumerate(plans, 1))

@@ -77,9 +77,13 @@ def _buffers_after_one_forward(model, x):
 
 
 def _ghost_loss(p, x, y, chunk, eps=1e-5):
-    """The BN net's size-weighted loss, each chunk normalised by its own statistics."""
+    """The BN net's size-weighted loss, each chunk normalised by its own statistics.
+
+    ``ceil(n / chunk)`` near-equal chunks (``tensor_split``), as ghost BatchNorm cuts them.
+    """
     total = 0.0
-    for xc, yc in zip(x.split(chunk), y.split(chunk), strict=True):
+    pieces = -(-len(x) // chunk)
+    for xc, yc in zip(x.tensor_split(pieces), y.tensor_split(pieces), strict=True):
         h = xc @ p["0.weight"].T + p["0.bias"]
         h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + eps) * p["1.weight"] + p["1.bias"]
         logits = torch.relu(h) @ p["3.weight"].T + p["3.bias"]
@@ -87,18 +91,25 @@ def _ghost_loss(p, x, y, chunk, eps=1e-5):
     return total / len(x)
 
 
+def test_ghost_batch_never_leaves_a_one_sample_virtual_batch():
+    x, y = _data(n=9)
+    model = _bn_net()
+    loss = batch_loss(model, x, y, ghost_batch_size=4)  # 3, 3, 3, not 4, 4, 1 (BN would fail)
+    torch.testing.assert_close(loss, _ghost_loss(_params(model), x, y, 4))
+
+
 def test_ghost_batch_loss_and_grads_equal_separate_bn_per_virtual_batch():
     x, y = _data(n=10)
     model = _bn_net()
     w = _params(model)
-    loss = batch_loss(model, x, y, ghost_batch_size=4)  # virtual batches 4, 4, 2
+    loss = batch_loss(model, x, y, ghost_batch_size=4)  # virtual batches 4, 3, 3
     loss.backward()
     torch.testing.assert_close(loss, _ghost_loss(w, x, y, 4))
     expected = grad(_ghost_loss)(w, x, y, 4)
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[k], msg=k)
     bn, mean, var = model[1], torch.zeros(5, dtype=D), torch.ones(5, dtype=D)
-    for xc in x.split(4):  # running statistics move once per virtual batch
+    for xc in x.tensor_split(3):  # running statistics move once per virtual batch
         h = xc @ w["0.weight"].T + w["0.bias"]
         mean = 0.9 * mean + 0.1 * h.mean(0)
         var = 0.9 * var + 0.1 * h.var(0, unbiased=True)

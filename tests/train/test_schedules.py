@@ -132,7 +132,39 @@ def test_bad_options_fail_before_training(tiny, tmp_path):
         train(CFG.replace(batch_schedule="huge"), dataset=tiny, store=store, model_factory=small_mlp)
     with pytest.raises(ConfigError, match="unknown init scheme 'he'"):
         train(CFG.replace(init="he"), dataset=tiny, store=store, model_factory=small_mlp)
+    with pytest.raises(ConfigError, match="unknown option"):
+        train(CFG.replace(method="sam", method_args=(("rhoo", 0.1),)), dataset=tiny, store=store,
+              model_factory=small_mlp)
+    with pytest.raises(ConfigError, match="unknown option"):
+        train(CFG.replace(optimizer="lars", optimizer_args=(("trust", 1.0),)), dataset=tiny, store=store,
+              model_factory=small_mlp)
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamx'"):
+        train(CFG.replace(optimizer="adamx"), dataset=tiny, store=store, model_factory=small_mlp)
     assert store.list_runs() == []
+
+
+def test_ghost_batchnorm_is_refused_under_torchrun(tiny, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    sam_ghost = CFG.replace(method="sam", method_args=(("ghost_batch_size", 8),))
+    for cfg in (CFG.replace(method="ghost_bn"), sam_ghost):
+        with pytest.raises(ConfigError, match="ghost BatchNorm .* not supported under torchrun"):
+            train(cfg, dataset=tiny, model_factory=small_mlp)
+
+
+def test_training_restores_process_wide_matmul_precision(tiny):
+    import torch
+
+    from sharpminima.train.perf import cuda_flags_restored
+
+    before = torch.get_float32_matmul_precision()
+    with cuda_flags_restored():
+        torch.set_float32_matmul_precision("medium" if before != "medium" else "high")
+    assert torch.get_float32_matmul_precision() == before
+    train(CFG, dataset=tiny, model_factory=small_mlp)
+    assert torch.get_float32_matmul_precision() == before
 
 
 # ---------------------------------------------------------------- config fields

@@ -78,6 +78,13 @@ def _warm_start(ctx: Context, net: str, seed: int) -> dict[str, Any]:
     return {"init_from": sb.id}
 
 
+def _augment(ctx: Context, net: str, seed: int) -> dict[str, Any]:
+    """The paper's augmentation; no horizontal flips for MNIST (a flipped digit is no digit)."""
+    if ctx.dataset_name(net) == "mnist":
+        return {"augment": "paper", "augment_args": (("flip", 0.0),)}
+    return {"augment": "paper"}
+
+
 def _grow_batch(kind: str) -> Changes:
     """Batch schedules from the SB size (256) up to the LB size over the LB epoch budget."""
 
@@ -93,8 +100,11 @@ def _grow_batch(kind: str) -> Changes:
             args = {"final": lb, "over": max(1, epochs - 1)}
         elif kind == "exponential":
             args = {"rate": max(1.0, growth) ** (1.0 / max(1, epochs - 1)), "max_batch": lb}
-        elif kind == "increase":  # where lr would decay by 5 (at 1/2 and 3/4), grow B instead
-            args = {"milestones": (epochs // 2, (3 * epochs) // 4), "factor": 5, "max_batch": lb}
+        elif kind == "increase":  # where lr would decay (at 1/2 and 3/4), grow B instead
+            milestones = tuple(sorted({max(1, epochs // 2), max(1, (3 * epochs) // 4)}))
+            # Two equal factors that end exactly at LB (Smith et al. use 5 with their sizes).
+            factor = max(1.0 + 1e-9, growth ** (1.0 / len(milestones)))
+            args = {"milestones": milestones, "factor": factor, "max_batch": lb}
         else:  # adaptive: B = clip(B_simple, 256, LB), measured every epoch
             args = {"min_batch": start, "max_batch": lb}
         return {
@@ -124,8 +134,8 @@ REMEDIES: dict[str, Remedy] = {
     for r in (
         Remedy(
             "augment",
-            "data augmentation (flips, rotations <= 10 deg, shifts <= 0.2)",
-            _fixed(augment="paper"),
+            "data augmentation (rotations <= 10 deg, shifts <= 0.2; flips except on digits)",
+            _augment,
             sb_too=True,
             image_only=True,
             paper="LB test accuracy matches SB-with-augmentation (C2 89.82 SB vs 90.26 LB); "
@@ -153,8 +163,7 @@ REMEDIES: dict[str, Remedy] = {
             _warm_start,
             paper="after enough SB epochs the LB result is flat and generalizes (Fig. 5)",
         ),
-        Remedy("ghost-bn", "ghost BatchNorm (virtual batches of 256)",
-               _fixed(method="ghost_bn", method_args=(("ghost_batch_size", SB_BATCH_SIZE),))),
+        Remedy("ghost-bn", "ghost BatchNorm (virtual batches of 256)", _fixed(method="ghost_bn")),
         Remedy("sam", "SAM (rho 0.05)", _fixed(method="sam"), sb_too=True),
         Remedy("asam", "adaptive SAM", _fixed(method="asam"), sb_too=True),
         Remedy("lr-sqrt", "square-root lr scaling with warm-up", _lr_scaled("sqrt")),
@@ -162,7 +171,7 @@ REMEDIES: dict[str, Remedy] = {
         Remedy("batch-step", "batch grows x2 in steps (256 -> LB)", _grow_batch("step")),
         Remedy("batch-linear", "batch grows linearly (256 -> LB)", _grow_batch("linear")),
         Remedy("batch-exp", "batch grows exponentially (256 -> LB)", _grow_batch("exponential")),
-        Remedy("batch-increase", "increase the batch instead of decaying the lr (x5 at 1/2, 3/4)",
+        Remedy("batch-increase", "increase the batch instead of decaying the lr (at 1/2 and 3/4 of training)",
                _grow_batch("increase")),
         Remedy("batch-adaptive", "batch set from the gradient noise scale", _grow_batch("adaptive")),
         Remedy("lars", "LARS (lr 1, trust coefficient 1e-3, momentum 0.9)",
@@ -327,6 +336,8 @@ def dynamics(ctx: Context) -> dict[str, Any]:
     p = ctx.preset
     bn = p.bn_modes[0]
     out: dict[str, Any] = {}
+    if p.dynamics_every < 1:
+        return out
     for net in p.nets:
         out[net] = {}
         for optimizer, lr in p.dynamics_optimizers:
@@ -334,9 +345,10 @@ def dynamics(ctx: Context) -> dict[str, Any]:
                 cfg = ctx.config(net, regime, 0, optimizer=optimizer, lr=float(lr), save_every_epoch=True)
                 run = ctx.train(cfg, f"{net} {regime.upper()} {optimizer} for dynamics")
                 points = []
-                for row in run.history:
+                last = run.epochs if run.status == "done" else run.epochs - 1  # no weights saved
+                for row in run.history[:last]:
                     e = row["epoch"]
-                    if e % p.dynamics_every and e != 1 and e != run.epochs:
+                    if e % p.dynamics_every and e != 1 and e != last:
                         continue
                     model = ctx.model_at(run, e)
                     x = ctx.weights(run, e)
@@ -376,6 +388,7 @@ def dynamics(ctx: Context) -> dict[str, Any]:
                     "lr": lr,
                     "regime": regime,
                     "batch_size": cfg.batch_size,
+                    "status": run.status,
                     "stability_line": _stability_line(run),
                     "points": points,
                 }

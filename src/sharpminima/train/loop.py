@@ -28,9 +28,9 @@ from sharpminima.errors import ConfigError
 from sharpminima.models.init import initialize
 from sharpminima.train.checkpointing import RunFiles
 from sharpminima.train.methods import make_step
-from sharpminima.train.optim import make_optimizer
+from sharpminima.train.optim import OPTIMIZERS, make_optimizer, optimizer_options
 from sharpminima.train.parallel import open_run_files, parallel_evaluate, parallel_step  # torchrun/DDP
-from sharpminima.train.perf import prepare
+from sharpminima.train.perf import cuda_flags_restored, prepare
 from sharpminima.train.run import Run
 from sharpminima.train.schedules import EpochContext, make_schedule, set_lr, steps_done
 
@@ -120,15 +120,29 @@ def train(
     if files.finished():
         return files.load_run(lambda: _fresh_model(config, data, model_factory).to(dev))
     devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), cuda_flags_restored():
         return _train(config, data, files, dev, progress, model_factory)
 
 
 def _check_options(config: TrainConfig, data: Dataset) -> None:
-    """Build the schedules, augmentation and init once, so bad options fail before the store."""
+    """Build every configured component once, so bad options fail before the store."""
+    make_step(config)
+    optimizer_options(config)
+    if config.optimizer not in OPTIMIZERS:
+        make_optimizer([], config)  # raises the one-line unknown-optimizer error
+    if _uses_ghost_bn(config) and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            raise ConfigError(
+                "ghost BatchNorm (method ghost_bn or option ghost_batch_size) is not supported "
+                "under torchrun: BatchNorm is synchronised over ranks; train it in one process"
+            )
     make_schedule(config, data.num_train)
     make_augment(config.augment, config.augment_args, data.input_shape)
     initialize(nn.Sequential(), config.init, config.init_scale)
+
+
+def _uses_ghost_bn(config: TrainConfig) -> bool:
+    return config.method == "ghost_bn" or dict(config.method_args).get("ghost_batch_size") is not None
 
 
 def _fresh_model(

@@ -23,8 +23,9 @@ Measured for F1 on the project's 2-core CPU by ``benchmarks/bench_train.py`` (re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -83,6 +84,23 @@ def set_cuda_flags() -> None:
     torch.set_float32_matmul_precision("high")
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
+
+
+@contextlib.contextmanager
+def cuda_flags_restored() -> Iterator[None]:
+    """Restore the process-wide matmul precision and cuDNN flags on leaving the block.
+
+    Training may switch TF32 on (:func:`set_cuda_flags`); landscape measures computed later
+    in the same process must not inherit it, or a stored measurement would depend on
+    whether something was trained first.
+    """
+    precision = torch.get_float32_matmul_precision()
+    tf32, bench = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = tf32, bench
 
 
 def prepare(model: nn.Module, data: Dataset, device: torch.device) -> tuple[nn.Module, Dataset]:

@@ -31,8 +31,9 @@ def batch_loss(model: nn.Module, xb: Tensor, yb: Tensor, ghost_batch_size: int |
 
     Without ``ghost_batch_size`` (or when it is at least the batch size) this is
     ``(1/B) sum_i -log softmax(model(x_i))[y_i]`` from one forward pass. With it, the batch
-    is split into consecutive virtual batches ``V_1, ..., V_m`` of at most
-    ``ghost_batch_size`` samples and each gets its own forward pass, so every BatchNorm
+    is split into ``m = ceil(B / ghost_batch_size)`` consecutive virtual batches
+    ``V_1, ..., V_m`` of near-equal size (at most ``ghost_batch_size``; sizes differ by at
+    most one, so no piece is a tiny remainder) and each gets its own forward pass, so every BatchNorm
     layer normalises a virtual batch by that batch's statistics and updates its running
     statistics once per virtual batch (Hoffer et al. 2017, "Train longer, generalize
     better", ghost batch normalization). The loss is the size-weighted mean
@@ -49,9 +50,12 @@ def batch_loss(model: nn.Module, xb: Tensor, yb: Tensor, ghost_batch_size: int |
     """
     if ghost_batch_size is None or ghost_batch_size >= len(xb):
         return F.cross_entropy(model(xb), yb)
+    # ceil(B/g) near-equal pieces (sizes differ by at most 1), so no virtual batch is a
+    # tiny remainder (a single sample would make BatchNorm's batch statistics undefined).
+    pieces = math.ceil(len(xb) / ghost_batch_size)
     total = sum(
         F.cross_entropy(model(xv), yv, reduction="sum")
-        for xv, yv in zip(xb.split(ghost_batch_size), yb.split(ghost_batch_size), strict=True)
+        for xv, yv in zip(xb.tensor_split(pieces), yb.tensor_split(pieces), strict=True)
     )
     return total / len(xb)  # type: ignore[operator]
 

@@ -84,7 +84,7 @@ from sharpminima.train.checkpointing import RunFiles
 from sharpminima.train.evaluate import evaluate
 from sharpminima.train.loop import Progress, StopState, _check_options, _fresh_model, batch_indices, train
 from sharpminima.train.optim import make_optimizer
-from sharpminima.train.perf import set_cuda_flags
+from sharpminima.train.perf import cuda_flags_restored, set_cuda_flags
 from sharpminima.train.run import Run
 from sharpminima.train.schedules import EpochContext, make_schedule, set_lr, steps_done
 
@@ -242,6 +242,28 @@ class _Group:
 
 
 def train_vectorized(
+    config: TrainConfig,
+    seeds: Sequence[int] = range(5),
+    *,
+    dataset: Dataset | None = None,
+    store: Any = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    model_factory: Callable[[], nn.Module] | None = None,
+) -> list[Run]:
+    """Train one run of ``config`` per seed as one batched computation; return the runs.
+
+    See :func:`_train_vectorized` (the implementation) for the details; process-wide CUDA
+    flags switched on for training are restored afterwards.
+    """
+    with cuda_flags_restored():
+        return _train_vectorized(
+            config, seeds, dataset=dataset, store=store, device=device, progress=progress,
+            model_factory=model_factory,
+        )
+
+
+def _train_vectorized(
     config: TrainConfig,
     seeds: Sequence[int] = range(5),
     *,
