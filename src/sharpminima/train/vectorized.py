@@ -253,28 +253,6 @@ def train_vectorized(
 ) -> list[Run]:
     """Train one run of ``config`` per seed as one batched computation; return the runs.
 
-    See :func:`_train_vectorized` (the implementation) for the details; process-wide CUDA
-    flags switched on for training are restored afterwards.
-    """
-    with cuda_flags_restored():
-        return _train_vectorized(
-            config, seeds, dataset=dataset, store=store, device=device, progress=progress,
-            model_factory=model_factory,
-        )
-
-
-def _train_vectorized(
-    config: TrainConfig,
-    seeds: Sequence[int] = range(5),
-    *,
-    dataset: Dataset | None = None,
-    store: Any = None,
-    device: str | torch.device | None = None,
-    progress: Progress | None = None,
-    model_factory: Callable[[], nn.Module] | None = None,
-) -> list[Run]:
-    """Train one run of ``config`` per seed as one batched computation; return the runs.
-
     Each trial is the run :func:`~sharpminima.train.loop.train` would make for
     ``config.replace(seed=s)`` (same store record and hash; see the module docstring for
     how equal the weights are). Runs the store already holds as finished are loaded, not
@@ -298,6 +276,24 @@ def _train_vectorized(
     Raises:
         ConfigError: For no seeds, repeated seeds, or a batch larger than the training set.
     """
+    with cuda_flags_restored():
+        return _train_vectorized(
+            config, seeds, dataset=dataset, store=store, device=device, progress=progress,
+            model_factory=model_factory,
+        )
+
+
+def _train_vectorized(
+    config: TrainConfig,
+    seeds: Sequence[int] = range(5),
+    *,
+    dataset: Dataset | None = None,
+    store: Any = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    model_factory: Callable[[], nn.Module] | None = None,
+) -> list[Run]:
+    """The implementation of :func:`train_vectorized` (CUDA flags are restored by the caller)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("train_vectorized needs at least one seed")
