@@ -196,6 +196,8 @@ REMEDIES = dataclasses.replace(
     remedies=ALL_REMEDIES,
     remedy_trials=1,
     inits=(("default", 1.0), ("kaiming", 1.0), ("xavier", 1.0), ("orthogonal", 1.0), ("default", 0.5)),
+    lambda_sweep=(1e-4, 1e-3, 1e-2, 1e-1),
+    inner_iters_sweep=(1,),
     dynamics_every=5,
     experiments=("table2", "remedies", "conservative_sweep", "init_study", "dynamics"),
 )
