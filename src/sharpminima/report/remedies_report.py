@@ -166,13 +166,34 @@ def remedies_section(doc: Doc, rem: dict[str, Any]) -> None:
         ]
         lb = next((r for r in rows if r["name"] == "lb"), None)
         if lb is not None and sb_acc is not None and _mean(lb["test_acc"]) is not None:
-            doc.p(
-                f"{net.upper()}: baseline gap SB - LB = {sb_acc - _mean(lb['test_acc']):+.2f} points. "
-                + (
+            base_gap = sb_acc - _mean(lb["test_acc"])
+            lb_sharp = _mean(lb.get("sharpness"))
+            flatter = [
+                f"{r['name']} ({_mean(r['sharpness']):.3g})"
+                for r in rows
+                if r["regime"] == "lb" and r["name"] != "lb" and "skipped" not in r
+                and lb_sharp and _mean(r.get("sharpness")) is not None
+                and _mean(r["sharpness"]) <= lb_sharp / 10
+            ]
+            if base_gap <= 0:
+                verdict = (
+                    "LB already tests as well as SB or better here, so there is no gap to close; "
+                    "read the table for what each method costs and does to sharpness."
+                )
+            elif closers:
+                verdict = (
                     f"LB methods within 0.05 points of SB or better (SB under the same method "
                     f"where it was run at SB too): {', '.join(closers)}."
-                    if closers
-                    else "No LB method came within 0.05 points of SB."
+                )
+            else:
+                verdict = "No LB method came within 0.05 points of SB."
+            doc.p(
+                f"{net.upper()}: baseline gap SB - LB = {base_gap:+.2f} points. {verdict} "
+                + (
+                    f"LB methods whose minima are at least 10x flatter than plain LB "
+                    f"({lb_sharp:.3g}): {', '.join(flatter)}."
+                    if flatter
+                    else "No LB method found a minimum 10x flatter than plain LB."
                 )
             )
         caption = f"{net.upper()}: test accuracy and sharpness per method"
