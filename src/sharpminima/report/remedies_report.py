@@ -205,7 +205,9 @@ def conservative_section(doc: Doc, cs: dict[str, Any]) -> None:
     doc.h(2, "Conservative training: which lambda, how many inner steps")
     doc.p(
         "Each LB step approximately solves argmin_x mean_B f_i(x) + (lambda/2)||x - x_k||^2 "
-        "with a few inner Adam steps (the paper: lambda = 1e-3, 3 steps). One trial per cell."
+        "with a few inner Adam steps (the paper: lambda = 1e-3, 3 steps). One trial per cell. "
+        "The first inner step starts at x_k, where the proximal term's gradient is 0, so a "
+        "single inner step is a plain step for every lambda; lambda acts from the second on."
     )
     for net, data in cs.items():
         doc.table(

@@ -93,7 +93,7 @@ class Preset:
     remedy_trials: int | None = None
     warm_epochs: int = 2
     lambda_sweep: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
-    inner_iters_sweep: tuple[int, ...] = (1, 3)
+    inner_iters_sweep: tuple[int, ...] = (2, 3)
     inits: tuple[tuple[str, float], ...] = (
         ("default", 1.0),
         ("kaiming", 1.0),
@@ -197,7 +197,7 @@ REMEDIES = dataclasses.replace(
     remedy_trials=1,
     inits=(("default", 1.0), ("kaiming", 1.0), ("xavier", 1.0), ("orthogonal", 1.0), ("default", 0.5)),
     lambda_sweep=(1e-4, 1e-3, 1e-2, 1e-1),
-    inner_iters_sweep=(1,),
+    inner_iters_sweep=(2,),  # with 1 inner step the proximal term is 0: a plain step
     dynamics_every=5,
     experiments=("table2", "remedies", "conservative_sweep", "init_study", "dynamics"),
 )
