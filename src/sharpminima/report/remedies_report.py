@@ -217,16 +217,16 @@ def conservative_section(doc: Doc, cs: dict[str, Any]) -> None:
                     f"{r['lambda']:g}",
                     r["inner_iters"],
                     pm(r["test_acc"]),
-                    pm(r["train_loss"], 3),
+                    _fmt(_mean(r["train_loss"])),
                     pm(r["sharpness"], 3),
                     _fmt(_mean(r["seconds"])),
                 ]
                 for r in data["rows"]
             ]
             + [
-                ["SB baseline", "-", pm(data["sb"]["test_acc"]), pm(data["sb"]["train_loss"], 3),
+                ["SB baseline", "-", pm(data["sb"]["test_acc"]), _fmt(_mean(data["sb"]["train_loss"])),
                  pm(data["sb"]["sharpness"], 3), "-"],
-                ["LB baseline", "-", pm(data["lb"]["test_acc"]), pm(data["lb"]["train_loss"], 3),
+                ["LB baseline", "-", pm(data["lb"]["test_acc"]), _fmt(_mean(data["lb"]["train_loss"])),
                  pm(data["lb"]["sharpness"], 3), "-"],
             ],
         )
