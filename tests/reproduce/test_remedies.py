@@ -51,7 +51,9 @@ def test_remedies_table_has_sb_lb_and_each_method(done):
     sam_cfg = runs[by[("sam", "lb")]["runs"][0]].config
     assert sam_cfg["method"] == "sam" and sam_cfg["batch_size"] == 60  # LB = 10% of 600
     grow = runs[by[("batch-exp", "lb")]["runs"][0]].config
-    assert grow["batch_size"] == 256 and grow["batch_schedule"] == "exponential"
+    # Growth starts at min(256, LB); on this tiny set LB = 60 < 256, so the rate is 1.
+    assert grow["batch_size"] == 60 and grow["batch_schedule"] == "exponential"
+    assert dict(grow["batch_schedule_args"])["rate"] == 1.0
     warm = runs[by[("warm-start", "lb")]["runs"][0]].config
     assert warm["init_from"] and runs[warm["init_from"]].config["epochs"] == 1
     assert runs[by[("augment", "sb")]["runs"][0]].config["augment"] == "paper"
