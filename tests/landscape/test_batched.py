@@ -92,7 +92,7 @@ def test_group_size_is_checked_and_chosen_from_memory(monkeypatch):
     assert 1 <= auto_group_size(obj) <= batched_mod.DEFAULT_GROUP_SIZE
     monkeypatch.setattr(batched_mod, "MEMORY_BUDGET", 1)
     assert auto_group_size(obj) == 1
-    assert default_batched("cpu") and default_batched(torch.device("cuda"))
+    assert not default_batched("cpu") and default_batched(torch.device("cuda"))
 
 
 @pytest.mark.parametrize("bn_mode", ["batch", "eval"])

@@ -63,8 +63,15 @@ MEMORY_BUDGET = 1 << 30
 
 
 def default_batched(device: torch.device | str) -> bool:
-    """Whether batched evaluation is the default on ``device`` (measured faster: CPU and CUDA)."""
-    return torch.device(device).type in ("cpu", "cuda")
+    """Whether batched evaluation is the default on ``device``.
+
+    CUDA only: on the 2-core CPU an idle-machine benchmark (``benchmarks/bench_trials.py``,
+    RESULTS.md) measured batched interpolation of F1 1.26x *slower* than one point at a
+    time (GEMM-bound either way); an earlier busy-machine probe that suggested otherwise
+    was noise. On CUDA, several points per pass fill a GPU that one small net leaves idle
+    (not yet measured: no GPU was lent).
+    """
+    return torch.device(device).type == "cuda"
 
 
 @torch.no_grad()
