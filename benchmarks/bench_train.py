@@ -74,6 +74,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from sharpminima.config import TrainConfig  # noqa: E402
 from sharpminima.data.base import Dataset  # noqa: E402
 from sharpminima.models import build  # noqa: E402
+from sharpminima.store.db import cpu_model  # noqa: E402
 from sharpminima.train import batch_indices, make_optimizer, make_step, train  # noqa: E402
 
 SEED = 0
@@ -385,7 +386,7 @@ def markdown(
         f"## F1 training throughput ({datetime.date.today().isoformat()})",
         "",
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores "
-        f"({_cpu_name()}), torch {torch.__version__}, "
+        f"({cpu_model()}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}",
         f"- Command: `{command}` ({seconds / 60:.1f} min)",
@@ -441,17 +442,6 @@ def markdown(
             "",
         ]
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _fmt_load(load: tuple[float, ...]) -> str:

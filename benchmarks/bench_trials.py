@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ from sharpminima.landscape import ModelObjective, flatten_params
 from sharpminima.landscape.batched import DEFAULT_GROUP_SIZE
 from sharpminima.landscape.interpolate import interpolate
 from sharpminima.models import build
+from sharpminima.store.db import cpu_model
 from sharpminima.train import train
 from sharpminima.train.vectorized import train_vectorized
 
@@ -133,17 +133,6 @@ def bench_interpolation(data: Dataset, args: argparse.Namespace, dev: torch.devi
             "loss_diff": diff}
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     """Parse arguments, measure, print the markdown section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -169,7 +158,7 @@ def main() -> None:
     trials = bench_trials(data, args, dev)
     interp = bench_interpolation(data, args, dev)
     load1 = os.getloadavg()
-    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
     lines = [
         f"## Vectorised trials and batched interpolation{' (quick smoke run)' if args.quick else ''}",
         "",

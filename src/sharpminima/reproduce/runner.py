@@ -132,7 +132,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import scipy
 
     from sharpminima import __version__
-    from sharpminima.store.db import code_version
+    from sharpminima.store.db import code_version, cpu_model
 
     env = {
         "sharpminima": __version__,
@@ -142,20 +142,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "platform": platform.platform(),
-        "processor": _cpu_name(),
+        "processor": cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "device": str(device),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

@@ -147,7 +147,8 @@ def code_version() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -178,7 +179,7 @@ def machine_info() -> dict[str, Any]:
         "hostname": platform.node(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cuda": cuda_name,
         "cuda_count": cuda_count,
