@@ -63,6 +63,9 @@ def test_trials_print_mean_and_std(capsys, tmp_path):
         (["report", "--out", "/nonexistent/dir"], "no results.json"),
         (["reproduce", "--preset", "huge"], "unknown preset 'huge'"),
         (["reproduce", "table9"], "unknown experiment 'table9'"),
+        (["reproduce", "--set", "colour=red"], "unknown preset field 'colour'"),
+        (["reproduce", "--set", "sweep_epochs=many"], "takes int values"),
+        (["reproduce", "--set", "inits=default"], "takes pairs"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(capsys, tmp_path, args, message):
@@ -117,3 +120,17 @@ def test_method_schedule_augment_and_init_options_reach_the_config(capsys, tmp_p
 def test_bad_method_options_are_one_line_errors(capsys, tmp_path, args, message):
     code, out, err = run_cli(capsys, *TRAIN, "--store", str(tmp_path), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reproduce_set_overrides_preset_fields(capsys, tmp_path):
+    out = tmp_path / "o"
+    code, stdout, err = run_cli(
+        capsys, "--quiet", "reproduce", "table2", "--store", str(tmp_path / "s"), "--out", str(out),
+        "--set", "dataset=synthetic", "--set", "trials=1", "--set", "sb_epochs=1",
+        "--set", "lb_epochs=1", "--set", "eps=1e-3,5e-4", "--set", "batch_sizes=64", "--json",
+    )
+    assert code == 0, err
+    preset = json.loads(stdout)["preset"]
+    assert preset["dataset"] == "synthetic" and preset["trials"] == 1
+    assert preset["eps"] == [1e-3, 5e-4] and preset["batch_sizes"] == [64]
+    assert json.loads(stdout)["experiments"]["table2"]["f1"]["sb"]["epochs"] == [1]

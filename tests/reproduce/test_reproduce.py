@@ -59,13 +59,46 @@ def test_every_quick_experiment_produces_its_section(done):
     assert len(store.list_runs()) == 4
 
 
+def test_bn_test_evaluates_the_final_weights_as_stated(done):
+    import torch
+
+    root, store, results, _ = done
+    ex = results["experiments"]
+    rows = ex["bn_test"]["f1"]
+    # eval mode, chunks of 256 (SB), 1000, LB batch (200 here: 10% of 2000), own batch
+    assert [r["sb_how"]["chunk_size"] for r in rows] == [1000, 200, 256, 1000, 256]
+    assert [r["lb_how"]["chunk_size"] for r in rows] == [1000, 200, 256, 1000, 200]
+    assert rows[0]["sb_how"]["bn_mode"] == "eval" and all(r["lb_how"]["bn_mode"] == "batch" for r in rows[1:])
+    # Eval mode is Table 2's test accuracy.
+    t2 = ex["table2"]["f1"]
+    for regime in ("sb", "lb"):
+        assert rows[0][regime]["mean"] == pytest.approx(t2[regime]["test_acc"]["mean"], abs=1e-6)
+    # Batch statistics, recomputed by hand for one LB run: chunks of 200 in training-mode BN.
+    from sharpminima.train.checkpointing import load_run
+
+    run, data = load_run(store, t2["lb"]["runs"][0])
+    model = run.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    correct = 0
+    with torch.no_grad():
+        for xb, yb in zip(data.x_test.split(200), data.y_test.split(200), strict=True):
+            # functional batch statistics without touching the running buffers
+            out = torch.func.functional_call(model, {k: v.clone() for k, v in before.items()}, (xb,))
+            correct += int((out.argmax(1) == yb).sum())
+    assert rows[1]["lb"]["values"][0] == pytest.approx(100.0 * correct / len(data.y_test), abs=1e-9)
+    gap = rows[-1]["gap"]
+    assert gap["mean"] == pytest.approx(rows[-1]["sb"]["mean"] - rows[-1]["lb"]["mean"])
+
+
 def test_report_has_tables_figures_and_settings(done):
     root, _, results, _ = done
     md, page = write_report(root / "out", results)
     text = md.read_text()
     for heading in ("Did the paper's claims hold?", "Table 2", "Tables 3 and 4", "Figure 2",
                     "Figures 3 and 7", "Distance from the initial weights", "Hessian view",
-                    "stopping rule", "Settings the paper leaves open", "Machine, versions"):
+                    "stopping rule", "BatchNorm at test time", "Settings the paper leaves open",
+                    "Machine, versions"):
         assert heading in text, heading
     assert "205.14" in text  # the paper's F1 LB sharpness beside ours
     html = page.read_text()
@@ -140,3 +173,31 @@ def test_paper_only_experiments_run_and_report(tmp_path):
     text = md.read_text()
     for heading in ("Figure 4", "Figure 5", "Figure 6"):
         assert heading in text
+
+
+def test_vectorised_trials_are_the_runs_a_sequential_reproduction_reuses(tmp_path):
+    preset = dataclasses.replace(TINY, trials=3, experiments=("table2",))
+    store = Store(tmp_path / "s")
+    # An unrelated finished run in the same store must not count towards the training time.
+    from sharpminima.config import TrainConfig
+    from sharpminima.train import train
+
+    other = train(TrainConfig(net="f1", dataset="synthetic", batch_size=100, epochs=1, seed=7), store=store)
+    vec = reproduce(preset, store=store, out=tmp_path / "v", vectorize=True)
+    runs = {r.id: r for r in store.list_runs()}
+    assert len(runs) == 1 + 2 * 3
+    t2 = vec["experiments"]["table2"]["f1"]
+    used = t2["sb"]["runs"] + t2["lb"]["runs"]
+    assert sorted(vec["run_seconds"]) == sorted(used) and other.id not in vec["run_seconds"]
+    assert vec["train_seconds"] == pytest.approx(sum(runs[i].summary["seconds"] for i in used), rel=1e-3)
+    # Each vectorised trial is the run its own config names: same hash, seed and epochs.
+    for regime in ("sb", "lb"):
+        configs = [TrainConfig.from_dict(runs[i].config) for i in t2[regime]["runs"]]
+        assert sorted(c.seed for c in configs) == [0, 1, 2]
+        assert all(runs[i].status == "done" for i in t2[regime]["runs"])
+        assert all(runs[i].config_hash == c.hash() for i, c in zip(t2[regime]["runs"], configs, strict=True))
+        assert t2[regime]["epochs"] == [configs[0].epochs] * 3
+    # A sequential reproduction over the same store trains nothing and reports the same runs.
+    seq = reproduce(preset, store=store, out=tmp_path / "q", vectorize=False)
+    assert len(store.list_runs()) == len(runs)
+    assert seq["experiments"]["table2"] == vec["experiments"]["table2"]

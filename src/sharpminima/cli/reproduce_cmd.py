@@ -28,7 +28,7 @@ def reproduce(
         list[str] | None,
         typer.Argument(
             help="Experiments to run (default: all of the preset): table2, table3, table4, "
-            "sharpness, fig2, fig3, fig7, fig4, fig5, fig6, distance, hessian, stopping, "
+            "sharpness, fig2, fig3, fig7, fig4, fig5, fig6, distance, hessian, stopping, bn_test, "
             "remedies, conservative_sweep, init_study, dynamics."
         ),
     ] = None,
@@ -47,6 +47,21 @@ def reproduce(
     cifar100: Annotated[str | None, typer.Option(help="Path of cifar-100-python.tar.gz.")] = None,
     timit: Annotated[str | None, typer.Option(help="Path of TIMIT features .npz.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: auto).")] = None,
+    vectorize: Annotated[
+        bool | None,
+        typer.Option(
+            "--vectorize/--no-vectorize",
+            help="Train each regime's trials as one batched computation (default: on CUDA only).",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override any preset field, NAME=VALUE (repeatable; tuples comma-separated), "
+            "e.g. --set batch_sizes=256,1000,6000 --set sweep_epochs=20.",
+        ),
+    ] = None,
     out: OutOpt = Path("reports/latest"),
     store: StoreOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -64,6 +79,10 @@ def reproduce(
         "train_limit": train_limit,
         "sharpness_samples": sharpness_samples,
     }
+    from sharpminima.cli.common import parse_options
+    from sharpminima.reproduce.presets import coerce_overrides
+
+    overrides.update(coerce_overrides(dict(parse_options("--set", set_))))
     p = get_preset(preset, **overrides)
     sources = {k: v for k, v in (("cifar10", cifar10), ("cifar100", cifar100), ("timit", timit)) if v}
     bars: list[tqdm] = []
@@ -102,6 +121,7 @@ def reproduce(
             device=device,
             sources=sources,
             progress_factory=factory,
+            vectorize=vectorize,
         )
     finally:
         for bar in bars:

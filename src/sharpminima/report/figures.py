@@ -46,6 +46,44 @@ def accuracy_per_epoch(net: str, data: dict[str, list[list[dict]]]) -> Figure:
     return fig
 
 
+def test_accuracy_bands(net: str, data: dict[str, list[list[dict]]]) -> Figure:
+    """Test accuracy per epoch, mean and +- 1 std over the trials still training, SB vs LB.
+
+    Zoomed on the range where the two regimes meet, so that a gap of a few tenths of a
+    point and the trials' spread are visible (Figure 2 shows the whole 0-100 range).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    finals = []
+    for regime in ("sb", "lb"):
+        histories = [h for h in data.get(regime, []) if h]
+        if not histories:
+            continue
+        longest = max(len(h) for h in histories)
+        ep, mean, std, count = [], [], [], []
+        for e in range(longest):
+            vals = [h[e]["test_acc"] for h in histories if len(h) > e]
+            ep.append(e + 1)
+            mean.append(float(np.mean(vals)))
+            std.append(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+            count.append(len(vals))
+        mean_a, std_a = np.asarray(mean), np.asarray(std)
+        ax.plot(ep, mean_a, color=COLORS[regime], lw=2, label=f"{LABELS[regime]} test (mean of trials)")
+        ax.fill_between(ep, mean_a - std_a, mean_a + std_a, color=COLORS[regime], alpha=0.2)
+        for h in histories:  # where each trial stopped
+            ax.plot(len(h), h[-1]["test_acc"], "o", color=COLORS[regime], ms=4)
+            finals.append(h[-1]["test_acc"])
+        finals.extend(mean[len(mean) // 4 :])
+    if finals:
+        ax.set_ylim(min(finals) - 0.4, max(finals) + 0.3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{net.upper()}: test accuracy, mean ± 1 std over trials (dots: where each stopped)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
 def parametric(net: str, result: dict[str, Any], path: str) -> Figure:
     """Figures 3 / 7: loss (left axis) and accuracy (right axis), train solid, test dashed."""
     alphas = np.asarray(result["alphas"], dtype=float)

@@ -101,7 +101,9 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
     if "distance" in ex:
         _distance(doc, ex["distance"])
     if "stopping" in ex:
-        _stopping(doc, ex["stopping"])
+        _stopping(doc, ex["stopping"], ex.get("fig2", {}))
+    if "bn_test" in ex:
+        _bn_test(doc, ex["bn_test"])
     if "fig4" in ex:
         doc.h(2, "Figure 4: batch size sweep")
         for net, rows in ex["fig4"].items():
@@ -207,6 +209,28 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
                 f"{net.upper()}: LB trains as well as SB",
                 f"train acc LB - SB = {tr:+.2f} points",
                 "yes" if tr > -0.5 else "no",
+            ]
+        )
+    for net, rows_bt in ex.get("bn_test", {}).items():
+        authors = rows_bt[-1]  # each regime evaluated with its own batch's statistics
+        g = authors["gap"]
+        if g["mean"] is None:
+            continue
+        n = min(authors["sb"]["n"], authors["lb"]["n"])
+        if n < 2:
+            held = "direction only (one trial)" if g["mean"] > 0 else "no (one trial)"
+        elif g["mean"] > 2 * g["se"]:
+            held = "yes"
+        elif g["mean"] < -2 * g["se"]:
+            held = "no (LB tested better)"
+        else:
+            held = "not resolved (within 2 s.e.)"
+        rows.append(
+            [
+                f"{net.upper()}: LB tests worse than SB, with BatchNorm as the authors' code "
+                "evaluated (batch statistics of each regime's own batch)",
+                f"gap SB - LB = {g['mean']:+.2f} ± {g['se']:.2f} points (s.e.)",
+                held,
             ]
         )
     for net, srows in ex.get("sharpness", {}).items():
@@ -370,7 +394,7 @@ def _distance(doc: Doc, dist: dict[str, Any]) -> None:
     doc.table(["net", "||x_SB - x0||", "||x_LB - x0||", "ratio", "paper"], rows)
 
 
-def _stopping(doc: Doc, st: dict[str, Any]) -> None:
+def _stopping(doc: Doc, st: dict[str, Any], curves: dict[str, Any]) -> None:
     doc.h(2, "How the stopping rule decides the accuracy gap")
     doc.p(
         "The same trained runs, read at different stopping points: fixed epoch counts for each "
@@ -397,6 +421,41 @@ def _stopping(doc: Doc, st: dict[str, Any]) -> None:
             f"stopping_{net}",
             f"{net.upper()}: test-accuracy gap under different stopping rules",
         )
+        if net in curves:
+            doc.fig(
+                figures.test_accuracy_bands(net, curves[net]),
+                f"test_acc_{net}",
+                f"{net.upper()}: test accuracy per epoch, mean ± 1 std over trials; dots mark "
+                "where each trial stopped",
+            )
+
+
+def _bn_test(doc: Doc, bt: dict[str, Any]) -> None:
+    doc.h(2, "How BatchNorm at test time decides the accuracy gap")
+    doc.p(
+        "The same final weights of every trial, evaluated on the whole test set in several "
+        "ways. Table 2 uses running statistics (PyTorch's eval mode). The authors' Keras-1 "
+        "code normalised with the statistics of each evaluation batch, and Keras's `fit` "
+        "validates with the training batch size, so SB was tested in batches of 256 and LB in "
+        "batches of the LB size. A positive gap means LB generalizes worse; error: 1 standard "
+        "error."
+    )
+    for net, rows in bt.items():
+        doc.p(f"**{net.upper()}**")
+        doc.table(
+            ["evaluation", "SB test acc", "LB test acc", "gap SB - LB"],
+            [
+                [
+                    r["evaluation"],
+                    pm(r["sb"]),
+                    pm(r["lb"]),
+                    f"{r['gap']['mean']:+.2f} ± {r['gap']['se']:.2f}"
+                    if r["gap"]["mean"] is not None
+                    else "-",
+                ]
+                for r in rows
+            ],
+        )
 
 
 def _environment(doc: Doc, res: dict[str, Any]) -> None:
@@ -407,6 +466,6 @@ def _environment(doc: Doc, res: dict[str, Any]) -> None:
     rows.append(
         ["seconds per experiment (this output folder)", ", ".join(f"{k} {v:.0f}" for k, v in secs.items())]
     )
-    rows.append(["training seconds (all finished runs in the store)", f"{res.get('train_seconds', 0):.0f}"])
+    rows.append(["training seconds (the runs this reproduction used)", f"{res.get('train_seconds', 0):.0f}"])
     rows.append(["finished at", res.get("finished_at", "-")])
     doc.table(["what", "value"], rows)

@@ -45,6 +45,10 @@ class Context:
         device: Where to train and measure.
         sources: User data per dataset name (``{"cifar10": "path.tar.gz"}``).
         progress: Overall progress callback.
+        vectorize: Train the trials of each regime as one batched computation
+            (:func:`~sharpminima.train.vectorized.train_vectorized`; the same store runs
+            and hashes as one-at-a-time training). Default: on CUDA only, where it pays off.
+        run_seconds: Training seconds of every run this reproduction used, by run id.
     """
 
     store: Any
@@ -52,6 +56,8 @@ class Context:
     device: torch.device
     sources: dict[str, str] = field(default_factory=dict)
     progress: Progress | None = None
+    vectorize: bool = False
+    run_seconds: dict[str, float] = field(default_factory=dict)
     _data: dict[str, Dataset] = field(default_factory=dict)
 
     # -- data ---------------------------------------------------------------------------
@@ -99,31 +105,60 @@ class Context:
 
     def train(self, config: TrainConfig, label: str) -> Run:
         """Train (or fetch from the store) one run, advancing the progress bar."""
+        return self.train_group(config, [config.seed], label)[0]
+
+    def train_group(self, config: TrainConfig, seeds: list[int], label: str) -> list[Run]:
+        """Train (or fetch) one run of ``config`` per seed, advancing the progress bar.
+
+        With :attr:`vectorize` and more than one seed the trials train as one batched
+        computation; otherwise one after another. ``label`` names the group in the bar
+        (``"trial N"`` is appended per seed when they train one at a time).
+        """
         n = self.data(config.net).num_train
         steps = math.ceil(n / config.batch_size)
-        total_units = train_units(config, n)
-
+        total_units = train_units(config, n) * len(seeds)
         consumed = 0.0
 
-        def advance(units: float) -> None:
+        def advance(units: float, text: str) -> None:
             nonlocal consumed
             consumed += units
             if self.progress is not None:
-                self.progress(units, label)
+                self.progress(units, text)
 
-        def on_event(event: str, info: dict[str, Any]) -> None:
-            if event == "start":
-                advance(total_units * info["done_steps"] / max(1, info["total_steps"]))
-            elif event == "step":
-                advance(total_units / (steps * config.epochs))
+        def progress_for(share: float, text: str) -> Callable[[str, dict[str, Any]], None]:
+            def on_event(event: str, info: dict[str, Any]) -> None:
+                if event == "start":
+                    advance(share * info["done_steps"] / max(1, info["total_steps"]), text)
+                elif event == "step":
+                    advance(share / (steps * config.epochs), text)
+
+            return on_event
 
         t0 = time.perf_counter()
-        run = train(
-            config, dataset=self.data(config.net), store=self.store, device=self.device, progress=on_event
-        )
-        advance(total_units - consumed)  # a reused or early-stopped run: skip the rest
-        log.info("%s: run %s %s in %.1fs", label, run.id, run.status, time.perf_counter() - t0)
-        return run
+        if self.vectorize and len(seeds) > 1:
+            from sharpminima.train.vectorized import train_vectorized
+
+            text = f"{label} ({len(seeds)} trials vectorised)"
+            runs = train_vectorized(
+                config, seeds, dataset=self.data(config.net), store=self.store, device=self.device,
+                progress=progress_for(total_units, text),
+            )
+        else:
+            runs = []
+            for seed in seeds:
+                text = label if len(seeds) == 1 else f"{label} trial {seed + 1}"
+                runs.append(
+                    train(
+                        config.replace(seed=seed), dataset=self.data(config.net), store=self.store,
+                        device=self.device, progress=progress_for(total_units / len(seeds), text),
+                    )
+                )
+        advance(max(0.0, total_units - consumed), label)  # reused or early-stopped runs: skip the rest
+        for run in runs:
+            self.run_seconds[run.id] = float(run.seconds or 0.0)
+            log.info("%s: run %s %s", label, run.id, run.status)
+        log.info("%s: %d run(s) in %.1fs", label, len(runs), time.perf_counter() - t0)
+        return runs
 
     def weights(self, run: Run, epoch: int | None = None) -> Tensor:
         """Flat trainable parameters of a run's final model or of a saved epoch."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from sharpminima.config import regime_batch_size
+from sharpminima.landscape.objective import ModelObjective
 from sharpminima.reproduce.context import Context, train_units
 from sharpminima.train import Run, mean_std
 
@@ -38,13 +40,11 @@ def trial_runs(ctx: Context, net: str) -> dict[str, list[Run]]:
             p.dynamics_every > 0 and "dynamics" in p.experiments
         )
         cache[net] = {
-            regime: [
-                ctx.train(
-                    ctx.config(net, regime, seed, save_every_epoch=keep),
-                    f"{net} {regime.upper()} trial {seed + 1}",
-                )
-                for seed in range(ctx.preset.trials)
-            ]
+            regime: ctx.train_group(
+                ctx.config(net, regime, 0, save_every_epoch=keep),
+                list(range(p.trials)),
+                f"{net} {regime.upper()}",
+            )
             for regime in REGIMES
         }
     return cache[net]
@@ -142,6 +142,69 @@ def stopping(ctx: Context) -> dict[str, Any]:
             )
         out[net] = rules
     return out
+
+
+def bn_test(ctx: Context) -> dict[str, Any]:
+    """How BatchNorm at test time decides the gap: the same final weights, evaluated several ways.
+
+    Table 2 evaluates with running statistics (PyTorch's eval mode). The authors' Keras-1
+    code normalised with the statistics of each evaluation batch, whose size was the
+    ``fit`` batch size during training (256 for SB, the LB batch for LB) and 5,000 in the
+    parametric plots. Each row evaluates every trial's final weights on the whole test set:
+    eval mode, batch statistics over fixed test chunks of the SB batch, 1,000 and the LB
+    batch, and "as the authors' fit validated" (each regime with its own batch size).
+    Chunks are consecutive test samples in the dataset's order.
+    """
+    out: dict[str, Any] = {}
+    for net in ctx.preset.nets:
+        runs = trial_runs(ctx, net)
+        data = ctx.data(net)
+        sizes = {r: regime_batch_size(r, data.num_train) for r in REGIMES}
+        evals: list[tuple[str, dict[str, tuple[str, int]]]] = [
+            ("running statistics (eval mode; Table 2)", {r: ("eval", 1000) for r in REGIMES}),
+        ]
+        for c in sorted({sizes["sb"], 1000, sizes["lb"]}):
+            evals.append((f"batch statistics, test chunks of {c}", {r: ("batch", c) for r in REGIMES}))
+        evals.append(
+            (
+                f"batch statistics, each regime's own batch (SB {sizes['sb']}, LB {sizes['lb']}; "
+                "the authors' Keras fit)",
+                {r: ("batch", sizes[r]) for r in REGIMES},
+            )
+        )
+        rows = []
+        for label, how in evals:
+            row: dict[str, Any] = {"evaluation": label}
+            for regime in REGIMES:
+                bn, chunk = how[regime]
+                accs, losses = [], []
+                for run in _done(runs[regime]):
+                    m = _test_accuracy(ctx, run, bn, chunk)
+                    accs.append(m["value"])
+                    losses.append(m["result"]["loss"])
+                row[regime] = _stats(accs)
+                row[f"{regime}_loss"] = _stats(losses)
+                row[f"{regime}_how"] = {"bn_mode": bn, "chunk_size": chunk}
+            row["gap"] = _gap(row["sb"], row["lb"])
+            rows.append(row)
+        out[net] = rows
+    return out
+
+
+def _test_accuracy(ctx: Context, run: Run, bn: str, chunk: int) -> dict[str, Any]:
+    """Test accuracy and loss of a run's final weights in a BN mode and chunking (cached)."""
+    data = ctx.data(run.config.net)
+
+    def compute() -> dict[str, Any]:
+        obj = ModelObjective(
+            run.model, data.x_test, data.y_test, bn_mode=bn,  # type: ignore[arg-type]
+            chunk_size=chunk,
+        )
+        loss, acc = obj.loss_and_accuracy(ctx.weights(run))
+        return {"value": acc, "loss": loss, "bn_mode": bn, "chunk_size": chunk, "samples": obj.num_samples}
+
+    params = {"split": "test", "bn_mode": bn, "chunk_size": chunk}
+    return ctx.measure(run, "test_accuracy", params, compute, units=data.num_test / 10_000)
 
 
 def _gap(sb: dict[str, Any], lb: dict[str, Any]) -> dict[str, Any]:
@@ -455,6 +518,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "distance": distance,
     "hessian": hessian,
     "stopping": stopping,
+    "bn_test": bn_test,
     "fig4": fig4,
     "fig5": fig5,
     "fig6": fig6,
@@ -485,6 +549,8 @@ def planned_units(ctx: Context, names: list[str]) -> float:
             total += 2 * p.trials * len(p.subspaces) * len(p.eps) * len(p.bn_modes) * sharpness_units(ctx)
         if "fig3" in names:
             total += 2 * interp_units(ctx)
+        if "bn_test" in names:
+            total += 2 * p.trials * 5 * ctx.data(net).num_test / 10_000
         if "hessian" in names:
             total += 2 * (40 * p.hessian_samples + 2 * p.trace_samples * p.hessian_samples) / 10_000
         if "fig4" in names:

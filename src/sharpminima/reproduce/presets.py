@@ -120,6 +120,7 @@ ALL_EXPERIMENTS = (
     "distance",
     "hessian",
     "stopping",
+    "bn_test",
     "fig4",
     "fig5",
     "fig6",
@@ -165,7 +166,7 @@ QUICK = Preset(
     hessian_samples=5_000,
     trace_samples=20,
     interp_samples=10_000,
-    experiments=("table2", "sharpness", "fig2", "fig3", "distance", "hessian", "stopping"),
+    experiments=("table2", "sharpness", "fig2", "fig3", "distance", "hessian", "stopping", "bn_test"),
 )
 
 PAPER = Preset(
@@ -218,3 +219,44 @@ def get_preset(name: str, **overrides: Any) -> Preset:
     if bad:
         raise ConfigError(f"unknown preset fields {bad}")
     return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+#: Preset fields whose values are tuples of pairs: not settable as ``NAME=VALUE``.
+_NESTED = frozenset({"inits", "dynamics_optimizers"})
+
+
+def coerce_overrides(pairs: dict[str, Any]) -> dict[str, Any]:
+    """Fit parsed ``NAME=VALUE`` overrides (``reproduce --set``) to the preset fields' types.
+
+    A single value given for a tuple field becomes a 1-tuple; ints given for float fields
+    become floats; ``none`` clears an optional field.
+
+    Raises:
+        ConfigError: For an unknown field, a nested field, or a value of the wrong type.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Preset)}
+    out: dict[str, Any] = {}
+    for name, value in pairs.items():
+        if name not in fields or name == "name":
+            valid = ", ".join(sorted(set(fields) - {"name"} - _NESTED))
+            raise ConfigError(f"unknown preset field {name!r} in --set; valid fields: {valid}")
+        if name in _NESTED:
+            raise ConfigError(f"preset field {name!r} takes pairs; set it from the Python API")
+        default = fields[name].default
+        if isinstance(default, tuple):
+            items = value if isinstance(value, tuple) else (value,)
+            kind = type(default[0]) if default else None
+            out[name] = tuple(_coerce(name, v, kind) for v in items)
+        elif default is None:
+            out[name] = value
+        else:
+            out[name] = _coerce(name, value, type(default))
+    return out
+
+
+def _coerce(name: str, value: Any, kind: type | None) -> Any:
+    if kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"preset field {name!r} takes {kind.__name__} values, got {value!r}")
