@@ -59,6 +59,25 @@ def test_every_quick_experiment_produces_its_section(done):
     assert len(store.list_runs()) == 4
 
 
+def test_parametric_plot_runs_from_sb_at_alpha0_to_lb_at_alpha1(done):
+    from sharpminima.landscape.objective import ModelObjective, flatten_params
+    from sharpminima.train.checkpointing import load_run
+
+    root, store, results, _ = done
+    t2 = results["experiments"]["table2"]["f1"]
+    for path in ("linear", "curvilinear"):
+        res = results["experiments"]["fig3"]["f1"][path]
+        for regime, alpha in (("sb", 0.0), ("lb", 1.0)):
+            run, data = load_run(store, t2[regime]["runs"][0])
+            obj = ModelObjective(
+                run.model, data.x_train[: TINY.interp_samples], data.y_train[: TINY.interp_samples],
+                bn_mode="batch", chunk_size=TINY.chunk_size,
+            )
+            want = float(obj(flatten_params(run.model)))
+            got = res["train_loss"][res["alphas"].index(alpha)]
+            assert got == pytest.approx(want, rel=1e-5), (path, regime)
+
+
 def test_bn_test_evaluates_the_final_weights_as_stated(done):
     import torch
 

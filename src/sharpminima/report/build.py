@@ -127,7 +127,12 @@ def pm(stats: dict[str, Any] | None, digits: int = 2) -> str:
     if not stats or stats.get("mean") is None or not math.isfinite(stats["mean"]):
         return "-"
     n = stats.get("n")
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}" + (f" (n={n})" if n else "")
+    mean, std = stats["mean"], stats["std"] or 0.0
+    if 0 < abs(mean) < 10 ** (1 - digits):  # too small for fixed decimals: significant figures
+        text = f"{mean:.3g} ± {std:.2g}"
+    else:
+        text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return text + (f" (n={n})" if n else "")
 
 
 def pm_paper(value: tuple[float, float] | None, digits: int = 2) -> str:

@@ -313,6 +313,9 @@ def fig3(ctx: Context) -> dict[str, Any]:
                 "bn": "batch",
                 "chunk_size": p.chunk_size,
                 "to": lb[0].id,
+                # alpha = 0 is SB, alpha = 1 is LB; rows stored before this key had them
+                # swapped, so they are not reused.
+                "alpha0": "sb",
             }
 
             def compute(path: str = path, sb: list = sb, lb: list = lb, net: str = net) -> Any:
@@ -320,8 +323,8 @@ def fig3(ctx: Context) -> dict[str, Any]:
                 test_obj = ctx.objective(sb[0].model, net, None, "batch", split="test")
                 return interpolate(
                     train_obj,
-                    ctx.weights(lb[0]),
-                    ctx.weights(sb[0]),
+                    ctx.weights(sb[0]),  # alpha = 0: the SB minimizer (the paper's x_s)
+                    ctx.weights(lb[0]),  # alpha = 1: the LB minimizer (x_l)
                     path=path,
                     alphas=alphas,
                     objective_test=test_obj,
