@@ -23,6 +23,7 @@ from sharpminima.landscape.interpolate import interpolate
 from sharpminima.landscape.objective import (
     Counters,
     FunctionObjective,
+    GraphHVP,
     ModelObjective,
     Objective,
     as_objective,
@@ -49,7 +50,7 @@ from sharpminima.landscape.trace import hessian_trace, hutchinson
 
 __all__ = [
     "BlockOperator", "Cost", "CostMeter", "Counters", "DenseOperator", "FunctionObjective",
-    "GGNOperator", "HessianOperator", "Landscape", "ModelObjective", "Objective", "Operator",
+    "GGNOperator", "GraphHVP", "HessianOperator", "Landscape", "ModelObjective", "Objective", "Operator",
     "Result", "adaptive_sharpness", "as_objective", "as_operator", "average_sharpness", "bn_mode",
     "distance_ratio", "epsilon_study", "flatten_params", "gradient_noise_scale", "hessian_eigenvalues",
     "hessian_trace", "hutchinson", "interpolate", "keskar_sharpness", "keskar_sharpness_multistart",
