@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from cases import MLP_CASES, assert_untouched, mlp_case, quadratic, state_snapshot
 
 from sharpminima.errors import ConfigError
 from sharpminima.landscape import hessian_eigenvalues, hessian_trace
-from sharpminima.landscape.objective import FunctionObjective, GraphHVP, ModelObjective
+from sharpminima.landscape.objective import FunctionObjective, GraphHVP, ModelObjective, bn_mode
 from sharpminima.landscape.operators import HessianOperator
 
 
 def _probes(n: int, k: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
     return torch.randn(n, k, generator=g, dtype=torch.float64)
+
+
+def _forward_bytes(obj: ModelObjective, x: torch.Tensor) -> int:
+    """Bytes of the distinct new storages a forward pass alone saves, summed over chunks."""
+    xr = x.clone().requires_grad_(True)
+    existing = {xr.untyped_storage().data_ptr(), obj.inputs.untyped_storage().data_ptr()}
+    existing |= {t.untyped_storage().data_ptr() for t in obj.model.state_dict().values()}
+    total = 0
+    with bn_mode(obj.model, obj.bn_mode), torch.enable_grad():
+        for xb, yb, _ in obj.chunks():
+            seen: dict[int, int] = {}
+
+            def pack(t, seen=seen):
+                if t.untyped_storage().data_ptr() not in existing:
+                    seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t.detach()
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                obj._chunk_loss(obj.unflatten(xr), xb, yb)
+            total += sum(seen.values())
+    return total
 
 
 @pytest.mark.parametrize("name", MLP_CASES)
@@ -27,7 +51,7 @@ def test_products_match_the_dense_hessian_and_leave_the_model_alone(name):
     for j in range(vs.shape[1]):
         torch.testing.assert_close(products(vs[:, j]), case.hessian @ vs[:, j], rtol=1e-9, atol=1e-10)
     assert products.cached_chunks == products.num_chunks == 2
-    assert products.graph_bytes > 0
+    assert products.graph_bytes > _forward_bytes(obj, case.x0)  # the backward's saves count too
     # the graph is built once (one gradient pass); every product is one HVP
     assert (obj.counters.num_grad, obj.counters.num_hvp, obj.counters.num_loss) == (1, 3, 0)
     assert_untouched(case.model, before)
@@ -40,6 +64,36 @@ def test_products_equal_plain_double_backprop(name):
     products = obj.hvp_at(case.x0)
     v = _probes(case.x0.numel(), 1)[:, 0]
     torch.testing.assert_close(products(v), obj.hvp(case.x0, v), rtol=1e-12, atol=1e-13)
+
+
+def test_a_released_graph_is_freed():
+    case = mlp_case("bn-batch")
+    alive: list[weakref.ref] = []
+    acts = [m for m in case.model.modules() if isinstance(m, torch.nn.Tanh)]
+    handles = [m.register_forward_hook(lambda _m, _i, out: alive.append(weakref.ref(out))) for m in acts]
+    try:
+        products = case.objective().hvp_at(case.x0)
+        products(_probes(case.x0.numel(), 1)[:, 0])
+        assert len(alive) == 2 * len(acts)  # both chunks ran through every activation
+        # a pack hook that returned its input would tie saved outputs to their own nodes
+        # in a cycle that outlives release(); the graph must hold detached aliases only
+        products.release()
+        gc.collect()
+        assert all(r() is None for r in alive)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_a_small_budget_in_batch_mode_keeps_the_first_chunk():
+    case = mlp_case("bn-batch")  # BN statistics per 32-sample chunk: 2 chunks
+    obj = case.objective()
+    full = GraphHVP(obj, case.x0)
+    v = _probes(case.x0.numel(), 1)[:, 0]
+    full(v)
+    part = obj.hvp_at(case.x0, max_graph_bytes=int(0.75 * full.graph_bytes))
+    torch.testing.assert_close(part(v), case.hessian @ v, rtol=1e-9, atol=1e-10)
+    assert (part.cached_chunks, part.num_chunks) == (1, 2)
 
 
 @pytest.mark.parametrize("name", ["plain", "bn-eval"])
@@ -92,9 +146,15 @@ def test_hessian_operator_measures_agree_with_and_without_the_kept_graph(keep_gr
     op = HessianOperator(case.objective(), case.x0, keep_graph=keep_graph)
     v = _probes(case.x0.numel(), 2)
     torch.testing.assert_close(op @ v, case.hessian @ v, rtol=1e-9, atol=1e-10)
-    res = hessian_eigenvalues(case.objective(), case.x0, k=3, tol=1e-8)
+    res = hessian_eigenvalues(
+        case.objective(), case.x0, k=3, tol=1e-8,
+        operator=HessianOperator(case.objective(), case.x0, keep_graph=keep_graph),
+    )
     torch.testing.assert_close(
         torch.as_tensor(res.values, dtype=torch.float64), case.eigenvalues[:3], rtol=1e-6, atol=1e-8
     )
-    tr = hessian_trace(case.objective(), case.x0, samples=200, seed=0)
+    tr = hessian_trace(
+        case.objective(), case.x0, samples=200, seed=0,
+        operator=HessianOperator(case.objective(), case.x0, keep_graph=keep_graph),
+    )
     assert abs(tr.value - float(case.hessian.trace())) < 3 * tr.stderr

@@ -145,7 +145,7 @@ def epsilon_study(
     obj = as_objective(loss, x)
     x = x.detach().to(device=obj.device, dtype=obj.dtype)
     a, sub = _resolve_subspace(obj, A, p, seed, distribution)
-    extra_hvp = 0
+    extra_hvp = extra_grad = 0
     with CostMeter(obj) as meter:
         f0_t, grad = obj.loss_and_grad(x)
         f0 = float(f0_t)
@@ -170,6 +170,7 @@ def epsilon_study(
                 wrapper = FunctionObjective(along, y0)
                 lam = float(hessian_eigenvalues(wrapper, y0, k=1, tol=eigen_tol).value)
                 extra_hvp = wrapper.counters.num_hvp
+                extra_grad = wrapper.counters.num_grad  # building the kept gradient graph
             lam_source = "lanczos"
         else:
             lam, lam_source = float(lambda_max), "given"
@@ -188,7 +189,7 @@ def epsilon_study(
         settings={"measure": "epsilon_study", **sub, "maxiter": maxiter,
                   "lambda_source": lam_source, "eigen_tol": eigen_tol,
                   "dtype": str(obj.dtype), **_objective_settings(obj)},
-        cost=Cost(cost.num_loss, cost.num_grad, cost.num_hvp + extra_hvp, cost.seconds),
+        cost=Cost(cost.num_loss, cost.num_grad + extra_grad, cost.num_hvp + extra_hvp, cost.seconds),
         seed=seed,
         eps_values=tuple(float(e) for e in eps_arr),
         sharpness=tuple(float(v) for v in sharp),

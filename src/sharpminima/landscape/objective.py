@@ -169,7 +169,9 @@ def default_graph_budget(device: torch.device) -> int:
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free // 2)
+        # memory PyTorch's caching allocator holds but does not use is free to us too
+        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + idle) // 2)
     try:
         import os
 
@@ -192,6 +194,13 @@ class GraphHVP:
     saves fit in ``max_graph_bytes``; chunks past that budget are recomputed at every
     product by plain double backpropagation, so memory never exceeds the budget by more
     than one chunk's graph. The value equals :meth:`Objective.hvp` to float round-off.
+
+    Memory is counted as the graph is built: on CUDA as the growth of allocated device
+    memory per chunk; elsewhere as the bytes of the distinct storages the graph saves,
+    leaving out the parameter vector, the dataset and the model's buffers, which exist
+    anyway. The graph holds the model's buffers as they were (running statistics in
+    ``"eval"`` mode): changing them in place while products are still wanted makes the
+    next product fail; call :meth:`release` first.
 
     Args:
         objective: A :class:`FunctionObjective` or :class:`ModelObjective`.
@@ -254,29 +263,36 @@ class GraphHVP:
             return
         budget = default_graph_budget(obj.device) if self.max_graph_bytes is None else self.max_graph_bytes
         self.num_chunks = math.ceil(obj.num_samples / obj.chunk_size)
-        base_ptr = xr.untyped_storage().data_ptr()
-        saved = 0
+        cuda = obj.device.type == "cuda"
+        # storages that exist without the graph: x, the dataset, the model's tensors
+        existing = {xr.untyped_storage().data_ptr(), obj.inputs.untyped_storage().data_ptr()}
+        existing |= {t.untyped_storage().data_ptr() for t in obj.model.state_dict().values()}
+        seen: dict[int, int] = {}
 
         def pack(t: Tensor) -> Tensor:
-            nonlocal saved
-            if t.untyped_storage().data_ptr() != base_ptr:  # views of x are not extra memory
-                saved += t.numel() * t.element_size()
-            return t
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in existing:
+                seen[ptr] = t.untyped_storage().nbytes()
+            # detached: a saved output holding itself would make a cycle autograd never frees
+            return t.detach()
 
         params = obj.unflatten(xr)
         total: Tensor | None = None
         cached = 0
+        used = 0
         with bn_mode(obj.model, obj.bn_mode), torch.enable_grad():
             for xb, yb, w in obj.chunks():
-                before = saved
+                seen.clear()
+                start = torch.cuda.memory_allocated(obj.device) if cuda else 0
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     (g,) = torch.autograd.grad(obj._chunk_loss(params, xb, yb), xr, create_graph=True)
-                if saved > budget:
-                    saved = before  # this chunk's graph is dropped with g
-                    break
+                grown = torch.cuda.memory_allocated(obj.device) - start if cuda else sum(seen.values())
+                if used + grown > budget:
+                    break  # this chunk's graph is dropped with g; it and the rest are recomputed
                 total = w * g if total is None else total + w * g
+                used += grown
                 cached += 1
-        self._xr, self._grad, self.cached_chunks, self.graph_bytes = xr, total, cached, saved
+        self._xr, self._grad, self.cached_chunks, self.graph_bytes = xr, total, cached, used
         if cached < self.num_chunks:
             log.info(
                 "HVP graph: %d of %d chunks kept (%.2f GB budget); the rest are recomputed per product",

@@ -252,7 +252,9 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
                 )
     for net, by in ex.get("hessian", {}).items():
         sb, lb = by.get("sb", {}), by.get("lb", {})
-        if not sb.get("top_eigenvalue") or not sb.get("trace") or lb.get("top_eigenvalue") is None:
+        if not sb.get("top_eigenvalue") or not sb.get("trace") or None in (
+            lb.get("top_eigenvalue"), lb.get("trace")
+        ):
             continue
         eig, tr = lb["top_eigenvalue"] / sb["top_eigenvalue"], lb["trace"] / sb["trace"]
         rows.append(
