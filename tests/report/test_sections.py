@@ -57,3 +57,26 @@ def test_notes_are_printed_before_the_verdict(tmp_path: Path):
     build_document(doc, res)
     md = _text(doc)
     assert md.index("Figure 3 was corrected") < md.index("Did the paper's claims hold?")
+
+
+def _verdict_lines(tmp_path: Path, experiments: dict) -> list[str]:
+    doc = Doc(tmp_path)
+    _verdict(doc, {"experiments": experiments})
+    return [x for x in _text(doc).splitlines() if x.startswith("| F1")]
+
+
+def test_figure_verdicts_follow_the_numbers(tmp_path: Path):
+    rising = [{"batch_size": b, "sharpness": s} for b, s in ((256, 1.0), (1000, 70.0), (6000, 250.0))]
+    falling = [dict(r, sharpness=1000.0 / r["sharpness"]) for r in rising]
+    warm = [{"sb_epochs": 0, "sharpness": 250.0}, {"sb_epochs": 20, "sharpness": 0.02}]
+    along = {"sb": [{"sharpness": 4.0}, {"sharpness": 0.4}], "lb": [{"sharpness": 170.0}, {"sharpness": 400.0}]}
+    yes = _verdict_lines(tmp_path, {"fig4": {"f1": rising}, "fig5": {"f1": {"rows": warm}},
+                                    "fig6": {"f1": along}})
+    assert len(yes) == 3 and all(line.endswith("| yes |") for line in yes)
+    assert "Spearman rho = +1.00 over 3 batch sizes" in yes[0]
+    no = _verdict_lines(tmp_path, {
+        "fig4": {"f1": falling},
+        "fig5": {"f1": {"rows": [warm[0], dict(warm[1], sharpness=300.0)]}},
+        "fig6": {"f1": {"sb": along["lb"], "lb": along["sb"]}},
+    })
+    assert len(no) == 3 and all(line.endswith("| no |") for line in no)

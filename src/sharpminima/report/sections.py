@@ -63,7 +63,8 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
     title = f"sharpminima reproduction of Keskar et al. (ICLR 2017), preset '{p['name']}'"
     doc.h(1, title)
     doc.p(
-        f"Networks: {', '.join(n.upper() for n in p['nets'])}; {p['trials']} trials per "
+        f"Networks: {', '.join(n.upper() for n in p['nets'])}; {p['trials']} "
+        f"trial{'s' if p['trials'] != 1 else ''} per "
         f"regime; SB = batch 256, LB = 10% of the training set. " + _stand_in_text(res)
     )
     notes = res.get("notes") or []
@@ -275,10 +276,56 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
                     "yes" if lo <= m <= hi else ("farther, but below 3x" if m > 1 else "no"),
                 ]
             )
+    rows += _figure_verdicts(ex)
     if rows:
         doc.table(["claim", "measured here", "held?"], rows)
     else:
         doc.p("No experiment with a verdict has been run yet.")
+
+
+def _figure_verdicts(ex: dict[str, Any]) -> list[list[str]]:
+    """Verdict rows for Figures 4-6 (sharpness vs batch size, warm starts, along training)."""
+    rows: list[list[str]] = []
+    for net, fig_rows in ex.get("fig4", {}).items():
+        pts = [(r["batch_size"], r["sharpness"]) for r in fig_rows if r.get("sharpness") is not None]
+        if len(pts) >= 3:
+            from scipy.stats import spearmanr
+
+            rho = float(spearmanr([b for b, _ in pts], [v for _, v in pts]).statistic)
+            rows.append(
+                [
+                    f"{net.upper()}: sharpness grows with the batch size (Figure 4)",
+                    f"Spearman rho = {rho:+.2f} over {len(pts)} batch sizes "
+                    f"({pts[0][1]:.3g} at {pts[0][0]}, {pts[-1][1]:.3g} at {pts[-1][0]})",
+                    "yes" if rho >= 0.7 else ("partly" if rho > 0 else "no"),
+                ]
+            )
+    for net, data in ex.get("fig5", {}).items():
+        pts = [r for r in data.get("rows", []) if r.get("sharpness") is not None]
+        if len(pts) >= 2 and pts[0]["sb_epochs"] == 0:
+            first, last = pts[0], pts[-1]
+            rows.append(
+                [
+                    f"{net.upper()}: LB started from later SB iterates finds flatter minima (Figure 5)",
+                    f"sharpness {first['sharpness']:.3g} from scratch, {last['sharpness']:.3g} after "
+                    f"{last['sb_epochs']} SB epochs",
+                    "yes" if last["sharpness"] < first["sharpness"] / 10 else (
+                        "partly" if last["sharpness"] < first["sharpness"] else "no"
+                    ),
+                ]
+            )
+    for net, by in ex.get("fig6", {}).items():
+        sb = [p["sharpness"] for p in by.get("sb", []) if p.get("sharpness") is not None]
+        lb = [p["sharpness"] for p in by.get("lb", []) if p.get("sharpness") is not None]
+        if sb and lb:
+            rows.append(
+                [
+                    f"{net.upper()}: LB iterates stay sharper than SB ones along training (Figure 6)",
+                    f"LB {min(lb):.3g}-{max(lb):.3g}, SB {min(sb):.3g}-{max(sb):.3g}",
+                    "yes" if min(lb) > max(sb) else "no",
+                ]
+            )
+    return rows
 
 
 def _settings(doc: Doc, res: dict[str, Any]) -> None:
