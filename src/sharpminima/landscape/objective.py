@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -173,8 +174,6 @@ def default_graph_budget(device: torch.device) -> int:
         idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int((free + idle) // 2)
     try:
-        import os
-
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
     except (ValueError, OSError, AttributeError):
         return 2 << 30

@@ -16,6 +16,7 @@ to it (``.objective``) so that results can report the objective's counted evalua
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -186,7 +187,7 @@ class HessianOperator(Operator):
         self.device = x.device
         self.keep_graph = keep_graph
         self.max_graph_bytes = max_graph_bytes
-        self._products: Any = None
+        self._products: Callable[[Tensor], Tensor] | None = None
 
     def release(self) -> None:
         """Free the kept graph, if any (a later product builds it again)."""
