@@ -332,6 +332,7 @@ def test_unknown_option_is_a_config_error(method):
         ("iterate_noise", "std", -1e-3, "a non-negative number"),
         ("ghost_bn", "ghost_batch_size", None, "a positive integer, got None"),
         ("plain", "compile", 1, "true or false"),
+        ("plain", "autocast", "fp16", r"one of \['bf16', 'none'\]"),
     ],
 )
 def test_invalid_option_values_are_config_errors(method, option, value, message):
@@ -399,3 +400,44 @@ def test_methods_wrap_any_registered_optimizer():
         cfg = TINY.replace(epochs=1, method="sam", optimizer=optimizer)
         run = train(cfg, dataset=data, model_factory=small_mlp)
         assert run.status == "done"
+
+
+# ---------------------------------------------------------------- plain: bf16 autocast
+
+
+def _plain_step_once(autocast):
+    """One plain SGD step of a float32 BN MLP; the dtypes its Linear layers computed in."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    seen = []
+    for m in model:
+        if isinstance(m, nn.Linear):
+            m.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    x, y = _data()
+    opt = _sgd(model)
+    step = make_step(TrainConfig(method_args=(("autocast", autocast),)))
+    loss = step(model, opt, x.float(), y)
+    return model, loss, seen
+
+
+def test_plain_autocast_bf16_runs_the_products_in_bf16_and_keeps_float32_state():
+    model, loss, seen = _plain_step_once("bf16")
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert loss.dtype == torch.float32 and loss.requires_grad is False  # the loss is reduced in float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    ref_model, ref_loss, ref_seen = _plain_step_once("none")
+    assert ref_seen == [torch.float32, torch.float32]
+    # bf16 rounds the inputs of each product to 8 bits of mantissa: close, but not equal
+    assert float(loss) == pytest.approx(float(ref_loss), rel=2e-2)
+    w, w_ref = model[0].weight, ref_model[0].weight
+    assert not torch.equal(w, w_ref) and torch.allclose(w, w_ref, atol=5e-3)
+
+
+def test_plain_autocast_is_part_of_the_run_identity(tiny):
+    cfg = TrainConfig(net="small", dataset="tiny", batch_size=50, epochs=1)
+    bf16 = cfg.replace(method_args=(("autocast", "bf16"),))
+    assert bf16.hash() != cfg.hash()
+    run = train(bf16, dataset=tiny, model_factory=small_mlp)
+    ref = train(cfg, dataset=tiny, model_factory=small_mlp)
+    assert run.status == "done" and math.isfinite(run.final["train_loss"])
+    assert run.final["train_loss"] == pytest.approx(ref.final["train_loss"], rel=5e-2)

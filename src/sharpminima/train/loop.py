@@ -197,12 +197,13 @@ def _train(
                 num_steps += 1
                 if progress:
                     progress("step", {})
+            epoch_loss = float(loss_sum) / n  # waits for the epoch's last step on a GPU
             seconds = time.perf_counter() - t0
             train_loss, train_acc = parallel_evaluate(model, data.x_train, data.y_train, config.eval_chunk)
             test_loss, test_acc = parallel_evaluate(model, data.x_test, data.y_test, config.eval_chunk)
             metrics = {
                 "epoch": epoch,
-                "epoch_loss": float(loss_sum) / n,
+                "epoch_loss": epoch_loss,
                 "train_loss": train_loss,
                 "train_acc": train_acc,
                 "test_loss": test_loss,

@@ -33,7 +33,10 @@ def _batch_loss(model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
 
 
 #: Options of the ``plain`` method (``config.method_args``) and their defaults.
-PLAIN_ARGS: dict[str, object] = {"compile": False}
+PLAIN_ARGS: dict[str, object] = {"compile": False, "autocast": "none"}
+
+#: ``autocast`` values of the ``plain`` method and the dtype each runs the forward pass in.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16}
 
 
 def plain(config: TrainConfig) -> StepFn:
@@ -41,18 +44,27 @@ def plain(config: TrainConfig) -> StepFn:
 
     ``config.method_args`` may set ``("compile", True)`` to run forward, loss and backward
     through ``torch.compile`` (see :mod:`sharpminima.train.perf` for what it costs and
-    gains). Being a config field, the choice is part of the run's identity, as it should
-    be: compiled kernels round differently from eager ones.
+    gains), and ``("autocast", "bf16")`` to run the forward pass under
+    :func:`torch.autocast` in bfloat16 (products and convolutions in bf16, reductions,
+    normalisation and the loss in float32, as autocast does; weights, gradients and the
+    optimizer stay float32). bf16 is opt-in: it is fast on recent GPUs but slow on CPUs
+    without bf16 units, and its 8-bit mantissa is a real change to the training run.
+    Being config fields, both choices are part of the run's identity, as they should be:
+    they round differently from eager float32.
 
     Raises:
-        ConfigError: For an unknown option or a non-boolean ``compile``.
+        ConfigError: For an unknown option, a non-boolean ``compile`` or an unknown
+            ``autocast``.
     """
-    args = method_options(config, "plain", PLAIN_ARGS, {"compile": BOOL})
+    autocast_check = (lambda v: v in AUTOCAST_DTYPES, f"one of {sorted(AUTOCAST_DTYPES)}")
+    args = method_options(config, "plain", PLAIN_ARGS, {"compile": BOOL, "autocast": autocast_check})
     loss_fn = compiled(_batch_loss) if args["compile"] else _batch_loss
+    dtype = AUTOCAST_DTYPES[args["autocast"]]
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, xb, yb)
+        with torch.autocast(xb.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model, xb, yb)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -62,7 +74,7 @@ def plain(config: TrainConfig) -> StepFn:
 
 #: Registered methods, with their options and defaults (``config.method_args``):
 #:
-#: * ``plain``: ``compile`` (False).
+#: * ``plain``: ``compile`` (False), ``autocast`` ("none" or "bf16").
 #: * ``sam``: ``rho`` (0.05), ``ghost_batch_size`` (None). Foret et al. 2021.
 #: * ``asam``: ``rho`` (0.5), ``eta`` (0.01), ``ghost_batch_size``. Kwon et al. 2021.
 #: * ``conservative``: ``lam`` (1e-3), ``inner_iters`` (3), ``ghost_batch_size``. The

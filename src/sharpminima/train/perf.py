@@ -114,7 +114,9 @@ def prepare(model: nn.Module, data: Dataset, device: torch.device) -> tuple[nn.M
       fp32 accumulation. Process-wide. It changes results at about 1e-3 relative per
       product, like any GPU run differs from a CPU one; it was *not* checked against the
       fp32 path on a GPU here (no GPU was available), so reproduction numbers from a GPU
-      should state it. bf16 autocast is not switched on for the same reason.
+      should state it. bf16 autocast is not switched on for the same reason; it is
+      opt-in per run (``method_args=(("autocast", "bf16"),)``, see
+      :func:`sharpminima.train.methods.plain`).
     * **cuDNN autotuning** (``cudnn.benchmark``): an epoch has at most two batch shapes,
       so the per-shape search pays for itself within the first epoch.
     * **channels_last** for networks with 2-D convolutions: parameters and the image data
