@@ -25,7 +25,7 @@ from sharpminima.errors import ConfigError
 from sharpminima.store import Store
 from sharpminima.train import train, train_trials
 from sharpminima.train.optim import make_optimizer
-from sharpminima.train.perf import prepare
+from sharpminima.train.perf import cuda_flags_restored, prepare
 from sharpminima.train.vectorized import fallback_reason, train_vectorized
 from sm_testing import make_tiny, small_mlp
 
@@ -57,8 +57,11 @@ def _assert_close_runs(vec, seq, loose=frozenset()):
             assert float((w - v).abs().max()) <= TOL * float(v.abs().max()), k
     x = make_tiny().x_test
     a, b = copy.deepcopy(vec.model).train(), copy.deepcopy(seq.model).train()
-    with torch.no_grad():
-        torch.testing.assert_close(a(x), b(x), rtol=TOL, atol=TOL)
+    with torch.no_grad():  # the same dropout masks in both calls, if the net has dropout
+        torch.manual_seed(0)
+        out_a = a(x)
+        torch.manual_seed(0)
+        torch.testing.assert_close(out_a, b(x), rtol=TOL, atol=TOL)
     for hv, hs in zip(vec.history, seq.history, strict=True):
         assert hv["epoch_loss"] == pytest.approx(hs["epoch_loss"], rel=TOL)
 
@@ -177,11 +180,27 @@ def test_diverging_trials_are_reported(tiny):
 
 
 def _dropout_net():
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 4))
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(32, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 4))
+
+
+def _dropout2d_net():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Dropout2d(0.5), nn.Flatten(), nn.Linear(256, 4))
+
+
+class _SharedDropout(nn.Module):
+    """One nn.Dropout called twice per forward: its masks cannot ride in as one buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.drop = nn.Linear(64, 16), nn.Linear(16, 4), nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.b(self.drop(torch.relu(self.drop(self.a(x.flatten(1))))))
 
 
 @pytest.mark.parametrize(("cfg", "factory", "reason"), [
-    (CFG, _dropout_net, "dropout"),
+    (CFG, _dropout2d_net, "the network has Dropout2d"),
     (CFG.replace(optimizer="lion-like"), small_mlp, "not known to update elementwise"),
     (CFG.replace(method_args=(("compile", True),)), small_mlp, "is not vectorised"),
     (CFG.replace(init_from="abc"), small_mlp, "not implemented by the vectorised path"),
@@ -192,13 +211,65 @@ def test_fallback_reasons(cfg, factory, reason):
     assert fallback_reason(CFG, small_mlp()) is None
 
 
-def test_dropout_nets_fall_back_to_sequential_runs(tiny, caplog):
+def test_a_dropout_module_called_twice_falls_back(tiny, caplog):
+    assert fallback_reason(CFG, _SharedDropout()) is None  # without an input shape it cannot tell
+    assert "called once per forward pass" in fallback_reason(CFG, _SharedDropout(), (1, 8, 8))
     with caplog.at_level(logging.INFO, logger="sharpminima.train.vectorized"):
-        vec = train_vectorized(CFG.replace(epochs=1), [0, 1], dataset=tiny, model_factory=_dropout_net)
-    assert "one at a time" in caplog.text and "dropout" in caplog.text
-    seq = train(CFG.replace(epochs=1, seed=1), dataset=tiny, model_factory=_dropout_net)
+        vec = train_vectorized(CFG.replace(epochs=1), [0, 1], dataset=tiny, model_factory=_SharedDropout)
+    assert "one at a time" in caplog.text and "called once per forward pass" in caplog.text
+    seq = train(CFG.replace(epochs=1, seed=1), dataset=tiny, model_factory=_SharedDropout)
     assert all(torch.equal(a, b) for a, b in zip(vec[1].model.state_dict().values(),
                                                  seq.model.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("adam", 1e-3)])
+def test_dropout_nets_are_vectorised_with_each_trials_own_masks(tiny, caplog, optimizer, lr):
+    """Each trial draws the dropout masks its sequential run draws: with other masks the
+    weights would differ by O(1) after the first step, not by rounding."""
+    cfg = CFG.replace(optimizer=optimizer, lr=lr)
+    with caplog.at_level(logging.INFO, logger="sharpminima.train.vectorized"):
+        vec = train_vectorized(cfg, SEEDS, dataset=tiny, model_factory=_dropout_net)
+    assert "one at a time" not in caplog.text
+    seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=_dropout_net) for s in SEEDS]
+    loose = _pre_bn_names(seq[0].model) if optimizer == "adam" else frozenset()
+    for v, s in zip(vec, seq, strict=True):
+        _assert_close_runs(v, s, loose)
+    # the trials' masks differ from each other (each its own stream), so their runs do too
+    assert not torch.allclose(vec[0].model[1].weight, vec[1].model[1].weight)
+
+
+def test_trials_with_dropout_that_stop_early_keep_their_own_streams(tiny):
+    cfg = CFG.replace(optimizer="sgd", lr=0.05, epochs=6, stop="plateau", patience=1, min_improvement=0.1)
+    vec = train_vectorized(cfg, SEEDS, dataset=tiny, model_factory=_dropout_net)
+    seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=_dropout_net) for s in SEEDS]
+    assert len({len(r.history) for r in seq}) > 1  # the trials stopped at different epochs
+    for v, s in zip(vec, seq, strict=True):
+        _assert_close_runs(v, s)
+
+
+def test_the_paper_conv_net_is_vectorised(caplog):
+    """C1 (conv + BatchNorm2d + two dropouts) under vmap equals its sequential runs.
+
+    ``vmap`` turns each convolution into one grouped convolution, which rounds differently
+    from K single ones: weights agree to ~1e-5 of their tensor's largest entry after 2
+    epochs (bound 1e-4); different dropout masks would differ at ~1e-1.
+    """
+    data = make_tiny(shape=(3, 8, 8))
+    cfg = TrainConfig(net="c1", dataset="tiny", batch_size=100, epochs=2, optimizer="sgd", lr=0.02)
+    with caplog.at_level(logging.INFO, logger="sharpminima.train.vectorized"):
+        vec = train_vectorized(cfg, [0, 1], dataset=data)
+    assert "one at a time" not in caplog.text
+    seq = [train(cfg.replace(seed=s), dataset=data) for s in (0, 1)]
+    for v, s in zip(vec, seq, strict=True):
+        assert v.id == s.id and v.status == s.status == "done"
+        for name, ref in s.model.state_dict().items():
+            got = v.model.state_dict()[name]
+            if ref.is_floating_point():
+                assert float((got - ref).abs().max()) <= 1e-4 * max(float(ref.abs().max()), 1e-12), name
+            else:
+                assert torch.equal(got, ref), name
+        for hv, hs in zip(v.history, s.history, strict=True):
+            assert hv["epoch_loss"] == pytest.approx(hs["epoch_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize(("seeds", "kwargs", "match"), [
@@ -228,11 +299,12 @@ def test_prepare_uses_channels_last_and_tf32_on_cuda():
 
     dev = torch.device("cuda")
     data = make_tiny(shape=(3, 8, 8)).to(dev)
-    model, data = prepare(build("c1", (3, 8, 8), 4).to(dev), data, dev)
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert data.x_train.is_contiguous(memory_format=torch.channels_last)
-    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+    with cuda_flags_restored():  # prepare's flags are process-wide: keep them out of later tests
+        model, data = prepare(build("c1", (3, 8, 8), 4).to(dev), data, dev)
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        assert data.x_train.is_contiguous(memory_format=torch.channels_last)
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
 
 
 @pytest.mark.gpu

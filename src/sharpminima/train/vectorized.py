@@ -24,6 +24,13 @@ Each trial keeps everything a sequential :func:`~sharpminima.train.loop.train` r
 * its BatchNorm running statistics: buffers are stacked too and updated in place under
   ``vmap`` (training-mode batch statistics per trial; ``replace_all_batch_norm_modules_``
   is not used, as it drops the running statistics);
+* its dropout masks: a sequential run draws them from the global generator seeded with
+  ``epoch_seed(seed, epoch)`` at each epoch's start; here each trial keeps its own
+  generator state, seeded the same way, and before each step draws its masks with the same
+  ``F.dropout`` calls in the same order (see :class:`_Dropouts`), and the masks enter the
+  batched forward pass as buffers, so every trial drops exactly the units its sequential
+  run drops (tested on CPU; on CUDA the masks are drawn on tensors of the sequential
+  run's memory format, not yet checked on a GPU);
 * its record in the store: same config and hash as the sequential run, with epoch rows,
   ``last_*`` checkpoints (the per-trial slice of the optimizer state) and final weights
   through :class:`~sharpminima.train.checkpointing.RunFiles`, so ``train_trials`` and
@@ -45,17 +52,19 @@ percent. The sequential loop itself differs by the same amount between 1 and 2 C
 threads, so this is the reproducibility floor of float32 Adam on such nets, not a defect
 of the batched path; the trials' metrics agree statistically, not bit for bit.
 
-**Speed.** ``benchmarks/bench_trials.py --quick`` on the project's 2-core CPU (busy, load
-~6): 3 F1 trials at batch 256 trained in 0.58x the time of 3 sequential ones (1.74x one
-trial). The full benchmark (5 trials, batch 256 and 6000) is for an idle machine.
+**Speed.** On the project's 2-core CPU vectorised trials are *slower* than sequential ones
+(5 F1 trials: 1.30x the time at batch 256, 2.21x at 6000; ``benchmarks/RESULTS.md``):
+the steps are GEMM-bound and torch's CPU batched matmul runs below its plain one. They are
+meant for GPUs, where one small network leaves the device idle
+(``benchmarks/bench_gpu.py``; not yet run on a GPU).
 
 **What falls back to sequential training** (with a logged note): distributed
 (``torchrun``) sessions, methods other than
-``plain`` or with options (``compile``), optimizers outside
-:data:`ELEMENTWISE_OPTIMIZERS`, networks with active dropout (their masks come from the
-global generator seeded per trial and epoch; under ``vmap`` they could not equal the
-sequential masks, so a dropout run would not be the run its config hash names), warm
-starts (``init_from``), batch-size schedules and augmentation, and any config field this
+``plain`` or with options (``compile``, ``autocast``), optimizers outside
+:data:`ELEMENTWISE_OPTIMIZERS`, networks with dropout modules other than ``nn.Dropout``
+(``Dropout2d``, ``AlphaDropout``...) or an ``nn.Dropout`` called more than once per forward
+pass (their masks are not drawn here; functional ``F.dropout`` inside a custom ``forward``
+is not detected and fails under ``vmap``), warm starts (``init_from``), batch-size schedules and augmentation, and any config field this
 module does not know (:data:`SUPPORTED_FIELDS`), so a new option can never be silently
 ignored. Learning-rate schedules (the loop's own ``schedules.make_schedule``, the same for
 every trial) and initialisation options (the loop's ``_fresh_model``) are supported, and
@@ -82,7 +91,15 @@ from sharpminima.data.base import Dataset
 from sharpminima.errors import ConfigError
 from sharpminima.train.checkpointing import RunFiles
 from sharpminima.train.evaluate import evaluate
-from sharpminima.train.loop import Progress, StopState, _check_options, _fresh_model, batch_indices, train
+from sharpminima.train.loop import (
+    Progress,
+    StopState,
+    _check_options,
+    _fresh_model,
+    batch_indices,
+    epoch_seed,
+    train,
+)
 from sharpminima.train.optim import make_optimizer
 from sharpminima.train.perf import cuda_flags_restored, set_cuda_flags
 from sharpminima.train.run import Run
@@ -105,12 +122,16 @@ SUPPORTED_FIELDS = frozenset({
 })
 
 
-def fallback_reason(config: TrainConfig, model: nn.Module) -> str | None:
+def fallback_reason(
+    config: TrainConfig, model: nn.Module, input_shape: Sequence[int] | None = None
+) -> str | None:
     """Say why ``config`` cannot be trained vectorised, or return None if it can.
 
     Args:
         config: The shared configuration of the trials.
         model: One trial's network (only inspected).
+        input_shape: One sample's shape; if given, a network with dropout is also run once
+            on the meta device to check that each ``nn.Dropout`` is called once per forward.
 
     Returns:
         A short reason, or None.
@@ -126,11 +147,128 @@ def fallback_reason(config: TrainConfig, model: nn.Module) -> str | None:
     unknown = sorted(set(config.identity()) - SUPPORTED_FIELDS)
     if unknown:
         return f"config fields {unknown} are not implemented by the vectorised path"
-    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
-        return "the network has dropout, whose masks would differ from the sequential runs'"
+    other = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
+                    and type(m) is not nn.Dropout and m.p > 0})
+    if other:
+        return f"the network has {', '.join(other)}, whose masks the vectorised path does not draw"
+    if input_shape is not None and any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        try:
+            _dropout_calls(copy.deepcopy(model).to("meta"), (2, *input_shape))
+        except ConfigError as exc:
+            return str(exc)
     if not any(p.requires_grad for p in model.parameters()):
         return "the network has no trainable parameters"
     return None
+
+
+class _MaskDropout(nn.Module):
+    """Dropout by a given mask: ``x * mask`` in training mode, where ``mask`` is a buffer.
+
+    Stands in for ``nn.Dropout`` in the vectorised group's architecture; each trial's mask
+    (drawn by :class:`_Dropouts` exactly as its sequential run's ``F.dropout`` would) comes
+    in through ``functional_call``'s buffers, batched over trials by ``vmap``.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.register_buffer("mask", torch.ones((), device="meta"), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.mask if self.training else x
+
+
+def _dropout_calls(base: nn.Module, batch_shape: tuple[int, ...]) -> list[tuple[str, torch.Size, float]]:
+    """Run ``base`` (on the meta device) once in training mode and list its dropout calls.
+
+    Returns ``(module name, input shape, p)`` per ``nn.Dropout`` with ``p > 0``, in call
+    order.
+
+    Raises:
+        ConfigError: If such a module is not called exactly once per forward pass.
+    """
+    calls: list[tuple[str, torch.Size, float]] = []
+    modules = {n: m for n, m in base.named_modules() if isinstance(m, nn.Dropout | _MaskDropout) and m.p > 0}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, args[0].shape, mod.p)))
+             for n, m in modules.items()]
+    was_training = base.training
+    try:
+        with torch.no_grad():
+            base.train()(torch.empty(batch_shape, device="meta"))
+    finally:
+        base.train(was_training)
+        for h in hooks:
+            h.remove()
+    names = [n for n, _, _ in calls]
+    if sorted(names) != sorted(modules):
+        raise ConfigError(
+            "every nn.Dropout must be called once per forward pass to be vectorised; "
+            f"called: {names}, modules: {sorted(modules)}"
+        )
+    return calls
+
+
+def _rng_state(dev: torch.device) -> Tensor:
+    return torch.cuda.get_rng_state(dev) if dev.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(state: Tensor, dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.set_rng_state(state, dev)
+    else:
+        torch.set_rng_state(state)
+
+
+class _Dropouts:
+    """Each trial's dropout masks, drawn from that trial's own random stream.
+
+    A sequential run seeds the global generator with ``epoch_seed(seed, epoch)`` at each
+    epoch's start, and each step's forward pass then draws its masks from it, one
+    ``F.dropout`` per ``nn.Dropout`` in call order. Here every trial keeps its generator
+    state, and before each batched step its masks are drawn in that order by the same
+    ``F.dropout`` call on a tensor of ones of the input's shape, dtype and memory format
+    (channels_last where the sequential CUDA run's conv activations are): the same random
+    numbers, and ``x * mask`` is bit for bit the sequential ``F.dropout(x)`` (its forward
+    is ``x * (bernoulli / (1 - p))``, its backward the gradient times the same factor).
+    """
+
+    def __init__(self, base: nn.Module, dev: torch.device, dtype: torch.dtype, channels_last: bool) -> None:
+        self.base, self.dev, self.dtype, self.channels_last = base, dev, dtype, channels_last
+        self.names = [n for n, m in base.named_modules() if isinstance(m, nn.Dropout) and m.p > 0]
+        for name in self.names:  # the architecture copy only; trial networks keep nn.Dropout
+            parent, _, child = name.rpartition(".")
+            setattr(base.get_submodule(parent), child, _MaskDropout(base.get_submodule(name).p))
+        self.calls: dict[tuple[int, ...], list[tuple[str, torch.Size, float]]] = {}
+        self.states: list[Tensor] = []
+
+    def start_epoch(self, seeds: list[int], epoch: int) -> None:
+        """Seed every trial's stream as its sequential run does at this epoch's start."""
+        self.states = []
+        for seed in seeds:
+            torch.manual_seed(epoch_seed(seed, epoch))
+            self.states.append(_rng_state(self.dev))
+
+    def keep(self, ks: list[int]) -> None:
+        """Keep the streams of trials ``ks`` (the others stopped)."""
+        self.states = [self.states[k] for k in ks]
+
+    def masks(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        """The ``(K, ...)`` masks of one step, as buffers named ``<module>.mask``."""
+        if not self.names:
+            return {}
+        if batch_shape not in self.calls:
+            self.calls[batch_shape] = _dropout_calls(self.base, batch_shape)
+        calls = self.calls[batch_shape]
+        drawn: dict[str, list[Tensor]] = {name: [] for name, _, _ in calls}
+        for k, state in enumerate(self.states):
+            _set_rng_state(state, self.dev)
+            for name, shape, p in calls:
+                last = self.channels_last and len(shape) == 4
+                fmt = torch.channels_last if last else torch.contiguous_format
+                ones = torch.ones(shape, device=self.dev, dtype=self.dtype).contiguous(memory_format=fmt)
+                drawn[name].append(F.dropout(ones, p, training=True))
+            self.states[k] = _rng_state(self.dev)
+        return {f"{name}.mask": torch.stack(ms) for name, ms in drawn.items()}
 
 
 @dataclass
@@ -190,7 +328,9 @@ class _TrialOptimizerView:
 class _Group:
     """K trials' stacked parameters, buffers and optimizer."""
 
-    def __init__(self, trials: list[_Trial], config: TrainConfig, dev: torch.device) -> None:
+    def __init__(
+        self, trials: list[_Trial], config: TrainConfig, dev: torch.device, channels_last: bool
+    ) -> None:
         self.trials = trials
         self.config = config
         models = [t.model for t in trials]
@@ -205,6 +345,8 @@ class _Group:
         if states[0]["state"]:  # resumed: carry each trial's optimizer state over
             self.opt.load_state_dict(_stack_state(states, self.shapes))
         self.base = copy.deepcopy(models[0]).to("meta")  # architecture only
+        dtype = next(iter(self.params.values())).dtype
+        self.dropouts = _Dropouts(self.base, dev, dtype, channels_last)
 
         def one(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
             return F.cross_entropy(functional_call(self.base, (p, b), (xb,)), yb)
@@ -214,7 +356,8 @@ class _Group:
     def step(self, xb: Tensor, yb: Tensor) -> Tensor:
         """One update of every trial on its batch; ``xb`` is ``(K, B, ...)``; returns ``(K,)``."""
         self.opt.zero_grad(set_to_none=True)
-        losses = self._losses({**self.params, **self.frozen}, self.buffers, xb, yb)  # (K,)
+        masks = self.dropouts.masks(tuple(xb.shape[1:]))  # each trial's, as its own run draws them
+        losses = self._losses({**self.params, **self.frozen}, {**self.buffers, **masks}, xb, yb)  # (K,)
         losses.sum().backward()
         self.opt.step()
         return losses.detach()
@@ -234,6 +377,7 @@ class _Group:
         index = torch.tensor(ks, dtype=torch.long, device=next(iter(self.params.values())).device)
         state = _slice_state(self.opt.state_dict(), self.shapes, index)
         self.trials = [self.trials[k] for k in ks]
+        self.dropouts.keep(ks)
         self.params = {n: v.detach()[index].clone().requires_grad_(True) for n, v in self.params.items()}
         self.frozen = {n: v[index].clone() for n, v in self.frozen.items()}
         self.buffers = {n: v[index].clone() for n, v in self.buffers.items()}
@@ -316,7 +460,7 @@ def _train_vectorized(
     if dev.type == "cuda":
         set_cuda_flags()  # the TF32 part of the loop's CUDA fast path (sharpminima.train.perf)
     with torch.random.fork_rng(devices=devices):
-        reason = fallback_reason(config, _fresh_model(configs[0], data, model_factory))
+        reason = fallback_reason(config, _fresh_model(configs[0], data, model_factory), data.input_shape)
     if reason is not None:
         log.info("training %d trials one at a time: %s", len(seeds), reason)
         return [train(c, **kwargs) for c in configs]
@@ -352,7 +496,11 @@ def _train_group(
 ) -> None:
     """Train trials that all resume after ``start_epoch`` together, until each one ends."""
     config = trials[0].config
-    group = _Group(trials, config, dev)
+    # where the sequential CUDA run would train channels_last (perf.prepare), its 4-D dropout
+    # inputs are channels_last too, and so are the ones tensors the masks are drawn on
+    channels_last = (dev.type == "cuda" and data.x_train.ndim == 4
+                     and any(isinstance(m, nn.Conv2d) for m in trials[0].model.modules()))
+    group = _Group(trials, config, dev, channels_last)
     n = data.num_train
     schedule = make_schedule(config, n)  # constant batch size here; maybe an lr schedule
     num_steps = steps_done(trials[0].history, n, config.batch_size)  # the same for every trial
@@ -369,6 +517,7 @@ def _train_group(
             lead = group.trials[0]  # a constant batch rule plans the same epoch for every trial
             plan = schedule.plan(epoch, EpochContext(lead.model, data, lead.history))
             group.base.train()
+            group.dropouts.start_epoch([t.config.seed for t in group.trials], epoch)
             loss_sum, first_step = torch.zeros(len(group.trials), device=dev), num_steps
             orders = [batch_indices(n, plan.batch_size, t.config.seed, epoch, dev) for t in group.trials]
             for step_idx in zip(*orders, strict=True):
@@ -378,9 +527,9 @@ def _train_group(
                 num_steps += 1
                 if progress:
                     progress("step", {})
+            epoch_losses = (loss_sum / n).tolist()  # waits for the epoch's last step on a GPU
             seconds = (time.perf_counter() - t0) / len(group.trials)
             group.unstack()
-            epoch_losses = (loss_sum / n).tolist()
             extra = {"batch_size": plan.batch_size, "batch_size_mean": n / (num_steps - first_step),
                      "steps": num_steps, "lr_end": float(group.opt.param_groups[0]["lr"]),
                      **plan.metrics}
