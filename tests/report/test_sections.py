@@ -69,7 +69,8 @@ def test_figure_verdicts_follow_the_numbers(tmp_path: Path):
     rising = [{"batch_size": b, "sharpness": s} for b, s in ((256, 1.0), (1000, 70.0), (6000, 250.0))]
     falling = [dict(r, sharpness=1000.0 / r["sharpness"]) for r in rising]
     warm = [{"sb_epochs": 0, "sharpness": 250.0}, {"sb_epochs": 20, "sharpness": 0.02}]
-    along = {"sb": [{"sharpness": 4.0}, {"sharpness": 0.4}], "lb": [{"sharpness": 170.0}, {"sharpness": 400.0}]}
+    along = {"sb": [{"sharpness": 4.0}, {"sharpness": 0.4}],
+             "lb": [{"sharpness": 170.0}, {"sharpness": 400.0}]}
     yes = _verdict_lines(tmp_path, {"fig4": {"f1": rising}, "fig5": {"f1": {"rows": warm}},
                                     "fig6": {"f1": along}})
     assert len(yes) == 3 and all(line.endswith("| yes |") for line in yes)
