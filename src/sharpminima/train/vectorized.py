@@ -59,16 +59,17 @@ meant for GPUs, where one small network leaves the device idle
 (``benchmarks/bench_gpu.py``; not yet run on a GPU).
 
 **What falls back to sequential training** (with a logged note): distributed
-(``torchrun``) sessions, methods other than
-``plain`` or with options (``compile``, ``autocast``), optimizers outside
-:data:`ELEMENTWISE_OPTIMIZERS`, networks with dropout modules other than ``nn.Dropout``
-(``Dropout2d``, ``AlphaDropout``...) or an ``nn.Dropout`` called more than once per forward
-pass (their masks are not drawn here; functional ``F.dropout`` inside a custom ``forward``
-is not detected and fails under ``vmap``), warm starts (``init_from``), batch-size schedules and augmentation, and any config field this
-module does not know (:data:`SUPPORTED_FIELDS`), so a new option can never be silently
-ignored. Learning-rate schedules (the loop's own ``schedules.make_schedule``, the same for
-every trial) and initialisation options (the loop's ``_fresh_model``) are supported, and
-each epoch records the same metrics as the loop (``batch_size``, ``steps``, ``lr_end``...).
+(``torchrun``) sessions, methods other than ``plain`` or with options (``compile``,
+``autocast``), optimizers outside :data:`ELEMENTWISE_OPTIMIZERS`, networks with dropout
+modules other than ``nn.Dropout`` (``Dropout2d``, ``AlphaDropout``...) or an
+``nn.Dropout`` called more than once per forward pass (their masks are not drawn here;
+functional ``F.dropout`` inside a custom ``forward`` is not detected and fails under
+``vmap``), warm starts (``init_from``), batch-size schedules and augmentation, and any
+config field this module does not know (:data:`SUPPORTED_FIELDS`), so a new option can
+never be silently ignored. Learning-rate schedules (the loop's own
+``schedules.make_schedule``, the same for every trial) and initialisation options (the
+loop's ``_fresh_model``) are supported, and each epoch records the same metrics as the
+loop (``batch_size``, ``steps``, ``lr_end``...).
 """
 
 from __future__ import annotations
