@@ -222,6 +222,62 @@ def test_a_dropout_module_called_twice_falls_back(tiny, caplog):
                                                  seq.model.state_dict().values(), strict=True))
 
 
+class _OutOfOrder(nn.Module):
+    """Dropouts called in another order than they are registered, one of them in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.late = nn.Dropout(0.3)  # registered first, called second
+        self.early = nn.Dropout(0.5, inplace=True)
+        self.a, self.b = nn.Linear(64, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(self.late(torch.relu(self.early(self.a(x.flatten(1))))))
+
+
+def test_drawn_masks_are_exactly_what_the_sequential_modules_drop():
+    """Three steps of two trials: each mask times the dropout's input is bit for bit the
+    output of the real nn.Dropout in a sequential run seeded as train() seeds it."""
+    from sharpminima.train.loop import epoch_seed
+    from sharpminima.train.vectorized import _Dropouts
+
+    seeds, epoch, shape = [3, 7], 2, (5, 1, 8, 8)
+    drops = _Dropouts(copy.deepcopy(_OutOfOrder()).to("meta"), torch.device("cpu"), torch.float32, False)
+    with torch.random.fork_rng():
+        drops.start_epoch(seeds, epoch)
+        steps = [drops.masks(shape) for _ in range(3)]
+        for k, seed in enumerate(seeds):
+            model = _OutOfOrder().train()
+            seen = {}
+            for name in ("early", "late"):
+                mod = getattr(model, name)
+                mod.register_forward_pre_hook(lambda m, a, n=name, d=seen: d.update({n: [a[0].clone()]}))
+                mod.register_forward_hook(lambda m, args, out, n=name, d=seen: d[n].append(out.clone()))
+            torch.manual_seed(epoch_seed(seed, epoch))  # what train() does at the epoch's start
+            inputs = torch.rand(len(steps), *shape, generator=torch.Generator().manual_seed(k))
+            for masks, x_in in zip(steps, inputs, strict=True):
+                with torch.no_grad():
+                    model(x_in)
+                for name in ("early", "late"):
+                    x, out = seen[name]
+                    assert torch.equal(x * masks[f"{name}.mask"][k], out), (seed, name)
+    assert not torch.equal(steps[0]["early.mask"][0], steps[0]["early.mask"][1])  # each trial its own
+    assert not torch.equal(steps[0]["early.mask"][0], steps[1]["early.mask"][0])  # each step new ones
+
+
+def test_a_net_the_meta_probe_cannot_run_falls_back():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.drop = nn.Linear(64, 4), nn.Dropout(0.5)
+
+        def forward(self, x):
+            h = self.fc(x.flatten(1))
+            return self.drop(h) if float(h.sum()) > 0 else h  # data-dependent: no meta run
+
+    assert "could not be traced on the meta device" in fallback_reason(CFG, Branchy(), (1, 8, 8))
+
+
 @pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("adam", 1e-3)])
 def test_dropout_nets_are_vectorised_with_each_trials_own_masks(tiny, caplog, optimizer, lr):
     """Each trial draws the dropout masks its sequential run draws: with other masks the
@@ -238,7 +294,7 @@ def test_dropout_nets_are_vectorised_with_each_trials_own_masks(tiny, caplog, op
     assert not torch.allclose(vec[0].model[1].weight, vec[1].model[1].weight)
 
 
-def test_trials_with_dropout_that_stop_early_keep_their_own_streams(tiny):
+def test_trials_with_dropout_that_stop_early_keep_their_seeds(tiny):
     cfg = CFG.replace(optimizer="sgd", lr=0.05, epochs=6, stop="plateau", patience=1, min_improvement=0.1)
     vec = train_vectorized(cfg, SEEDS, dataset=tiny, model_factory=_dropout_net)
     seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=_dropout_net) for s in SEEDS]

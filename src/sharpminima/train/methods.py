@@ -56,7 +56,9 @@ def plain(config: TrainConfig) -> StepFn:
         ConfigError: For an unknown option, a non-boolean ``compile`` or an unknown
             ``autocast``.
     """
-    autocast_check = (lambda v: v in AUTOCAST_DTYPES, f"one of {sorted(AUTOCAST_DTYPES)}")
+    autocast_check = (
+        lambda v: isinstance(v, str) and v in AUTOCAST_DTYPES, f"one of {sorted(AUTOCAST_DTYPES)}"
+    )
     args = method_options(config, "plain", PLAIN_ARGS, {"compile": BOOL, "autocast": autocast_check})
     loss_fn = compiled(_batch_loss) if args["compile"] else _batch_loss
     dtype = AUTOCAST_DTYPES[args["autocast"]]

@@ -157,6 +157,8 @@ def fallback_reason(
             _dropout_calls(copy.deepcopy(model).to("meta"), (2, *input_shape))
         except ConfigError as exc:
             return str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure to trace means "train sequentially"
+            return f"the forward pass could not be traced on the meta device ({type(exc).__name__}: {exc})"
     if not any(p.requires_grad for p in model.parameters()):
         return "the network has no trainable parameters"
     return None
@@ -170,27 +172,37 @@ class _MaskDropout(nn.Module):
     in through ``functional_call``'s buffers, batched over trials by ``vmap``.
     """
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, inplace: bool = False) -> None:
         super().__init__()
-        self.p = p
+        self.p, self.inplace = p, inplace
         self.register_buffer("mask", torch.ones((), device="meta"), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.mask if self.training else x
 
 
-def _dropout_calls(base: nn.Module, batch_shape: tuple[int, ...]) -> list[tuple[str, torch.Size, float]]:
+#: One dropout call of a forward pass: module name, input shape, p, in place.
+DropoutCall = tuple[str, torch.Size, float, bool]
+
+
+def _dropout_calls(base: nn.Module, batch_shape: tuple[int, ...]) -> list[DropoutCall]:
     """Run ``base`` (on the meta device) once in training mode and list its dropout calls.
 
-    Returns ``(module name, input shape, p)`` per ``nn.Dropout`` with ``p > 0``, in call
-    order.
+    Returns ``(module name, input shape, p, inplace)`` per ``nn.Dropout`` with ``p > 0``,
+    in call order.
 
     Raises:
         ConfigError: If such a module is not called exactly once per forward pass.
     """
-    calls: list[tuple[str, torch.Size, float]] = []
+    calls: list[DropoutCall] = []
     modules = {n: m for n, m in base.named_modules() if isinstance(m, nn.Dropout | _MaskDropout) and m.p > 0}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, args[0].shape, mod.p)))
+
+    def record(name: str, mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else next(iter(kwargs.values()))
+        calls.append((name, x.shape, mod.p, bool(getattr(mod, "inplace", False))))
+
+    hooks = [m.register_forward_pre_hook(lambda mod, args, kwargs, n=n: record(n, mod, args, kwargs),
+                                         with_kwargs=True)
              for n, m in modules.items()]
     was_training = base.training
     try:
@@ -200,7 +212,7 @@ def _dropout_calls(base: nn.Module, batch_shape: tuple[int, ...]) -> list[tuple[
         base.train(was_training)
         for h in hooks:
             h.remove()
-    names = [n for n, _, _ in calls]
+    names = [call[0] for call in calls]
     if sorted(names) != sorted(modules):
         raise ConfigError(
             "every nn.Dropout must be called once per forward pass to be vectorised; "
@@ -228,9 +240,16 @@ class _Dropouts:
     ``F.dropout`` per ``nn.Dropout`` in call order. Here every trial keeps its generator
     state, and before each batched step its masks are drawn in that order by the same
     ``F.dropout`` call on a tensor of ones of the input's shape, dtype and memory format
-    (channels_last where the sequential CUDA run's conv activations are): the same random
-    numbers, and ``x * mask`` is bit for bit the sequential ``F.dropout(x)`` (its forward
-    is ``x * (bernoulli / (1 - p))``, its backward the gradient times the same factor).
+    (channels_last where the sequential CUDA run's conv activations are) and the same
+    ``inplace`` flag: the same random numbers, and ``x * mask`` is bit for bit the
+    sequential ``F.dropout(x)`` on CPU (forward ``x * (bernoulli / (1 - p))``, backward the
+    gradient times the same factor); on CUDA the backward's scale ``1/(1-p)`` is rounded
+    from double and can differ by one ulp for some ``p`` (not 0.3, 0.4 or 0.5).
+
+    The memory-format rule (4-D inputs channels_last on CUDA for conv nets, everything else
+    contiguous) is what ``perf.prepare`` gives C1-C4; a network whose dropout inputs have
+    another layout in its sequential CUDA run (a permuted or reshaped tensor) would draw
+    other masks there. On CPU layouts do not matter for the paper's networks.
     """
 
     def __init__(self, base: nn.Module, dev: torch.device, dtype: torch.dtype, channels_last: bool) -> None:
@@ -238,8 +257,9 @@ class _Dropouts:
         self.names = [n for n, m in base.named_modules() if isinstance(m, nn.Dropout) and m.p > 0]
         for name in self.names:  # the architecture copy only; trial networks keep nn.Dropout
             parent, _, child = name.rpartition(".")
-            setattr(base.get_submodule(parent), child, _MaskDropout(base.get_submodule(name).p))
-        self.calls: dict[tuple[int, ...], list[tuple[str, torch.Size, float]]] = {}
+            old = base.get_submodule(name)
+            setattr(base.get_submodule(parent), child, _MaskDropout(old.p, old.inplace))
+        self.calls: dict[tuple[int, ...], list[DropoutCall]] = {}
         self.states: list[Tensor] = []
 
     def start_epoch(self, seeds: list[int], epoch: int) -> None:
@@ -260,14 +280,16 @@ class _Dropouts:
         if batch_shape not in self.calls:
             self.calls[batch_shape] = _dropout_calls(self.base, batch_shape)
         calls = self.calls[batch_shape]
-        drawn: dict[str, list[Tensor]] = {name: [] for name, _, _ in calls}
+        drawn: dict[str, list[Tensor]] = {call[0]: [] for call in calls}
         for k, state in enumerate(self.states):
             _set_rng_state(state, self.dev)
-            for name, shape, p in calls:
+            for name, shape, p, inplace in calls:
                 last = self.channels_last and len(shape) == 4
                 fmt = torch.channels_last if last else torch.contiguous_format
                 ones = torch.ones(shape, device=self.dev, dtype=self.dtype).contiguous(memory_format=fmt)
-                drawn[name].append(F.dropout(ones, p, training=True))
+                # in place, torch always takes the bernoulli_ path; out of place on CUDA, the
+                # fused kernel: draw as the sequential call does
+                drawn[name].append(F.dropout(ones, p, training=True, inplace=inplace))
             self.states[k] = _rng_state(self.dev)
         return {f"{name}.mask": torch.stack(ms) for name, ms in drawn.items()}
 
