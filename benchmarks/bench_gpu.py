@@ -63,7 +63,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -81,6 +80,7 @@ from sharpminima.landscape import ModelObjective, flatten_params
 from sharpminima.landscape.eigen import hessian_eigenvalues
 from sharpminima.landscape.sharpness import keskar_sharpness
 from sharpminima.models import build
+from sharpminima.store.checkpoints import atomic_write_text
 from sharpminima.store.db import cpu_model
 from sharpminima.train import perf, train
 from sharpminima.train.vectorized import train_vectorized
@@ -416,15 +416,6 @@ def markdown(meta: dict[str, Any], res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device], Any]] = {
     "c2_training": bench_c2_training,
     "trials": bench_trials,
@@ -499,10 +490,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 torch.cuda.empty_cache()
         say(f"{name}: {time.perf_counter() - t0:.1f} s")
         if args.out is not None:
-            write_atomic(
+            atomic_write_text(
                 args.out / "bench_gpu.json", json.dumps({"meta": meta, "results": results}, indent=2)
             )
-            write_atomic(args.out / "bench_gpu.md", markdown(meta, results))
+            atomic_write_text(args.out / "bench_gpu.md", markdown(meta, results))
     print(markdown(meta, results))
     return results
 

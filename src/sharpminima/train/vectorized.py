@@ -263,15 +263,15 @@ class _Dropouts:
         self.states: list[Tensor] = []
 
     def start_epoch(self, seeds: list[int], epoch: int) -> None:
-        """Seed every trial's stream as its sequential run does at this epoch's start."""
+        """Seed every trial's stream as its sequential run does at this epoch's start.
+
+        Called every epoch with the seeds of the trials still training, so trials that
+        stopped need no bookkeeping here.
+        """
         self.states = []
         for seed in seeds:
             torch.manual_seed(epoch_seed(seed, epoch))
             self.states.append(_rng_state(self.dev))
-
-    def keep(self, ks: list[int]) -> None:
-        """Keep the streams of trials ``ks`` (the others stopped)."""
-        self.states = [self.states[k] for k in ks]
 
     def masks(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
         """The ``(K, ...)`` masks of one step, as buffers named ``<module>.mask``."""
@@ -400,7 +400,6 @@ class _Group:
         index = torch.tensor(ks, dtype=torch.long, device=next(iter(self.params.values())).device)
         state = _slice_state(self.opt.state_dict(), self.shapes, index)
         self.trials = [self.trials[k] for k in ks]
-        self.dropouts.keep(ks)
         self.params = {n: v.detach()[index].clone().requires_grad_(True) for n, v in self.params.items()}
         self.frozen = {n: v[index].clone() for n, v in self.frozen.items()}
         self.buffers = {n: v[index].clone() for n, v in self.buffers.items()}
