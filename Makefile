@@ -5,14 +5,21 @@ PY := $(VENV)/bin/python
 SM := $(VENV)/bin/sharpminima
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install install-test demo test test-all lint bench clean
 
+# The core install (what `make demo` needs); the test install adds the optional integrations
+# (Lightning, Hugging Face, TensorBoard, W&B, MLflow) and the test tools.
 install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
 demo: install
@@ -20,13 +27,13 @@ demo: install
 	$(SM) reproduce --preset quick --out reports/quick
 
 # pytest exits 5 when it collects no test; make treats any non-zero exit as failure.
-test: install
+test: install-test
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-all: install
+test-all: install-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: install
+lint: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: install

@@ -94,7 +94,7 @@ def measure(args: argparse.Namespace, device: str = "cpu") -> dict:
     """Time SB/LB steps and one HVP in this process (inside a process group if one is active)."""
     from sharpminima import distributed
     from sharpminima.config import TrainConfig
-    from sharpminima.landscape.distributed import shard_objective
+    from sharpminima.landscape.sharded import shard_objective
     from sharpminima.models import build
     from sharpminima.train.methods import make_step
     from sharpminima.train.optim import make_optimizer

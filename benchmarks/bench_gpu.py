@@ -291,12 +291,12 @@ def bench_c2_landscape(args: argparse.Namespace, dev: torch.device) -> dict[str,
     say(f"{args.net.upper()} landscape: Keskar sharpness over {len(ys)} samples")
     obj = ModelObjective(model, xs, ys, bn_mode="batch", chunk_size=args.chunk)
     obj.loss_and_grad(x)  # untimed: kernel loading and cuDNN's choices for this layout happen here
-    sharp, sharp_s = timed(lambda: keskar_sharpness(obj, x, eps=1e-3, maxiter=args.maxiter), dev)
+    sharp, sharp_s = timed(lambda: keskar_sharpness(obj, x, eps=1e-3, max_iters=args.maxiter), dev)
     say(f"{args.net.upper()} landscape: the same sharpness with cuDNN's TF32 off")
     tf32 = torch.backends.cudnn.allow_tf32  # PyTorch's default is on, for convolutions
     torch.backends.cudnn.allow_tf32 = not tf32
     try:
-        other, other_s = timed(lambda: keskar_sharpness(obj, x, eps=1e-3, maxiter=args.maxiter), dev)
+        other, other_s = timed(lambda: keskar_sharpness(obj, x, eps=1e-3, max_iters=args.maxiter), dev)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     n_h = min(args.hessian_samples, len(ys))

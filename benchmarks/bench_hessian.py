@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from sharpminima.landscape.eigen import hessian_eigenvalues
-from sharpminima.landscape.objective import ModelObjective
+from sharpminima.landscape.model_objective import ModelObjective
 from sharpminima.landscape.trace import hessian_trace
 
 
@@ -218,7 +218,7 @@ def main() -> None:
     # estimate after every product.
     reference = hessian_eigenvalues(obj, x0, k=1, tol=1e-6, seed=args.seed)
     c0 = time.process_time()
-    ours_trace = hessian_trace(obj, x0, samples=args.trace_samples, seed=args.seed)
+    ours_trace = hessian_trace(obj, x0, num_probes=args.trace_samples, seed=args.seed)
     ours_trace_cpu = time.process_time() - c0
 
     # -- did anything touch the model? ---------------------------------------------------

@@ -47,7 +47,8 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sharpminima.landscape import sharpness as sharpness_module
-from sharpminima.landscape.objective import ModelObjective, bn_mode
+from sharpminima.landscape.model_objective import ModelObjective
+from sharpminima.landscape.objective import bn_mode
 from sharpminima.landscape.sharpness import keskar_sharpness
 
 
@@ -239,7 +240,7 @@ def main() -> None:
     ours_runs: list = []
     ref_runs: dict[str, list[dict]] = {"tuned": [], "public": []}
     for _ in range(args.repeats):
-        ours_runs.append(keskar_sharpness(obj, x0, eps=args.eps, maxiter=args.maxiter))
+        ours_runs.append(keskar_sharpness(obj, x0, eps=args.eps, max_iters=args.maxiter))
         for style, runs in ref_runs.items():
             runs.append(reference_sharpness(model, x_data, y_data, eps=args.eps, maxiter=args.maxiter,
                                             chunk=args.chunk, bn=args.bn, style=style))
@@ -255,7 +256,7 @@ def main() -> None:
             t0 = time.perf_counter()
             sharpness_module.subspace_coordinates(a, x0)
             coords_s = time.perf_counter() - t0
-            sub = keskar_sharpness(obj, x0, eps=args.eps, A=a, maxiter=args.maxiter, seed=args.seed)
+            sub = keskar_sharpness(obj, x0, eps=args.eps, A=a, max_iters=args.maxiter, seed=args.seed)
         pinv_calls = guard.calls
         del a
 

@@ -82,7 +82,8 @@ class TrainConfig:
 
     Attributes:
         net: Network name (``f1``...``c4``) or ``module:function``.
-        dataset: ``mnist``, ``cifar10``, ``cifar100``, ``timit`` or ``synthetic``.
+        dataset: ``mnist``, ``cifar10``, ``cifar100``, ``timit``, ``synthetic``, or
+            ``module:function`` naming a data factory (see :func:`sharpminima.data.load`).
         batch_size: Samples per step (the last batch of an epoch may be smaller).
         optimizer: Name in :data:`sharpminima.train.optim.OPTIMIZERS`.
         optimizer_args: Optimizer-specific options as ``(name, value)`` pairs (e.g. LARS's
@@ -122,6 +123,9 @@ class TrainConfig:
             (``"default"`` keeps PyTorch's).
         init_scale: Factor on the initial weights of every linear and conv layer.
         init_from: Start from stored weights: ``"RUN_ID"`` (final) or ``"RUN_ID@EPOCH"``.
+        loss: The training loss: ``"cross_entropy"`` (classification, or per-token for
+            sequence targets), ``"mse"`` (regression) or ``"module:function"`` naming
+            ``fn(model, (inputs, targets)) -> mean loss`` (see :mod:`sharpminima.losses`).
         tags: Free labels that do not change the result but do change the identity
             (e.g. ``("trial", "3")``); keep empty normally.
     """
@@ -157,6 +161,7 @@ class TrainConfig:
     init: str = "default"
     init_scale: float = 1.0
     init_from: str | None = None
+    loss: str = "cross_entropy"
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

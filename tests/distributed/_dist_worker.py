@@ -50,8 +50,8 @@ def _catch(fn) -> str | None:
 
 def main(rank: int, world: int, port: int, out: str) -> None:
     from sharpminima import distributed
-    from sharpminima.landscape.distributed import DistributedObjective, shard_objective
     from sharpminima.landscape.objective import ModelObjective, flatten_params
+    from sharpminima.landscape.sharded import DistributedObjective, shard_objective
     from sharpminima.landscape.sharpness import keskar_sharpness
     from sharpminima.store import Store
     from sharpminima.train import train
@@ -107,7 +107,7 @@ def main(rank: int, world: int, port: int, out: str) -> None:
         out_dir / f"landscape_{rank}.safetensors",
         {"x0": x0, "grad": grad, "hvp": objective.hvp(x0, v), "loss": objective.loss(x0).reshape(1)},
     )
-    sharp = keskar_sharpness(objective, x0, eps=1e-3, maxiter=5)
+    sharp = keskar_sharpness(objective, x0, eps=1e-3, max_iters=5)
     report["sharpness"] = sharp.value
     report["objective_samples"] = objective.num_samples
     report["world_in_settings"] = objective.settings()["world_size"]

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from sharpminima import distributed
 from sharpminima.errors import ConfigError
-from sharpminima.landscape.distributed import DistributedObjective, shard_objective
 from sharpminima.landscape.objective import FunctionObjective, ModelObjective, flatten_params
+from sharpminima.landscape.sharded import DistributedObjective, shard_objective
 from sharpminima.landscape.sharpness import keskar_sharpness
 from sharpminima.store import Store
 from sharpminima.train import evaluate, train
@@ -113,7 +113,7 @@ def test_sharded_objective_equals_the_full_data_objective(two_ranks):
     torch.testing.assert_close(got["loss"][0], full.loss(x0), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got["grad"], full.loss_and_grad(x0)[1], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(got["hvp"], full.hvp(x0, v), rtol=1e-4, atol=1e-5)
-    ref = keskar_sharpness(full, x0, eps=1e-3, maxiter=5).value
+    ref = keskar_sharpness(full, x0, eps=1e-3, max_iters=5).value
     assert reports[0]["sharpness"] == reports[1]["sharpness"]
     assert reports[0]["sharpness"] == pytest.approx(ref, rel=1e-4)
     assert reports[0]["objective_samples"] == 250 and reports[0]["world_in_settings"] == 2

@@ -19,7 +19,7 @@ def test_f1_sb_run_on_a_subset_of_real_mnist(capsys, tmp_path):
     assert result["status"] == "done" and result["batch_size"] == 256
     assert result["train_acc"] > 90 and result["test_acc"] > 85  # F1 learns MNIST quickly
     with pytest.raises(SystemExit) as exc:
-        main(["measure", result["run_id"], "--what", "sharpness", "--samples", "1000",
+        main(["measure", result["run_id"], "--what", "sharpness", "--num-samples", "1000",
               "--store", str(tmp_path), "--json"])
-    row = json.loads(capsys.readouterr().out)
+    (row,) = json.loads(capsys.readouterr().out)["measurements"]
     assert exc.value.code == 0 and row["kind"] == "keskar_sharpness" and row["value"] > 0

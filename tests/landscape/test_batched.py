@@ -14,8 +14,8 @@ from torch import nn
 import sharpminima.landscape.batched as batched_mod
 from sharpminima.errors import ConfigError
 from sharpminima.landscape import ModelObjective, flatten_params
-from sharpminima.landscape.batched import auto_group_size, default_batched, evaluate_points
-from sharpminima.landscape.geometry import average_sharpness
+from sharpminima.landscape.batched import default_batched, evaluate_points
+from sharpminima.landscape.flatness import average_sharpness
 from sharpminima.landscape.interpolate import interpolate
 from sharpminima.landscape.objective import FunctionObjective
 from sharpminima.landscape.surface import loss_surface_2d, random_direction
@@ -89,9 +89,9 @@ def test_group_size_is_checked_and_chosen_from_memory(monkeypatch):
     obj = ModelObjective(model, *tiny_data(64), chunk_size=32)
     with pytest.raises(ConfigError, match="group_size must be a positive integer, got 0"):
         evaluate_points(obj, [flatten_params(model)], group_size=0)
-    assert 1 <= auto_group_size(obj) <= batched_mod.DEFAULT_GROUP_SIZE
+    assert 1 <= obj.auto_group_size() <= batched_mod.DEFAULT_GROUP_SIZE
     monkeypatch.setattr(batched_mod, "MEMORY_BUDGET", 1)
-    assert auto_group_size(obj) == 1
+    assert obj.auto_group_size() == 1
     assert not default_batched("cpu") and default_batched(torch.device("cuda"))
 
 
@@ -128,9 +128,9 @@ def test_average_sharpness_batched_equals_one_at_a_time(antithetic):
     model = tiny_mlp(batch_norm=True)
     obj = ModelObjective(model, *tiny_data(64), bn_mode="eval", chunk_size=32)
     x0 = flatten_params(model)
-    kw = {"sigma": 0.05, "num_samples": 6, "antithetic": antithetic, "seed": 3}
+    kw = {"sigma": 0.05, "num_draws": 6, "antithetic": antithetic, "seed": 3}
     ref = average_sharpness(obj, x0, batched=False, **kw)
     got = average_sharpness(obj, x0, batched=True, **kw)
     assert got.f0 == pytest.approx(ref.f0, rel=1e-12)
-    assert got.samples == pytest.approx(ref.samples, rel=1e-9, abs=1e-13)
+    assert got.terms == pytest.approx(ref.terms, rel=1e-9, abs=1e-13)
     assert got.cost.num_loss == ref.cost.num_loss == 1 + 6 * (2 if antithetic else 1)

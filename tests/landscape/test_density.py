@@ -15,14 +15,6 @@ from sharpminima.landscape.density import DensityResult, slq, spectral_density
 from sharpminima.landscape.trace import hutchinson
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def broadened(eigenvalues: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
     z = (grid[None, :] - eigenvalues[:, None]) / sigma
     return (np.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))).mean(axis=0)
@@ -63,7 +55,7 @@ def test_slq_of_mlp_hessian(name):
 def test_slq_trace_equals_hutchinson_with_the_same_probes():
     h = mlp_case("plain").hessian
     density = slq(h, num_probes=6, lanczos_steps=20, seed=4)
-    trace = hutchinson(h, samples=6, seed=4)
+    trace = hutchinson(h, num_probes=6, seed=4)
     per_probe = [density.dim * np.dot(w, t) for t, w in zip(density.nodes, density.weights, strict=True)]
     np.testing.assert_allclose(per_probe, trace.estimates, rtol=1e-9)
     assert density.value == pytest.approx(trace.value, rel=1e-9)

@@ -20,14 +20,6 @@ from sharpminima.landscape.eigen import (
 from sharpminima.landscape.operators import GGNOperator, HessianOperator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rel_err(values, reference) -> float:
     values = torch.as_tensor(values, dtype=torch.float64)
     return float(((values - reference).abs() / reference.abs()).max())

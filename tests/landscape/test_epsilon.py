@@ -13,13 +13,6 @@ from sharpminima.landscape.sharpness import random_subspace
 EPS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny float64 problems: threads only add synchronisation (badly so on a loaded machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _isotropic(n=8, lam=3.0, offset=1e-10, seed=0):

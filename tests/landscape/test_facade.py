@@ -31,9 +31,9 @@ def test_facade_matches_functional_core_and_leaves_model_alone(setup):
     assert land.keskar_sharpness(1e-3).value == pytest.approx(keskar_sharpness(obj, x, eps=1e-3).value)
     assert land.top_eigenvalues(2).values[0] == pytest.approx(
         hessian_eigenvalues(obj, x, 2).values[0], rel=1e-3)
-    land.trace(samples=5)
+    land.trace(num_probes=5)
     land.keskar_sharpness(1e-3, subspace="random", p=5, seed=1)
-    land.average_sharpness(1e-3, num_samples=4)
+    land.average_sharpness(1e-3, num_draws=4)
     land.surface(dims=1, alphas=[-0.5, 0.0, 0.5])
     land.top_eigenvalues(1, curvature="ggn")
     after, modes_after = _snapshot(model)

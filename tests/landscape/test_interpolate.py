@@ -16,15 +16,6 @@ from sharpminima.landscape.interpolate import (
 from sharpminima.landscape.objective import ModelObjective, flatten_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny float64 problems: threads only add synchronisation (badly so on a loaded machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _f(z):
     return (z**2).sum() + torch.sin(z).sum()
 
@@ -215,7 +206,7 @@ def test_recompute_helper_restores_flags_and_momentum(bn_pair):
         ({"bn": "ghost"}, "unknown BatchNorm handling"),
         ({"alphas": []}, "non-empty sequence of finite"),
         ({"alphas": [float("nan")]}, "non-empty sequence of finite"),
-        ({"bn": "recompute"}, "needs ModelObjectives"),
+        ({"bn": "recompute"}, "needs network objectives"),
     ],
 )
 def test_interpolate_raises(kwargs, match):

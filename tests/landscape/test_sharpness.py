@@ -15,7 +15,7 @@ from cases import (
 )
 
 from sharpminima.errors import ConfigError
-from sharpminima.landscape import sharpness as sh
+from sharpminima.landscape import box_search
 from sharpminima.landscape.objective import ModelObjective, as_objective
 from sharpminima.landscape.sharpness import (
     BoxSearch,
@@ -29,13 +29,6 @@ from sharpminima.landscape.sharpness import (
 DRIVERS = ["setulb", "scipy"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny float64 problems: threads only add synchronisation (badly so on a loaded machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def metric(fmax: float, f0: float) -> float:
@@ -59,7 +52,7 @@ class Recorder:
 @pytest.mark.parametrize("eps", [1e-3, 5e-2])
 def test_separable_convex_matches_corner_closed_form(driver, eps):
     f, x, box_max = separable_convex()
-    res = keskar_sharpness(f, x, eps=eps, maxiter=100, driver=driver)
+    res = keskar_sharpness(f, x, eps=eps, max_iters=100, driver=driver)
     f0 = float(f(x))
     expected = metric(box_max(eps * (x.abs() + 1)), f0)
     assert res.value == pytest.approx(expected, rel=1e-6)
@@ -68,8 +61,8 @@ def test_separable_convex_matches_corner_closed_form(driver, eps):
     assert res.settings["driver"] == driver
 
 
-@pytest.mark.parametrize("maxiter", [1, 10])
-def test_linear_function_max_is_sign_corner(maxiter):
+@pytest.mark.parametrize("max_iters", [1, 10])
+def test_linear_function_max_is_sign_corner(max_iters):
     g = torch.Generator().manual_seed(3)
     grad = torch.randn(30, generator=g, dtype=DTYPE)
     x = torch.randn(30, generator=g, dtype=DTYPE)
@@ -78,7 +71,7 @@ def test_linear_function_max_is_sign_corner(maxiter):
         return grad @ z + 2.0
 
     eps = 1e-3
-    res = keskar_sharpness(f, x, eps=eps, maxiter=maxiter)
+    res = keskar_sharpness(f, x, eps=eps, max_iters=max_iters)
     f0 = float(f(x))
     expected = 100 * eps * float((grad.abs() * (x.abs() + 1)).sum()) / (1 + f0)
     assert res.value == pytest.approx(expected, rel=1e-9)
@@ -89,7 +82,7 @@ def test_linear_function_max_is_sign_corner(maxiter):
 def test_sign_the_optimizer_increases_f():
     """Smoothout's bug (value -f with gradient +f) makes the 'ascent' descend; ours ascends."""
     f, _, x = quadratic([3.0, 1.0, 0.5, 0.2])
-    res = keskar_sharpness(f, x, eps=1e-2, maxiter=3)
+    res = keskar_sharpness(f, x, eps=1e-2, max_iters=3)
     assert res.fmax > res.f0
     assert res.final_f > res.f0  # the optimiser's own iterate went up, not just y = 0
     assert res.value > 0
@@ -117,7 +110,7 @@ def test_value_is_the_best_evaluated_point_inside_the_box():
 
     rec = Recorder(f)
     eps = 0.05
-    res = keskar_sharpness(rec, x, eps=eps, maxiter=10)
+    res = keskar_sharpness(rec, x, eps=eps, max_iters=10)
     assert res.fmax == max(rec.values)
     assert res.f0 == rec.values[0] == float(f(x))
     assert res.value >= 0
@@ -202,7 +195,7 @@ def test_drivers_give_identical_iterates():
 
 def test_cache_avoids_recomputation_and_iterations_are_bounded():
     f, _, x = quadratic([3.0, 1.0, 0.5, 0.2, 0.1], seed=9)
-    res = keskar_sharpness(f, x, eps=1e-2, maxiter=10)
+    res = keskar_sharpness(f, x, eps=1e-2, max_iters=10)
     assert res.cache_hits >= 1  # y = 0 is evaluated once for f0 and reused by L-BFGS-B
     assert res.cost.num_grad == res.num_evals - res.cache_hits
     assert res.num_iters <= 10
@@ -303,7 +296,7 @@ X = torch.ones(6, dtype=DTYPE)
     [
         ({"eps": 0.0}, "eps must be a positive"),
         ({"eps": float("nan")}, "eps must be a positive"),
-        ({"maxiter": 0}, "maxiter must be a positive"),
+        ({"max_iters": 0}, "max_iters must be a positive"),
         ({"A": torch.ones(5, 2, dtype=DTYPE)}, "A must have shape"),
         ({"A": torch.eye(6, dtype=DTYPE), "p": 2}, "not both"),
         ({"p": 2}, "needs a seed"),
@@ -335,7 +328,7 @@ def test_raises_when_loss_is_not_finite_in_the_box():
 
 
 def test_setulb_driver_unavailable_raises(monkeypatch):
-    monkeypatch.setattr(sh, "_setulb_available", lambda: False)
+    monkeypatch.setattr(box_search, "setulb_available", lambda: False)
     with pytest.raises(ConfigError, match="needs scipy >= 1.15"):
         keskar_sharpness(_f, X, driver="setulb")
     assert keskar_sharpness(_f, X, driver="auto").settings["driver"] == "scipy"
@@ -363,7 +356,7 @@ def test_multistart_raises(kwargs, match):
 def test_metric_is_scale_of_the_box_in_percent():
     # sanity: value = 100 (fmax - f0) / (1 + f0), f0 from the first evaluation
     f, x, box_max = separable_convex(4, seed=2)
-    res = keskar_sharpness(f, x, eps=1e-2, maxiter=50)
+    res = keskar_sharpness(f, x, eps=1e-2, max_iters=50)
     assert res.value == pytest.approx(metric(res.fmax, res.f0), rel=1e-15)
     assert res.relative_increase == pytest.approx(res.value, rel=1e-15)
     assert math.isfinite(res.cost.seconds) and res.objective_seconds <= res.cost.seconds

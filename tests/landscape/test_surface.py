@@ -13,15 +13,6 @@ from sharpminima.landscape.surface import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny float64 problems: threads only add synchronisation (badly so on a loaded machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_filter_normalisation_matches_each_filter_norm():
     obj = mlp_case("bn-eval").objective()
     x = obj.base_point()

@@ -13,24 +13,16 @@ from sharpminima.landscape.operators import GGNOperator, as_operator
 from sharpminima.landscape.trace import TraceResult, hessian_trace, hutchinson, probe
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", MLP_CASES)
 def test_trace_of_mlp_hessian_within_three_stderr(name):
     case = mlp_case(name)
     before = state_snapshot(case.model)
     obj = case.objective()
-    result = hessian_trace(obj, case.x0, samples=40, seed=0)
+    result = hessian_trace(obj, case.x0, num_probes=40, seed=0)
     exact = float(torch.trace(case.hessian))
     assert isinstance(result, TraceResult) and result.converged
     assert abs(result.value - exact) <= 3 * result.stderr
-    assert result.num_samples == 40 == result.num_matvecs == result.cost.num_hvp
+    assert result.num_probes == 40 == result.num_matvecs == result.cost.num_hvp
     assert len(result.estimates) == 40 and result.distribution == "rademacher"
     assert result.settings["bn_mode"] == case.bn_mode and result.settings["seed"] == 0
     assert_untouched(case.model, before)
@@ -40,7 +32,7 @@ def test_stderr_matches_the_rademacher_variance_formula():
     # Var(z^T A z) = 2 (||A||_F^2 - sum_i A_ii^2) for Rademacher z.
     h = mlp_case("plain").hessian
     sd = math.sqrt(2 * (float((h**2).sum()) - float((h.diagonal() ** 2).sum())))
-    result = hutchinson(h, samples=400, seed=1)
+    result = hutchinson(h, num_probes=400, seed=1)
     assert result.stderr * math.sqrt(400) == pytest.approx(sd, rel=0.15)
 
 
@@ -50,32 +42,32 @@ def test_stderr_is_calibrated_over_seeds():
     exact = float(torch.trace(h))
     seeds = range(200)
     hits = sum(
-        abs((r := hutchinson(h, samples=30, seed=s)).value - exact) <= r.stderr for s in seeds
+        abs((r := hutchinson(h, num_probes=30, seed=s)).value - exact) <= r.stderr for s in seeds
     )
     assert 0.55 <= hits / len(seeds) <= 0.80
 
 
 def test_gaussian_probes_and_a_known_spectrum():
     a = known_spectrum([4.0, 3.0, -1.0, 0.5, 2.0, 1.0])
-    result = hutchinson(a, samples=300, seed=2, distribution="gaussian")
+    result = hutchinson(a, num_probes=300, seed=2, distribution="gaussian")
     assert abs(result.value - 9.5) <= 3 * result.stderr
     assert result.distribution == "gaussian" and result.settings["operator"] == "dense"
 
 
 def test_diagonal_matrix_is_exact_with_rademacher_probes():
     # z^T D z = tr(D) for every Rademacher z, so every probe is exact and the stderr is 0.
-    result = hutchinson(torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64)), samples=5)
+    result = hutchinson(torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64)), num_probes=5)
     assert result.value == pytest.approx(55.0) and result.stderr == pytest.approx(0.0, abs=1e-12)
 
 
 def test_early_stop_on_relative_stderr():
     h = mlp_case("plain").hessian
-    result = hutchinson(h, samples=500, tol=0.1, seed=0)
-    assert result.converged and result.num_samples < 500
+    result = hutchinson(h, num_probes=500, tol=0.1, seed=0)
+    assert result.converged and result.num_probes < 500
     assert result.stderr <= 0.1 * abs(result.value)
-    assert result.num_samples >= 10  # min_samples
-    unmet = hutchinson(h, samples=12, tol=1e-9, seed=0)
-    assert not unmet.converged and unmet.num_samples == 12
+    assert result.num_probes >= 10  # min_probes
+    unmet = hutchinson(h, num_probes=12, tol=1e-9, seed=0)
+    assert not unmet.converged and unmet.num_probes == 12
 
 
 def test_trace_of_the_ggn_operator():
@@ -83,13 +75,13 @@ def test_trace_of_the_ggn_operator():
     obj = case.objective()
     ggn = GGNOperator(obj, case.x0)
     exact = float(torch.trace(ggn @ torch.eye(ggn.shape[0], dtype=torch.float64)))
-    result = hessian_trace(obj, case.x0, samples=30, operator=ggn)
+    result = hessian_trace(obj, case.x0, num_probes=30, operator=ggn)
     assert abs(result.value - exact) <= 3 * result.stderr and result.value > 0
 
 
 def test_quadratic_callable():
     f, a, x0 = quadratic([1.0, 2.0, 3.0, -0.5])
-    result = hessian_trace(f, x0, samples=200, seed=3)
+    result = hessian_trace(f, x0, num_probes=200, seed=3)
     assert abs(result.value - 5.5) <= 3 * result.stderr
 
 
@@ -103,10 +95,10 @@ def test_probe_distribution():
 
 def test_errors():
     a = torch.eye(3, dtype=torch.float64)
-    with pytest.raises(ConfigError, match="need at least 2 samples"):
-        hutchinson(a, samples=1)
-    with pytest.raises(ConfigError, match="need at least 2 samples"):
-        hutchinson(a, min_samples=1)
+    with pytest.raises(ConfigError, match="need at least 2 probes"):
+        hutchinson(a, num_probes=1)
+    with pytest.raises(ConfigError, match="need at least 2 probes"):
+        hutchinson(a, min_probes=1)
     with pytest.raises(ConfigError, match="tol must be positive or None"):
         hutchinson(a, tol=0.0)
     with pytest.raises(ConfigError, match="unknown probe distribution 'normal'"):

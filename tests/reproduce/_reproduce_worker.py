@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_reproduce import TINY  # noqa: E402
+from repro_cases import TINY  # noqa: E402
 
 from sharpminima.reproduce import reproduce  # noqa: E402
 from sharpminima.store import Store  # noqa: E402

@@ -14,7 +14,7 @@ NAMES = ("warm-start", "sam", "batch-exp", "augment", "conservative")
 
 TINY = get_preset(
     "remedies", dataset="synthetic", trials=1, sb_epochs=2, lb_epochs=3, sharpness_samples=100,
-    maxiter=2, chunk_size=100, eps=(1e-3,), train_limit=600, remedies=NAMES, warm_epochs=1,
+    max_iters=2, chunk_size=100, eps=(1e-3,), train_limit=600, remedies=NAMES, warm_epochs=1,
     lambda_sweep=(1e-3,), inner_iters_sweep=(1, 3), inits=(("default", 1.0), ("orthogonal", 0.5)),
     dynamics_every=2, dynamics_samples=100, noise_examples=50, dynamics_optimizers=(("sgd", 0.05),),
 )

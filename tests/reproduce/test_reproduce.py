@@ -8,17 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from repro_cases import TINY
+
 from sharpminima.errors import ConfigError
 from sharpminima.report import write_report
 from sharpminima.reproduce import QUICK, get_preset, reproduce, resolve_experiments
 from sharpminima.store import Store
-
-# The quick preset's experiments on a small synthetic problem, fast enough for CI.
-TINY = get_preset(
-    "quick", dataset="synthetic", trials=2, sb_epochs=2, lb_epochs=3, sharpness_samples=300,
-    hessian_samples=300, trace_samples=4, interp_points=7, interp_samples=300, maxiter=3,
-    chunk_size=150, eps=(1e-3, 5e-4),
-)
 
 
 def _without_timing(obj):
@@ -41,22 +36,35 @@ def done(tmp_path_factory):
 
 
 def test_every_quick_experiment_produces_its_section(done):
-    root, store, results, _ = done
-    ex = results["experiments"]
-    assert set(ex) == set(QUICK.experiments)
-    t2 = ex["table2"]["f1"]
+    _, store, results, _ = done
+    assert set(results["experiments"]) == set(QUICK.experiments)
+    assert len(store.list_runs()) == 4  # two trials of SB and of LB, nothing else
+
+
+def test_table2_has_both_regimes_over_the_trials(done):
+    t2 = done[2]["experiments"]["table2"]["f1"]
     assert t2["sb"]["test_acc"]["n"] == 2 and t2["lb"]["batch_size"] == 200  # 10% of 2000
-    rows = ex["sharpness"]["f1"]
+
+
+def test_sharpness_table_covers_subspaces_eps_and_bn_modes(done):
+    rows = done[2]["experiments"]["sharpness"]["f1"]
     assert len(rows) == 2 * 2 * 2  # subspaces x eps x BN modes
     for r in rows:
         assert r["sb"]["n"] == 2 and all(v >= 0 for v in r["sb"]["values"] + r["lb"]["values"])
-    assert set(ex["fig3"]["f1"]) == {"linear", "curvilinear"}
-    lin = ex["fig3"]["f1"]["linear"]
+
+
+def test_parametric_plots_span_the_paper_grid(done):
+    fig3 = done[2]["experiments"]["fig3"]["f1"]
+    assert set(fig3) == {"linear", "curvilinear"}
+    lin = fig3["linear"]
     assert len(lin["alphas"]) == 7 and lin["alphas"][0] == -1.0 and lin["alphas"][-1] == 2.0
+
+
+def test_distance_hessian_and_stopping_sections(done):
+    ex = done[2]["experiments"]
     assert ex["distance"]["f1"]["ratio"]["n"] == 2
     assert ex["hessian"]["f1"]["sb"]["top_eigenvalue"] is not None
     assert any(r["rule"].startswith("plateau") for r in ex["stopping"]["f1"])
-    assert len(store.list_runs()) == 4
 
 
 def test_parametric_plot_runs_from_sb_at_alpha0_to_lb_at_alpha1(done):

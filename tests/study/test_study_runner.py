@@ -14,8 +14,8 @@ from sm_testing import make_tiny, small_mlp
 # A 2x2 grid on a tiny problem: every measure family, with the cheapest settings.
 TINY = get_preset(
     "quick", net="small_mlp", dataset="tiny", grid=(("batch_size", (50, 100)), ("seed", (0, 1))), epochs=2,
-    train_limit=None, measure_samples=120, chunk_size=60, eps=(1e-3,), maxiter=2, subspace_dim=5,
-    hessian_max_iters=4, trace_probes=3, average_samples=2, noise_examples=20, flatness_samples=1,
+    train_limit=None, measure_samples=120, chunk_size=60, eps=(1e-3,), max_iters=2, subspace_dim=5,
+    hessian_max_iters=4, trace_probes=3, average_draws=2, noise_examples=20, flatness_draws=1,
     loss_threshold=10.0, num_bootstrap=50,
 )
 
@@ -34,7 +34,7 @@ def test_every_run_is_trained_measured_and_stored(study):
     assert len(res["runs"]) == 4 and len(store.list_runs()) == 4
     assert res["excluded"] == {"total": 4, "included": 4}
     stored = {m["kind"] for m in store.measurements()}
-    assert {"keskar_sharpness", "hessian_top_eigenvalue", "hessian_trace", "gradient_noise_scale",
+    assert {"keskar_sharpness", "hessian_eigenvalues", "hessian_trace", "gradient_noise_scale",
             "pacbayes_flatness", "weight_norm", "distance_from_init"} <= stored
     names = [m["name"] for m in res["measures"]]
     assert {m["family"] for m in res["measures"]} == set(FAMILIES)
@@ -53,7 +53,7 @@ def test_rerun_trains_and_measures_nothing(study, monkeypatch):
     _, store, data, first = study
     before = {(m["run_id"], m["kind"], m["params_hash"]): m["created_at"] for m in store.measurements()}
 
-    monkeypatch.setattr("sharpminima.train.loop._train", _fail)
+    monkeypatch.setattr("sharpminima.train.loop.run_epochs", _fail)
     again = run_study(TINY, store=store, dataset=data, model_factory=small_mlp)
     after = {(m["run_id"], m["kind"], m["params_hash"]): m["created_at"] for m in store.measurements()}
     assert after == before
@@ -121,7 +121,7 @@ def test_cli_runs_the_study_and_a_rerun_trains_nothing(capsys, tmp_path, monkeyp
     store = Store(tmp_path / "store")
     n_meas = len(store.measurements())
     assert n_meas == 4 * 2  # weight norm and distance; loss and batch size come from the run
-    monkeypatch.setattr("sharpminima.train.loop._train", _fail)
+    monkeypatch.setattr("sharpminima.train.loop.run_epochs", _fail)
     code, out, _ = _cli(capsys, *args)
     assert code == 0 and "4 of 4 runs" in out and "report:" in out
     assert len(store.measurements()) == n_meas

@@ -92,6 +92,23 @@ def test_lr_schedules_and_init_options_are_vectorised(tiny):
     assert vec[0].history[0]["lr_end"] != vec[0].history[-1]["lr_end"]
 
 
+def test_batch_schedules_augmentation_and_warm_starts_are_the_loops(tiny, tmp_path):
+    # the one loop supplies them to both paths: nothing for the vectorised path to do
+    stores = [Store(tmp_path / "vec"), Store(tmp_path / "seq")]
+    first = [train(CFG.replace(optimizer="sgd", lr=0.02, epochs=1), dataset=tiny, store=st,
+                   model_factory=small_mlp) for st in stores]  # the same run in both stores
+    cfg = CFG.replace(optimizer="sgd", lr=0.02, epochs=3, batch_schedule="step",
+                      batch_schedule_args=(("every", 1), ("factor", 2)), init_from=first[0].id,
+                      augment="paper", augment_args=(("strength", 0.5),))
+    assert fallback_reason(cfg, small_mlp()) is None
+    vec = train_vectorized(cfg, SEEDS[:2], dataset=tiny, store=stores[0], model_factory=small_mlp)
+    seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=small_mlp, store=stores[1])
+           for s in SEEDS[:2]]
+    for v, s in zip(vec, seq, strict=True):
+        _assert_close_runs(v, s)
+    assert [h["batch_size"] for h in vec[0].history] == [64, 128, 256]
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "nesterov", "adagrad"])
 def test_stacked_update_equals_per_trial_optimizers(name):
     cfg = TrainConfig(optimizer=name, weight_decay=0.01)
@@ -203,8 +220,8 @@ class _SharedDropout(nn.Module):
     (CFG, _dropout2d_net, "the network has Dropout2d"),
     (CFG.replace(optimizer="lion-like"), small_mlp, "not known to update elementwise"),
     (CFG.replace(method_args=(("compile", True),)), small_mlp, "is not vectorised"),
-    (CFG.replace(init_from="abc"), small_mlp, "not implemented by the vectorised path"),
-    (CFG.replace(batch_schedule="step"), small_mlp, "['batch_schedule'] are not implemented"),
+    (CFG.replace(batch_schedule="adaptive"), small_mlp, "plans each run from its own state"),
+    (CFG.replace(loss="sm_testing:mean_abs_loss"), small_mlp, "is not known to run under vmap"),
 ])
 def test_fallback_reasons(cfg, factory, reason):
     assert reason in fallback_reason(cfg, factory())

@@ -1,151 +1,290 @@
-"""``sharpminima measure RUN`` and ``sharpminima interpolate RUN_A RUN_B``."""
+"""``sharpminima measure`` and ``sharpminima interpolate``.
+
+``measure`` reaches every measure through the registry (:mod:`sharpminima.landscape.registry`):
+``--what`` takes registered names (or their aliases), the common options (``--eps``,
+``--max-iters``, ``--num-probes``...) go to every chosen measure that has a parameter of
+that name, and ``--param NAME=VALUE`` sets any other. Results are cached in the store
+under the same keys as ``reproduce`` and the studies use.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
-from sharpminima.cli.common import echo, echo_json, open_store, table
+from sharpminima.cli.common import echo, echo_json, open_store, parse_options, progress_enabled
 from sharpminima.errors import ConfigError
 
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")
 ]
 
-MEASURES = (
-    "sharpness",
-    "sharpness-multistart",
-    "hessian",
-    "ggn",
-    "trace",
-    "density",
-    "ritz",
-    "layer-hessian",
-    "layer-trace",
-    "noise-scale",
-    "average-sharpness",
-    "adaptive-sharpness",
-    "weight-norm",
-    "distance",
-    "surface",
-    "epsilon-study",
-)
+
+class _MeasureCommand(TyperCommand):
+    """``measure --help`` lists the registered measures and their parameters (read lazily)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """Add the registry's measures as the epilog, then format as usual."""
+        from sharpminima.landscape.registry import all_measures
+
+        lines = ["Measures (--what NAME; parameters with their defaults, set with --param NAME=VALUE):", ""]
+        for m in all_measures():
+            aliases = f" (also: {', '.join(m.aliases)})" if m.aliases else ""
+            lines.append(f"{m.name}{aliases}: {m.summary}. Parameters: {m.parameter_help() or 'none'}.")
+            lines.append("")
+        self.epilog = "\n\n".join(line for line in lines if line)
+        super().format_help(ctx, formatter)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``measure`` and ``interpolate`` to ``app``."""
-    app.command("measure")(measure)
+    app.command("measure", cls=_MeasureCommand)(measure)
     app.command("interpolate")(interpolate)
 
 
+def _deprecated(flag: str, new: str, value: Any, current: Any) -> Any:
+    if value is None:
+        return current
+    if current is not None:
+        raise ConfigError(f"give {new} only ({flag} is its old name)")
+    print(f"warning: {flag} is deprecated, use {new}", file=sys.stderr)
+    return value
+
+
 def measure(
-    run_id: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
-    what: Annotated[str, typer.Option(help="Comma-separated: " + ", ".join(MEASURES) + ".")] = "sharpness",
-    eps: Annotated[list[float] | None, typer.Option(help="Box size(s) of Metric 2.1 (repeatable).")] = None,
-    subspace: Annotated[str, typer.Option(help="full, random or both.")] = "full",
-    p: Annotated[int, typer.Option(help="Random subspace dimension.")] = 100,
+    run_id: Annotated[str | None, typer.Argument(help="Run id or unique prefix (or use --model).")] = None,
+    what: Annotated[str, typer.Option(help="Comma-separated measure names (listed below).")] = "keskar_sharpness",
+    eps: Annotated[list[float] | None, typer.Option(help="Box size(s) eps (repeatable).")] = None,
+    subspace: Annotated[str | None, typer.Option(help="Keskar sharpness: full, random or both.")] = None,
+    p: Annotated[int | None, typer.Option(help="Random subspace dimension.")] = None,
     distribution: Annotated[
-        str, typer.Option(help="Random subspace: uniform, gaussian or uniform-raw.")
-    ] = "uniform",
-    maxiter: Annotated[int, typer.Option(help="L-BFGS-B iterations.")] = 10,
+        str | None, typer.Option(help="Random subspace: uniform, gaussian or uniform-raw.")
+    ] = None,
+    max_iters: Annotated[int | None, typer.Option(help="Iterations (L-BFGS-B, Lanczos...).")] = None,
     bn: Annotated[str, typer.Option(help="BatchNorm mode: batch, eval or both.")] = "batch",
-    samples: Annotated[
+    num_samples: Annotated[
         int | None, typer.Option(help="Training samples the loss averages over (default: all).")
     ] = None,
-    chunk_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 1000,
-    k: Annotated[int, typer.Option(help="Number of top eigenvalues.")] = 1,
-    trace_samples: Annotated[int, typer.Option(help="Hutchinson probes.")] = 100,
-    sigma: Annotated[float, typer.Option(help="Average sharpness: perturbation scale.")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of random subspaces and probes.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cpu).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Samples per forward pass (tensor data).")] = 1000,
+    k: Annotated[int | None, typer.Option(help="Number of top eigenvalues.")] = None,
+    num_probes: Annotated[int | None, typer.Option(help="Random probes (trace, density, layer traces).")] = None,
+    lanczos_steps: Annotated[int | None, typer.Option(help="Spectral density: Lanczos steps per probe.")] = None,
+    sigma: Annotated[float | None, typer.Option(help="Average sharpness: perturbation scale.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of random subspaces, probes and draws.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Any measure parameter NAME=VALUE (repeatable).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="External model: module:function returning the nn.Module.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="External model's weights: .safetensors or a state dict.")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="External data: module:function returning a DataLoader or tensors.")
+    ] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="External data's loss: cross_entropy, mse, output or module:function.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: auto).")] = None,
     plot: Annotated[
-        Path | None, typer.Option(help="epsilon-study: save its figure here (.png/.pdf/.svg).")
+        Path | None, typer.Option(help="epsilon_study: save its figure here (.png/.pdf/.svg).")
     ] = None,
     store: StoreOpt = None,
-    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per measure.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    maxiter: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --max-iters.")] = None,
+    samples: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --num-samples.")] = None,
+    trace_samples: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --num-probes.")] = None,
 ) -> None:
-    """Measure the landscape at a trained run's final weights; results go to the store."""
-    from sharpminima.landscape.facade import Landscape
-    from sharpminima.train.checkpointing import load_run
+    """Measure the landscape at a run's final weights (or an external checkpoint); results go to the store."""
+    import torch
 
-    kinds = [w.strip() for w in what.split(",") if w.strip()]
-    bad = [w for w in kinds if w not in MEASURES]
-    if bad:
-        raise ConfigError(f"unknown measure(s) {bad}; choose from {', '.join(MEASURES)}")
+    from sharpminima.landscape.model_objective import ModelObjective
+    from sharpminima.landscape.objective import flatten_params
+    from sharpminima.landscape.registry import DataSpec, Inputs, Request, cached_measure
+
+    max_iters = _deprecated("--maxiter", "--max-iters", maxiter, max_iters)
+    num_samples = _deprecated("--samples", "--num-samples", samples, num_samples)
+    num_probes = _deprecated("--trace-samples", "--num-probes", trace_samples, num_probes)
+    if num_samples is not None and num_samples < 1:
+        raise ConfigError(f"--num-samples must be a positive integer, got {num_samples}")
+    if chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be a positive integer, got {chunk_size}")
+    external = model is not None or weights is not None or data is not None
+    if external and run_id is not None:
+        raise ConfigError("give either a RUN id or --model/--weights/--data, not both")
+    if external and (model is None or weights is None or data is None):
+        raise ConfigError("an external checkpoint needs all of --model, --weights and --data")
+    if not external and run_id is None:
+        raise ConfigError("give a RUN id (see `sharpminima runs list`) or --model/--weights/--data")
+    if loss is not None and not external:
+        raise ConfigError("--loss applies to external data (--data); a trained run keeps its own loss")
     bn_modes = _choices("bn", bn, ("batch", "eval"))
-    subspaces = _choices("subspace", subspace, ("full", "random"))
+    if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise ConfigError(f"--plot must end in .png, .pdf or .svg, got {plot}")
+    options = {"eps": eps, "p": p, "distribution": distribution, "max_iters": max_iters, "k": k,
+               "num_probes": num_probes, "lanczos_steps": lanczos_steps, "sigma": sigma, "seed": seed}
+    extra = dict(parse_options("--param", param))
+    plan = _plan([w.strip() for w in what.split(",") if w.strip()], options, extra, subspace)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    # Everything is validated above; now the expensive part: load, then measure each.
     st = open_store(store)
-    run, data = load_run(st, run_id, device=device)
-    x_in, y_in = data.x_train, data.y_train
-    if samples is not None:
-        x_in, y_in = x_in[:samples], y_in[:samples]
-    rows: list[dict[str, Any]] = []
+    if external:
+        assert model is not None and weights is not None and data is not None
+        owner, net, source, loss_spec = _external(st, model, weights, data, loss, dev)
+        x0 = None
+        needs_x0 = [req.measure for req, _ in plan if _needs(req.measure).initial]
+        if needs_x0:
+            raise ConfigError(f"{', '.join(needs_x0)} needs the initial weights, which an external checkpoint lacks")
+        spec_base = DataSpec(split="data", num_samples=num_samples, bn_mode="batch", loss=loss_spec, source=data)
+
+        def objective(bn_mode: str) -> Any:
+            tensors = isinstance(source, tuple)
+            return ModelObjective(net, *(source if tensors else (source,)), loss=loss_spec, bn_mode=bn_mode,
+                                  chunk_size=chunk_size, max_samples=num_samples)
+    else:
+        from sharpminima.train.checkpointing import load_run
+
+        assert run_id is not None
+        run, dataset = load_run(st, run_id, device=dev)
+        owner, net = run.id, run.model
+        x_in, y_in = dataset.x_train, dataset.y_train
+        if num_samples is not None:
+            x_in, y_in = x_in[:num_samples], y_in[:num_samples]
+        x0 = run.initial_vector()
+        spec_base = DataSpec(split="train", num_samples=len(y_in), chunk_size=chunk_size, bn_mode="batch",
+                             loss="cross_entropy")
+
+        def objective(bn_mode: str) -> Any:
+            return ModelObjective(net, x_in, y_in, bn_mode=bn_mode, chunk_size=chunk_size)
+
+    x = flatten_params(net)
+    requests = []
     for bn_mode in bn_modes:
-        land = Landscape(run.model, x_in, y_in, bn_mode=bn_mode, chunk_size=chunk_size)  # type: ignore[arg-type]
-        base = {"bn_mode": bn_mode, "samples": len(y_in), "chunk_size": chunk_size}
-        jobs: list[tuple[str, dict[str, Any], Callable[[], Any]]] = []
-        for kind in kinds:
-            jobs += _jobs(
-                kind,
-                land,
-                run,
-                base,
-                eps or [1e-3],
-                subspaces,
-                p,
-                distribution,
-                maxiter,
-                k,
-                trace_samples,
-                sigma,
-                seed,
-            )
-        for kind, params, fn in jobs:
-            found = st.get_measurement(run.id, kind, params)
-            if found is None:
-                result = fn()
-                d = result.to_record() if hasattr(result, "to_record") else dict(result)
-                st.add_measurement(
-                    run.id, kind, params, float(d.get("value", float("nan"))), d.get("cost", {}), d
-                )
-                found = st.get_measurement(run.id, kind, params)
-            row = {
-                "run_id": run.id,
-                "kind": kind,
-                "value": found["value"],
-                "settings": params,
-                "cost": found["cost"],
-            }
-            for extra in ("stderr", "values", "f0", "fmax"):
-                if extra in found["result"]:
-                    row[extra] = found["result"][extra]
-            rows.append(row)
-            if kind == "epsilon_study" and plot is not None:
-                _plot_epsilon(found["result"], plot)
-            if json_output:
-                echo_json(row)
+        for request, _ in plan:
+            requests.append(Request.of(request.measure, dataclasses.replace(spec_base, bn_mode=bn_mode),
+                                       params=request.params))
+    unique = list({(r.measure, str(sorted(r.key().items()))): r for r in requests}.values())
+    rows: list[dict[str, Any]] = []
     if not json_output:
-        echo(
-            table(
-                [
-                    {
-                        "kind": r["kind"],
-                        "value": r["value"],
-                        "stderr": r.get("stderr"),
-                        "bn": r["settings"]["bn_mode"],
-                        "settings": ", ".join(
-                            f"{a}={b}" for a, b in r["settings"].items() if a not in ("bn_mode", "chunk_size")
-                        ),
-                        "seconds": (r["cost"] or {}).get("seconds"),
-                    }
-                    for r in rows
-                ],
-                ["kind", "value", "stderr", "bn", "settings", "seconds"],
-            )
-        )
+        echo(f"measuring {owner}: {len(unique)} measurement(s)")
+    for i, request in enumerate(unique, 1):
+        if progress_enabled() and not json_output:
+            print(f"[{i}/{len(unique)}] {request.measure} ...", file=sys.stderr, flush=True)
+
+        def build(request: Request = request) -> Inputs:
+            bn_mode = request.data.bn_mode if request.data is not None else "eval"
+            return Inputs(objective(bn_mode) if request.data is not None else None, x, x0=x0, model=net)
+
+        record = cached_measure(st, owner, request, build)
+        row = _row(owner, record)
+        rows.append(row)
+        if request.measure == "epsilon_study" and plot is not None:
+            _plot_epsilon(record.result, plot)
+        if not json_output:
+            echo(_line(row))
+    if json_output:
+        echo_json({"run_id": owner, "measurements": rows})
+
+
+def _needs(name: str) -> Any:
+    from sharpminima.landscape.registry import get_measure
+
+    return get_measure(name).needs
+
+
+def _plan(names: list[str], options: dict[str, Any], extra: dict[str, Any],
+          subspace: str | None) -> list[tuple[Any, Any]]:
+    """One request per measure and per value of the expanded options (eps, subspace).
+
+    Raises:
+        ConfigError: For an unknown measure, a ``--param`` no chosen measure takes, or bad values.
+    """
+    from sharpminima.landscape.registry import Request, get_measure
+
+    if not names:
+        raise ConfigError("--what names no measure")
+    measures = []
+    for name in names:
+        measures.append(get_measure(name))
+    taken = {f.name for m in measures for f in dataclasses.fields(m.params)}
+    unused = sorted(set(extra) - taken)
+    if unused:
+        raise ConfigError(f"--param {', '.join(unused)}: no chosen measure takes it ({', '.join(sorted(taken))})")
+    subspaces = _choices("subspace", subspace, ("full", "random")) if subspace is not None else [None]
+    plan = []
+    for m in measures:
+        fields = {f.name for f in dataclasses.fields(m.params)}
+        base = {k: v for k, v in options.items() if v is not None and k in fields and k != "eps"}
+        base.update({k: v for k, v in extra.items() if k in fields})
+        eps_values: list[Any] = [None]
+        if "eps" in fields and options.get("eps"):
+            eps_list = list(options["eps"])
+            if m.name == "epsilon_study":
+                eps_values = [tuple(eps_list)] if len(eps_list) > 1 else [None]
+            else:
+                eps_values = eps_list
+        subs = subspaces if "subspace" in fields else [None]
+        for sub in subs:
+            for e in eps_values:
+                values = dict(base)
+                if e is not None:
+                    values["eps"] = e
+                if sub is not None:
+                    values["subspace"] = sub
+                plan.append((Request.of(m.name, None, params=m.make_params(values)), m))
+    return plan
+
+
+def _external(st: Any, model: str, weights: Path, data: str, loss: str | None, dev: Any) -> tuple:
+    """Load an external checkpoint and give it its run in the store (created once)."""
+    from sharpminima.external import EXTERNAL_KIND, external_identity, load_data, load_model, load_weights
+    from sharpminima.losses import resolve_loss
+
+    loss_spec = resolve_loss(loss).spec() if loss is not None else None
+    net = load_model(model)
+    load_weights(net, weights)
+    source = load_data(data)
+    if loss_spec is None:
+        from sharpminima.data.sources import as_source
+
+        first = next(iter(as_source(*source).batches() if isinstance(source, tuple) else
+                          as_source(source).batches()), None)
+        loss_spec = resolve_loss(None, example=first).spec()
+    net = net.to(dev)
+    config, digest = external_identity(model, weights, data, loss_spec)
+    record, _ = st.get_or_create_run(config, digest, kind=EXTERNAL_KIND)
+    if record.status != "done":
+        st.set_status(record.id, "done", summary={"external": True})
+    return record.id, net, source, loss_spec
+
+
+def _row(owner: str, record: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"run_id": owner, "kind": record.request.measure, "value": record.value,
+                           "settings": record.request.key(), "cost": record.cost, "reused": record.reused}
+    for name in ("stderr", "values", "f0", "fmax"):
+        if name in record.result:
+            out[name] = record.result[name]
+    return out
+
+
+def _line(row: dict[str, Any]) -> str:
+    s = row["settings"]
+    shown = ", ".join(f"{a}={b}" for a, b in s.items() if a not in ("chunk_size", "point", "split", "loss")
+                      and b is not None)
+    stderr = f" +- {row['stderr']:.3g}" if isinstance(row.get("stderr"), float) else ""
+    cached = " (stored)" if row["reused"] else ""
+    seconds = (row["cost"] or {}).get("seconds")
+    time_text = f", {seconds:.1f} s" if isinstance(seconds, float) and not row["reused"] else ""
+    value = row["value"]
+    return f"{row['kind']}: {value:.6g}{stderr}{cached}{time_text}  [{shown}]" if isinstance(value, float) else (
+        f"{row['kind']}: {value}  [{shown}]")
 
 
 def _choices(name: str, value: str, allowed: tuple[str, ...]) -> list[str]:
@@ -156,151 +295,23 @@ def _choices(name: str, value: str, allowed: tuple[str, ...]) -> list[str]:
     return [value]
 
 
-def _jobs(
-    kind: str,
-    land: Any,
-    run: Any,
-    base: dict[str, Any],
-    eps_list: list[float],
-    subspaces: list[str],
-    p: int,
-    distribution: str,
-    maxiter: int,
-    k: int,
-    trace_samples: int,
-    sigma: float,
-    seed: int,
-) -> list[tuple[str, dict[str, Any], Callable[[], Any]]]:
-    jobs: list[tuple[str, dict[str, Any], Callable[[], Any]]] = []
-    if kind in ("sharpness", "sharpness-multistart"):
-        for sub in subspaces:
-            for e in eps_list:
-                params = base | {"eps": e, "subspace": sub, "maxiter": maxiter}
-                if sub == "random":
-                    params |= {"p": p, "distribution": distribution, "seed": seed}
-                extra = {"p": p, "seed": seed, "distribution": distribution} if sub == "random" else {}
-                if kind == "sharpness":
-                    jobs.append(
-                        (
-                            "keskar_sharpness",
-                            params,
-                            lambda e=e, sub=sub: land.keskar_sharpness(
-                                e, subspace=sub, p=p, seed=seed, distribution=distribution, maxiter=maxiter
-                            ),
-                        )
-                    )
-                else:
-                    jobs.append(
-                        (
-                            "keskar_sharpness_multistart",
-                            params,
-                            lambda e=e, extra=extra: land.keskar_sharpness_multistart(
-                                e, maxiter=maxiter, **extra
-                            ),
-                        )
-                    )
-    elif kind in ("hessian", "ggn"):
-        curvature = "hessian" if kind == "hessian" else "ggn"
-        jobs.append(
-            (
-                f"{curvature}_eigenvalues",
-                base | {"k": k, "seed": seed},
-                lambda: land.top_eigenvalues(k, curvature=curvature, seed=seed),
-            )
-        )
-    elif kind == "trace":
-        jobs.append(
-            (
-                "hessian_trace",
-                base | {"probes": trace_samples, "seed": seed},
-                lambda: land.trace(trace_samples, seed=seed),
-            )
-        )
-    elif kind == "density":
-        jobs.append(("spectral_density", base | {"seed": seed}, lambda: land.density(seed=seed)))
-    elif kind == "ritz":
-        from sharpminima.landscape.sharpness import random_subspace
-
-        def ritz() -> Any:
-            x = land.point()
-            a = random_subspace(x.numel(), p, seed=seed, distribution=distribution).to(x)  # type: ignore[arg-type]
-            return land.ritz_values(a)
-
-        jobs.append(
-            ("subspace_ritz_values", base | {"p": p, "distribution": distribution, "seed": seed}, ritz)
-        )
-    elif kind in ("layer-hessian", "layer-trace"):
-
-        def per_layer(kind: str = kind) -> dict[str, Any]:
-            res = (
-                land.layer_eigenvalues(k, seed=seed)
-                if kind == "layer-hessian"
-                else land.layer_traces(samples=trace_samples, seed=seed)
-            )
-            layers = {name: r.to_record() for name, r in res.items()}
-            return {"value": max(r["value"] for r in layers.values()), "layers": layers, "cost": {}}
-
-        jobs.append(
-            (kind.replace("-", "_"), base | {"k": k, "seed": seed, "probes": trace_samples}, per_layer)
-        )
-    elif kind == "noise-scale":
-        jobs.append(("gradient_noise_scale", base | {"seed": seed}, lambda: land.noise_scale(seed=seed)))
-    elif kind == "average-sharpness":
-        jobs.append(
-            (
-                "average_sharpness",
-                base | {"sigma": sigma, "seed": seed},
-                lambda: land.average_sharpness(sigma, seed=seed),
-            )
-        )
-    elif kind == "adaptive-sharpness":
-        for e in eps_list:
-            jobs.append(
-                (
-                    "adaptive_sharpness",
-                    base | {"eps": e, "maxiter": maxiter},
-                    lambda e=e: land.adaptive_sharpness(e, maxiter=maxiter),
-                )
-            )
-    elif kind == "weight-norm":
-        jobs.append(("weight_norm", {}, lambda: land.weight_norms()))
-    elif kind == "distance":
-
-        def dist() -> Any:
-            return land.distance(run.initial_vector())
-
-        jobs.append(("distance_from_init", {}, dist))
-    elif kind == "epsilon-study":
-        from sharpminima.landscape.epsilon import epsilon_study
-
-        grid = sorted(set(eps_list)) if len(eps_list) > 1 else [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
-        jobs.append(
-            (
-                "epsilon_study",
-                base | {"eps": grid, "maxiter": maxiter},
-                lambda: epsilon_study(land.objective, land.point(), grid, maxiter=maxiter),
-            )
-        )
-    elif kind == "surface":
-        jobs.append(("loss_surface_1d", base | {"seed": seed}, lambda: land.surface(dims=1, seed=seed)))
-    return jobs
-
-
 def interpolate(
     run_a: Annotated[str, typer.Argument(help="Run at alpha = 0 (e.g. the SB run).")],
     run_b: Annotated[str, typer.Argument(help="Run at alpha = 1 (e.g. the LB run).")],
     path: Annotated[str, typer.Option(help="linear or curvilinear.")] = "linear",
-    points: Annotated[int, typer.Option(help="Points on [alpha-min, alpha-max].")] = 25,
+    points: Annotated[int, typer.Option(help="Grid points on [alpha-min, alpha-max] (0 and 1 added).")] = 25,
     alpha_min: Annotated[float, typer.Option(help="Start of the alpha range.")] = -1.0,
     alpha_max: Annotated[float, typer.Option(help="End of the alpha range.")] = 2.0,
     bn: Annotated[str, typer.Option(help="batch, interpolate (running statistics) or recompute.")] = "batch",
-    samples: Annotated[int | None, typer.Option(help="Training samples (default: all).")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="Training samples (default: all).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 1000,
     out: Annotated[
         Path, typer.Option(help="Figure file (.png, .pdf or .svg); numbers go beside it as .json.")
     ] = Path("interpolation.png"),
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: auto).")] = None,
     store: StoreOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+    samples: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --num-samples.")] = None,
 ) -> None:
     """Loss and accuracy along the path between two runs' weights (Figure 3 / 7)."""
     import json
@@ -308,21 +319,30 @@ def interpolate(
     import torch
 
     from sharpminima.landscape.interpolate import interpolate as interp
-    from sharpminima.landscape.objective import ModelObjective, flatten_params
+    from sharpminima.landscape.model_objective import ModelObjective
+    from sharpminima.landscape.objective import flatten_params
     from sharpminima.report.figures import parametric
     from sharpminima.store.checkpoints import atomic_write_text
     from sharpminima.train.checkpointing import load_run
 
+    num_samples = _deprecated("--samples", "--num-samples", samples, num_samples)
     if path not in ("linear", "curvilinear"):
         raise ConfigError(f"--path must be linear or curvilinear, got {path!r}")
+    if bn not in ("batch", "interpolate", "recompute"):
+        raise ConfigError(f"--bn must be batch, interpolate or recompute, got {bn!r}")
+    if points < 2 or not alpha_max > alpha_min:
+        raise ConfigError(f"need --points >= 2 and --alpha-max > --alpha-min, got {points}, {alpha_min}, {alpha_max}")
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise ConfigError(f"--out must end in .png, .pdf or .svg, got {out}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     st = open_store(store)
-    a, data = load_run(st, run_a)
-    b, _ = load_run(st, run_b, dataset=None)
+    a, data = load_run(st, run_a, device=dev)
+    b, _ = load_run(st, run_b, dataset=None, device=dev)
     if flatten_params(a.model).numel() != flatten_params(b.model).numel():
         raise ConfigError(f"runs {a.id} and {b.id} have different networks; interpolate runs of one network")
     xt, yt = data.x_train, data.y_train
-    if samples is not None:
-        xt, yt = xt[:samples], yt[:samples]
+    if num_samples is not None:
+        xt, yt = xt[:num_samples], yt[:num_samples]
     mode = "batch" if bn == "batch" else "eval"
     train_obj = ModelObjective(a.model, xt, yt, bn_mode=mode, chunk_size=chunk_size)
     test_obj = ModelObjective(a.model, data.x_test, data.y_test, bn_mode=mode, chunk_size=chunk_size)
@@ -333,9 +353,9 @@ def interpolate(
         path=path,  # type: ignore[arg-type]
         alphas=torch.linspace(alpha_min, alpha_max, points),
         objective_test=test_obj,
-        bn=bn,
+        bn=bn,  # type: ignore[arg-type]
         models=(a.model, b.model) if bn != "batch" else None,
-    )  # type: ignore[arg-type]
+    )
     numbers = result.to_dict()
     numbers.update(run_a=a.id, run_b=b.id)
     fig = parametric(f"{a.config.net}: {a.id} -> {b.id}", numbers, path)
@@ -350,8 +370,6 @@ def interpolate(
 
 def _plot_epsilon(record: dict[str, Any], path: Path) -> None:
     """Redraw a stored epsilon study (its record holds every number the plot needs)."""
-    import dataclasses
-
     from sharpminima.landscape.epsilon import EpsilonStudyResult, plot_epsilon_study
 
     names = {f.name for f in dataclasses.fields(EpsilonStudyResult)}

@@ -47,7 +47,7 @@ def correlation(
     loss_threshold: Annotated[
         float | None, typer.Option(help="Include a run only if its final train cross-entropy is <= this.")
     ] = None,
-    maxiter: Annotated[
+    max_iters: Annotated[
         int | None, typer.Option(help="L-BFGS-B iterations of the sharpness measures.")
     ] = None,
     bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples of the intervals.")] = None,
@@ -75,7 +75,7 @@ def correlation(
         "test_limit": test_limit,
         "measure_samples": measure_samples,
         "loss_threshold": loss_threshold,
-        "maxiter": maxiter,
+        "max_iters": max_iters,
         "num_bootstrap": bootstrap,
         "bootstrap_seed": bootstrap_seed,
     }

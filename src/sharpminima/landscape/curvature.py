@@ -10,12 +10,14 @@ as the Gauss-Newton matrix) that belong to each layer, as users of curvature too
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from sharpminima.deprecation import renamed
 from sharpminima.errors import ConfigError
 from sharpminima.landscape.eigen import EigenMethod, EigenResult, top_eigenvalues
 from sharpminima.landscape.objective import LossFn, Objective, as_objective
@@ -26,7 +28,8 @@ from sharpminima.landscape.operators import (
     parameter_groups,
     resolve_operator,
 )
-from sharpminima.landscape.results import Result
+from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, Needs, positive, register_measure
+from sharpminima.landscape.results import Cost, Result
 from sharpminima.landscape.trace import Distribution, TraceResult, hutchinson
 
 
@@ -142,7 +145,7 @@ def layer_eigenvalues(
     product costs one full Hessian-vector product.
 
     Args:
-        loss: A ModelObjective, or any loss together with ``groups``.
+        loss: A network objective, or any loss together with ``groups``.
         x: The point, shape ``(n,)``.
         k: Eigenvalues per block (at most the block's size).
         groups: Name -> 1-D index tensor into ``x``; default: by module.
@@ -156,7 +159,7 @@ def layer_eigenvalues(
         Group name -> :class:`EigenResult` (settings name the block).
 
     Raises:
-        ConfigError: If ``groups`` is None and ``loss`` is not a ModelObjective, for a bad
+        ConfigError: If ``groups`` is None and ``loss`` is not a network objective, for a bad
             block, or as the eigenvalue method does.
 
     """
@@ -168,12 +171,13 @@ def layer_eigenvalues(
     return out
 
 
+@renamed(samples="num_probes")
 def layer_traces(
     loss: LossFn | Objective,
     x: Tensor,
     *,
     groups: dict[str, Tensor] | None = None,
-    samples: int = 100,
+    num_probes: int = 100,
     seed: int = 0,
     tol: float | None = None,
     distribution: Distribution = "rademacher",
@@ -185,10 +189,10 @@ def layer_traces(
     probe costs one full Hessian-vector product per block.
 
     Args:
-        loss: A ModelObjective, or any loss together with ``groups``.
+        loss: A network objective, or any loss together with ``groups``.
         x: The point, shape ``(n,)``.
         groups: Name -> 1-D index tensor into ``x``; default: by module.
-        samples: Most probes per block.
+        num_probes: Most probes per block.
         seed: Seed of the probes (the same for every block).
         tol: Early stop per block once ``stderr <= tol * |value|``.
         distribution: ``"rademacher"`` or ``"gaussian"``.
@@ -198,14 +202,112 @@ def layer_traces(
         Group name -> :class:`TraceResult`.
 
     Raises:
-        ConfigError: If ``groups`` is None and ``loss`` is not a ModelObjective, for a bad
+        ConfigError: If ``groups`` is None and ``loss`` is not a network objective, for a bad
             block, or as :func:`~sharpminima.landscape.trace.hutchinson` does.
 
     """
     out: dict[str, TraceResult] = {}
     for name, block in _blocks(loss, x, groups, operator).items():
         out[name] = hutchinson(
-            block, samples=samples, seed=seed, tol=tol, distribution=distribution
+            block, num_probes=num_probes, seed=seed, tol=tol, distribution=distribution
         )
     return out
 
+
+
+# -------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class LayerwiseResult(Result):
+    """A per-layer measure: ``value`` is the largest layer's value.
+
+    Attributes:
+        layers: Layer (module) name -> that block's result record.
+    """
+
+    layers: dict[str, Any] = field(default_factory=dict)
+
+
+def _layerwise(results: dict[str, Result], settings: dict[str, Any]) -> LayerwiseResult:
+    costs = [r.cost for r in results.values()]
+    total = Cost(sum(c.num_loss for c in costs), sum(c.num_grad for c in costs),
+                 sum(c.num_hvp for c in costs), sum(c.seconds for c in costs))
+    return LayerwiseResult(value=max(r.value for r in results.values()), settings=settings, cost=total,
+                           layers={name: r.to_record() for name, r in results.items()})
+
+
+@dataclass(frozen=True)
+class RitzParams(MeasureParams):
+    """Parameters of ``subspace_ritz_values``: a random subspace of ``p`` columns."""
+
+    p: int = 100
+    seed: int = 0
+    distribution: Literal["uniform", "gaussian", "uniform-raw"] = "uniform"
+
+    def validate(self) -> None:
+        """P >= 1."""
+        positive("p", self.p, integer=True)
+
+
+@dataclass(frozen=True)
+class LayerEigenParams(MeasureParams):
+    """Parameters of ``layer_eigenvalues``."""
+
+    k: int = 1
+    method: Literal["lanczos", "arpack", "power"] = "lanczos"
+    tol: float = 1e-3
+    max_iters: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        """K >= 1, tol > 0."""
+        positive("k", self.k, integer=True)
+        positive("tol", self.tol)
+
+
+@dataclass(frozen=True)
+class LayerTraceParams(MeasureParams):
+    """Parameters of ``layer_traces``."""
+
+    num_probes: int = 100
+    seed: int = 0
+
+    def validate(self) -> None:
+        """At least two probes."""
+        if self.num_probes < 2:
+            raise ConfigError(f"num_probes must be at least 2, got {self.num_probes}")
+
+
+def _ritz(inputs: Inputs, p: RitzParams) -> RitzResult:
+    from sharpminima.landscape.sharpness import drawn_subspace
+
+    obj = inputs.objective
+    a = drawn_subspace(obj.dim, p.p, p.seed, p.distribution, obj.dtype, obj.device)
+    return subspace_ritz_values(obj, inputs.x, a)
+
+
+def _layer_eigen(inputs: Inputs, p: LayerEigenParams) -> LayerwiseResult:
+    res = layer_eigenvalues(inputs.objective, inputs.x, p.k, method=p.method, tol=p.tol,
+                            max_iters=p.max_iters, seed=p.seed)
+    return _layerwise(res, {"measure": "layer_eigenvalues", "k": p.k})  # type: ignore[arg-type]
+
+
+def _layer_trace(inputs: Inputs, p: LayerTraceParams) -> LayerwiseResult:
+    res = layer_traces(inputs.objective, inputs.x, num_probes=p.num_probes, seed=p.seed)
+    return _layerwise(res, {"measure": "layer_traces", "num_probes": p.num_probes})  # type: ignore[arg-type]
+
+
+register_measure(Measure(
+    "subspace_ritz_values", RitzParams, _ritz,
+    "Ritz values of the Hessian on a random p-dimensional subspace (p Hessian-vector products)",
+    aliases=("ritz",), passes=lambda p: 2 * p.p,
+))
+register_measure(Measure(
+    "layer_eigenvalues", LayerEigenParams, _layer_eigen,
+    "Top eigenvalues of each layer's diagonal Hessian block (value: the largest)",
+    aliases=("layer-hessian",), needs=Needs(network=True), passes=lambda p: 200.0,
+))
+register_measure(Measure(
+    "layer_traces", LayerTraceParams, _layer_trace,
+    "Hutchinson trace of each layer's diagonal Hessian block (value: the largest)",
+    aliases=("layer-trace",), needs=Needs(network=True), passes=lambda p: 10 * p.num_probes,
+))

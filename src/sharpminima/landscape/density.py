@@ -25,9 +25,10 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 
 from sharpminima.errors import ConfigError
-from sharpminima.landscape.eigen import _Lanczos
+from sharpminima.landscape.eigen import LanczosProcess
 from sharpminima.landscape.objective import LossFn, Objective
 from sharpminima.landscape.operators import Operator, OperatorMeter, as_operator, resolve_operator
+from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, positive, register_measure
 from sharpminima.landscape.results import Result
 from sharpminima.landscape.trace import probe
 
@@ -168,7 +169,7 @@ def slq(
     weights: list[tuple[float, ...]] = []
     with OperatorMeter(op) as meter:
         for _ in range(num_probes):
-            proc = _Lanczos(op, probe(n, "rademacher", generator, op), steps)
+            proc = LanczosProcess(op, probe(n, "rademacher", generator, op), steps)
             while True:
                 beta = proc.step()
                 if proc.size == steps or proc.is_breakdown(beta):
@@ -209,7 +210,7 @@ def spectral_density(
 ) -> DensityResult:
     """Spectral density of the Hessian of ``loss`` at ``x`` by stochastic Lanczos quadrature.
 
-    For a ModelObjective, the Hessian of the mean loss over its ``N`` samples in its
+    For a network objective, the Hessian of the mean loss over its ``N`` samples in its
     BatchNorm mode. Costs ``num_probes * lanczos_steps`` Hessian-vector products and
     ``lanczos_steps * n`` stored numbers.
 
@@ -230,3 +231,30 @@ def spectral_density(
     """
     op = resolve_operator(loss, x, operator)
     return slq(op, num_probes=num_probes, lanczos_steps=lanczos_steps, seed=seed)
+
+
+# -------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class DensityParams(MeasureParams):
+    """Parameters of ``spectral_density``: probes and Lanczos steps per probe."""
+
+    num_probes: int = 10
+    lanczos_steps: int = 50
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Positive counts."""
+        positive("num_probes", self.num_probes, integer=True)
+        positive("lanczos_steps", self.lanczos_steps, integer=True)
+
+
+def _density(inputs: Inputs, p: DensityParams) -> DensityResult:
+    return spectral_density(inputs.objective, inputs.x, num_probes=p.num_probes,
+                            lanczos_steps=p.lanczos_steps, seed=p.seed)
+
+
+register_measure(Measure(
+    "spectral_density", DensityParams, _density,
+    "Hessian spectral density by stochastic Lanczos quadrature (num_probes x lanczos_steps products)",
+    aliases=("density",), passes=lambda p: 2 * p.num_probes * p.lanczos_steps,
+))

@@ -38,6 +38,7 @@ from sharpminima.landscape.operators import (
     as_operator,
     resolve_operator,
 )
+from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, Needs, positive, register_measure
 from sharpminima.landscape.results import Result
 
 EigenMethod = Literal["lanczos", "arpack", "power"]
@@ -100,7 +101,7 @@ def _floor(dtype: torch.dtype, scale: float) -> float:
     return math.sqrt(torch.finfo(dtype).eps) * scale
 
 
-class _Lanczos:
+class LanczosProcess:
     """Lanczos with full reorthogonalisation; the basis is kept (``max_steps x n``).
 
     ``alphas`` and ``betas`` define the tridiagonal ``T``; ``betas[j]`` couples steps ``j``
@@ -251,7 +252,7 @@ def lanczos(
     converged = False
     history: list[float] = []
     with OperatorMeter(op) as meter:
-        proc = _Lanczos(op, _random_vector(n, op, generator), steps)
+        proc = LanczosProcess(op, _random_vector(n, op, generator), steps)
         block_start = 0
         while True:
             beta = proc.step()
@@ -542,3 +543,52 @@ def top_eigenvalues(
             return_vectors=return_vectors,
         )
     raise ConfigError(f"unknown eigenvalue method {method!r}; choose one of {METHODS}")
+
+
+# -------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class EigenParams(MeasureParams):
+    """Parameters of ``hessian_eigenvalues`` and ``ggn_eigenvalues``.
+
+    Attributes:
+        k: How many of the largest eigenvalues.
+        method: ``"lanczos"``, ``"arpack"`` or ``"power"``.
+        tol: Relative residual tolerance of each Ritz pair.
+        max_iters: The method's step limit (None: its default).
+        seed: Seed of the start vector(s).
+    """
+
+    k: int = 1
+    method: Literal["lanczos", "arpack", "power"] = "lanczos"
+    tol: float = 1e-3
+    max_iters: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        """K >= 1, tol > 0, max_iters >= 1."""
+        positive("k", self.k, integer=True)
+        positive("tol", self.tol)
+        positive("max_iters", self.max_iters, integer=True)
+
+
+def _eigen(curvature: str) -> Any:
+    def compute(inputs: Inputs, p: EigenParams) -> EigenResult:
+        from sharpminima.landscape.operators import GGNOperator
+
+        op = GGNOperator(inputs.objective, inputs.x) if curvature == "ggn" else None
+        return hessian_eigenvalues(inputs.objective, inputs.x, p.k, method=p.method, tol=p.tol,
+                                   max_iters=p.max_iters, seed=p.seed, operator=op)
+
+    return compute
+
+
+register_measure(Measure(
+    "hessian_eigenvalues", EigenParams, _eigen("hessian"),
+    "The top k eigenvalues of the Hessian (Lanczos on Hessian-vector products)",
+    aliases=("hessian", "hessian_top_eigenvalue"), passes=lambda p: 2 * (20 + 10 * p.k),
+))
+register_measure(Measure(
+    "ggn_eigenvalues", EigenParams, _eigen("ggn"),
+    "The top k eigenvalues of the generalised Gauss-Newton matrix (cross-entropy and MSE losses)",
+    aliases=("ggn",), needs=Needs(network=True), passes=lambda p: 2 * (20 + 10 * p.k),
+))

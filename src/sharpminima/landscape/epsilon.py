@@ -35,17 +35,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sharpminima.deprecation import renamed
 from sharpminima.errors import ConfigError
-from sharpminima.landscape.objective import FunctionObjective, LossFn, Objective, as_objective
+from sharpminima.landscape.box_search import Driver
+from sharpminima.landscape.objective import (
+    FunctionObjective,
+    LossFn,
+    Objective,
+    as_objective,
+    objective_settings,
+)
+from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, positive, register_measure
 from sharpminima.landscape.results import Cost, CostMeter, Result
 from sharpminima.landscape.sharpness import (
-    Driver,
     SharpnessResult,
     SubspaceDistribution,
-    _objective_settings,
-    _resolve_subspace,
     keskar_halfwidth,
     keskar_sharpness,
+    resolve_subspace,
 )
 
 if TYPE_CHECKING:
@@ -97,6 +104,7 @@ def _loglog_slope(eps: np.ndarray, values: np.ndarray) -> float:
     return float(np.polyfit(np.log(eps[keep]), np.log(values[keep]), 1)[0])
 
 
+@renamed(maxiter="max_iters")
 def epsilon_study(
     loss: LossFn | Objective,
     x: Tensor,
@@ -106,7 +114,7 @@ def epsilon_study(
     p: int | None = None,
     seed: int | None = None,
     distribution: SubspaceDistribution = "uniform",
-    maxiter: int = 10,
+    max_iters: int = 10,
     lambda_max: float | None = None,
     eigen_tol: float = 1e-4,
     driver: Driver = "auto",
@@ -127,7 +135,7 @@ def epsilon_study(
         p: Draw ``A`` (``p`` columns, needs ``seed``) instead.
         seed: Seed of the drawn subspace.
         distribution: Distribution of the drawn subspace.
-        maxiter: L-BFGS-B iterations per eps.
+        max_iters: L-BFGS-B iterations per eps.
         lambda_max: The top Hessian eigenvalue in box coordinates, if known.
         eigen_tol: Relative residual tolerance of the eigenvalue computation.
         driver: L-BFGS-B driver (see ``keskar_sharpness``).
@@ -144,7 +152,7 @@ def epsilon_study(
         raise ConfigError(f"eps_values must be positive finite numbers, got {list(eps_arr)}")
     obj = as_objective(loss, x)
     x = x.detach().to(device=obj.device, dtype=obj.dtype)
-    a, sub = _resolve_subspace(obj, A, p, seed, distribution)
+    a, sub = resolve_subspace(obj, A, p, seed, distribution)
     extra_hvp = extra_grad = 0
     with CostMeter(obj) as meter:
         f0_t, grad = obj.loss_and_grad(x)
@@ -175,7 +183,7 @@ def epsilon_study(
         else:
             lam, lam_source = float(lambda_max), "given"
         results = tuple(
-            keskar_sharpness(obj, x, eps=float(e), A=a, maxiter=maxiter, driver=driver)
+            keskar_sharpness(obj, x, eps=float(e), A=a, max_iters=max_iters, driver=driver)
             for e in eps_arr
         )
     gl1 = float(np.abs(g) @ s)
@@ -186,9 +194,9 @@ def epsilon_study(
     cost = meter.cost
     return EpsilonStudyResult(
         value=_loglog_slope(eps_arr, sharp),
-        settings={"measure": "epsilon_study", **sub, "maxiter": maxiter,
+        settings={"measure": "epsilon_study", **sub, "max_iters": max_iters,
                   "lambda_source": lam_source, "eigen_tol": eigen_tol,
-                  "dtype": str(obj.dtype), **_objective_settings(obj)},
+                  "dtype": str(obj.dtype), **objective_settings(obj)},
         cost=Cost(cost.num_loss, cost.num_grad + extra_grad, cost.num_hvp + extra_hvp, cost.seconds),
         seed=seed,
         eps_values=tuple(float(e) for e in eps_arr),
@@ -235,3 +243,33 @@ def plot_epsilon_study(result: EpsilonStudyResult) -> Figure:
     ax.set_title(f"slope {result.value:.2f}, " + r"$\lambda_{max}$" + f" = {result.lambda_max:.3g}")
     ax.legend(fontsize=7)
     return fig
+
+
+# -------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class EpsilonParams(MeasureParams):
+    """Parameters of ``epsilon_study``: the eps grid and L-BFGS-B iterations per eps."""
+
+    eps: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+    max_iters: int = 10
+
+    def validate(self) -> None:
+        """Positive eps values, max_iters >= 1."""
+        if not self.eps or any(not e > 0 for e in self.eps):
+            raise ConfigError(f"eps must be positive numbers, got {list(self.eps)}")
+        positive("max_iters", self.max_iters, integer=True)
+
+    def canonical(self) -> dict[str, Any]:
+        """The grid sorted and without repeats."""
+        return {"eps": sorted(set(self.eps)), "max_iters": self.max_iters}
+
+
+def _epsilon(inputs: Inputs, p: EpsilonParams) -> EpsilonStudyResult:
+    return epsilon_study(inputs.objective, inputs.x, sorted(set(p.eps)), max_iters=p.max_iters)
+
+
+register_measure(Measure(
+    "epsilon_study", EpsilonParams, _epsilon,
+    "Keskar sharpness over an eps grid beside its linear and quadratic bounds (log-log slope)",
+    aliases=("epsilon-study",), passes=lambda p: len(p.eps) * (p.max_iters + 3) + 40,
+))

@@ -47,9 +47,9 @@ from torch import Tensor, nn
 
 from sharpminima.errors import ConfigError
 from sharpminima.landscape.batched import evaluate_points
-from sharpminima.landscape.objective import LossFn, ModelObjective, Objective, as_objective
+from sharpminima.landscape.objective import LossFn, Objective, as_objective, is_network, objective_settings
+from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, Needs, register_measure
 from sharpminima.landscape.results import Cost, Result
-from sharpminima.landscape.sharpness import _objective_settings
 
 PathKind = Literal["linear", "curvilinear"]
 BNHandling = Literal["batch", "interpolate", "recompute"]
@@ -157,53 +157,47 @@ def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@torch.no_grad()
 def recompute_bn_statistics(
-    objective: ModelObjective,
+    objective: Any,
     model: nn.Module,
     x: Tensor,
-    inputs: Tensor,
-    batch_size: int,
-) -> None:
+    inputs: Any = None,
+    batch_size: int | None = None,
+    *,
+    num_samples: int | None = None,
+) -> int:
     """Re-estimate ``model``'s BatchNorm running statistics at parameters ``x``, in place.
 
-    ``model`` must be a private copy (this mutates its buffers). Running statistics are
-    reset and re-accumulated as a cumulative average over batches of ``inputs``
-    (``momentum=None``); only BatchNorm modules are in training mode (dropout stays off).
-    The parameters come from ``x`` through the objective's ``functional_call``; the copy's
-    own parameters are not used.
+    ``model`` must be a private copy of the objective's network (this mutates its
+    buffers). Running statistics are reset and re-accumulated as a cumulative average over
+    the objective's training batches (``momentum=None``); only BatchNorm modules are in
+    training mode (dropout stays off). The parameters come from ``x``.
 
     Args:
-        objective: Gives the parameter layout (names, shapes) of ``x``.
+        objective: A network objective (gives the data, the loss's forward pass and the
+            parameter layout).
         model: The private copy whose buffers are re-estimated.
         x: Flat parameters ``(n,)``.
-        inputs: Inputs to estimate the statistics from.
-        batch_size: Samples per forward pass.
+        inputs: Other data to estimate from (tensors with their targets' place taken by
+            the objective's; None: the objective's own data).
+        batch_size: Samples per forward pass (in-memory data; None: the data's batches).
+        num_samples: Use only the first samples.
+
+    Returns:
+        The number of forward passes.
+
+    Raises:
+        ConfigError: If the objective cannot re-estimate statistics (no per-sample data).
     """
-    bns = _bn_modules(model)
-    saved = [(m, m.momentum) for m in bns]
-    flags = [(m, m.training) for m in model.modules()]
-    params = objective.unflatten(x.detach())
-    try:
-        model.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        for s in range(0, inputs.shape[0], batch_size):
-            torch.func.functional_call(model, params, (inputs[s : s + batch_size].to(x.device),))
-    finally:
-        for m, mom in saved:
-            m.momentum = mom
-        for m, training in flags:
-            m.training = training
-
-
-def _twin(model: nn.Module, bn_mode: str, data: ModelObjective) -> ModelObjective:
-    return ModelObjective(
-        model, data.inputs, data.targets, bn_mode=bn_mode,  # type: ignore[arg-type]
-        chunk_size=data.chunk_size, loss_fn=data.loss_fn,
-    )
+    twin = objective.with_model(model, "eval")
+    if inputs is not None:
+        twin = twin.with_source(inputs, torch.zeros(len(inputs), dtype=torch.long))
+    if not callable(getattr(twin, "recompute_bn_statistics", None)):
+        raise ConfigError(
+            f"bn='recompute' needs the training data on this process; a {type(objective).__name__} "
+            "cannot re-estimate BatchNorm statistics"
+        )
+    return twin.recompute_bn_statistics(x, num_samples=num_samples, batch_size=batch_size)
 
 
 def interpolate(
@@ -222,8 +216,8 @@ def interpolate(
 ) -> InterpolationResult:
     """Loss and accuracy on the training (and test) data along a path from ``x_a`` to ``x_b``.
 
-    For a :class:`~sharpminima.landscape.objective.ModelObjective`, the objective supplies
-    the model architecture, data, loss function and chunking; ``bn`` decides the BatchNorm
+    For a network objective, the objective supplies the model architecture, data, loss
+    function and batching; ``bn`` decides the BatchNorm
     statistics (the objective's own ``bn_mode`` is overridden and recorded). For a plain
     callable, ``bn`` must be ``"batch"`` (the callable is evaluated as it is) and no
     accuracy is reported.
@@ -255,7 +249,7 @@ def interpolate(
 
     Raises:
         ConfigError: For an unknown path or BN choice, mismatched vectors, a bad grid,
-            ``bn`` other than ``"batch"`` without a ModelObjective, ``"interpolate"``
+            ``bn`` other than ``"batch"`` without a network objective, ``"interpolate"``
             without ``models`` or with models lacking the buffers, or a test objective of
             another kind.
     """
@@ -267,42 +261,43 @@ def interpolate(
         raise ConfigError(f"x_a and x_b differ in shape: {tuple(x_a.shape)} vs {tuple(x_b.shape)}")
     train = as_objective(objective_train, x_a)
     test = None if objective_test is None else as_objective(objective_test, x_a)
-    is_model = isinstance(train, ModelObjective)
-    if test is not None and isinstance(test, ModelObjective) != is_model:
+    is_model = is_network(train)
+    if test is not None and is_network(test) != is_model:
         raise ConfigError("objective_test must be of the same kind as objective_train")
     if bn != "batch" and not is_model:
-        raise ConfigError(f"bn={bn!r} needs ModelObjectives (a network with buffers)")
+        raise ConfigError(f"bn={bn!r} needs network objectives (a model with buffers)")
     if bn == "interpolate" and models is None:
         raise ConfigError("bn='interpolate' needs models=(model_a, model_b) or their state dicts")
     grid, inserted = _alpha_grid(alphas)
     xa = x_a.detach().to(device=train.device, dtype=train.dtype)
     xb = x_b.detach().to(device=train.device, dtype=train.dtype)
 
-    evaluators: list[Objective | None] = [train, test]
+    evaluators: list[Any] = [train, test]
     work: nn.Module | None = None
     buf_a: dict[str, Tensor] = {}
     buf_b: dict[str, Tensor] = {}
     if is_model:
-        assert isinstance(train, ModelObjective)
         if bn == "batch":
-            evaluators = [_twin(train.model, "batch", t) if t is not None else None
-                          for t in (train, test)]  # type: ignore[arg-type]
+            evaluators = [t.with_bn_mode("batch") if t is not None else None for t in (train, test)]
         else:
-            work = copy.deepcopy(train.model)
-            evaluators = [_twin(work, "eval", t) if t is not None else None
-                          for t in (train, test)]  # type: ignore[arg-type]
+            work = copy.deepcopy(train.model)  # type: ignore[attr-defined]
+            evaluators = [t.with_model(work, "eval") if t is not None else None for t in (train, test)]
             if bn == "interpolate":
                 assert models is not None
                 names = [n for n, _ in work.named_buffers()]
                 buf_a = _buffers_of(models[0], names)
                 buf_b = _buffers_of(models[1], names)
-    bn_inputs = None
+    recompute = None
     if bn == "recompute":
-        assert isinstance(train, ModelObjective)
-        bn_inputs = train.inputs if bn_samples is None else train.inputs[:bn_samples]
-        batch_size = train.chunk_size if bn_batch_size is None else int(bn_batch_size)
-        if batch_size < 1 or bn_inputs.shape[0] == 0:
-            raise ConfigError("bn_samples and bn_batch_size must be positive")
+        recompute = getattr(evaluators[0], "recompute_bn_statistics", None)
+        if not callable(recompute):
+            raise ConfigError(
+                f"bn='recompute' needs the training data on this process; a {type(train).__name__} "
+                "cannot re-estimate BatchNorm statistics"
+            )
+        for size in (bn_samples, bn_batch_size):
+            if size is not None and not (isinstance(size, int) and size >= 1):
+                raise ConfigError("bn_samples and bn_batch_size must be positive integers")
 
     rows: list[list[float]] = []
     num_clamped = 0
@@ -332,19 +327,15 @@ def interpolate(
                         buf.copy_(val)
                     else:
                         buf.copy_(buf_a[name])
-        if work is not None and bn == "recompute":
-            assert bn_inputs is not None and isinstance(train, ModelObjective)
-            recompute_bn_statistics(train, work, point, bn_inputs, batch_size)
+        if recompute is not None:
+            recompute(point, num_samples=bn_samples, batch_size=bn_batch_size)
             num_evals += 1
         row = []
         for obj in evaluators:
             if obj is None:
                 row += [math.nan, math.nan]
-            elif isinstance(obj, ModelObjective):
-                row += list(obj.loss_and_accuracy(point))
-                num_evals += 1
             else:
-                row += [float(obj.loss(point)), math.nan]
+                row += list(obj.loss_and_accuracy(point))
                 num_evals += 1
         rows.append(row)
     seconds = time.perf_counter() - t0
@@ -359,22 +350,69 @@ def interpolate(
     settings: dict[str, Any] = {
         "measure": "interpolation", "path": path, "bn": bn if is_model else None,
         "alphas_inserted": inserted, "num_alphas": int(grid.numel()),
-        "train": _objective_settings(evaluators[0]),  # type: ignore[arg-type]
-        "test": _objective_settings(evaluators[1]) if evaluators[1] is not None else None,
+        "train": objective_settings(evaluators[0]),
+        "test": objective_settings(evaluators[1]) if evaluators[1] is not None else None,
     }
     if bn == "recompute":
-        settings.update(bn_samples=int(bn_inputs.shape[0]),  # type: ignore[union-attr]
-                        bn_batch_size=batch_size, bn_average="cumulative (momentum=None)")
+        settings.update(bn_samples=min(bn_samples or train.num_samples, train.num_samples),  # type: ignore[attr-defined]
+                        bn_batch_size=bn_batch_size or getattr(train, "chunk_size", None),
+                        bn_average="cumulative (momentum=None)")
     return InterpolationResult(
         value=barrier,
         settings=settings,
         cost=Cost(num_loss=num_evals, seconds=seconds),
         alphas=grid,
         train_loss=table[:, 0],
-        train_acc=table[:, 1] if is_model else None,
+        train_acc=table[:, 1] if is_model and bool(getattr(train, "has_accuracy", False)) else None,
         test_loss=table[:, 2] if test is not None else None,
-        test_acc=table[:, 3] if test is not None and is_model else None,
+        test_acc=table[:, 3] if test is not None and is_model and bool(getattr(test, "has_accuracy", False)) else None,
         path=path,
         bn=bn if is_model else "",
         num_clamped_var=num_clamped,
     )
+
+
+# -------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class InterpolationParams(MeasureParams):
+    """Parameters of ``interpolation``: the path from the point to ``other``.
+
+    Attributes:
+        path: ``"linear"`` or ``"curvilinear"``.
+        num_points: Grid points on ``[alpha_min, alpha_max]`` (0 and 1 are added if missing).
+        alpha_min: Start of the grid.
+        alpha_max: End of the grid.
+        bn_handling: ``"batch"``, ``"interpolate"`` or ``"recompute"`` (module docstring).
+        endpoint: The identity of the other end (a run id), part of the key.
+    """
+
+    path: Literal["linear", "curvilinear"] = "linear"
+    num_points: int = 25
+    alpha_min: float = -1.0
+    alpha_max: float = 2.0
+    bn_handling: Literal["batch", "interpolate", "recompute"] = "batch"
+    endpoint: str | None = None
+
+    def validate(self) -> None:
+        """At least two points on a non-empty range."""
+        if self.num_points < 2 or not self.alpha_max > self.alpha_min:
+            raise ConfigError(
+                f"need num_points >= 2 and alpha_max > alpha_min, got {self.num_points}, "
+                f"[{self.alpha_min}, {self.alpha_max}]"
+            )
+
+
+def _interpolation(inputs: Inputs, p: InterpolationParams) -> InterpolationResult:
+    assert inputs.other is not None
+    return interpolate(
+        inputs.objective, inputs.x, inputs.other, path=p.path,
+        alphas=torch.linspace(p.alpha_min, p.alpha_max, p.num_points), objective_test=inputs.test,
+        bn=p.bn_handling, models=inputs.models,
+    )
+
+
+register_measure(Measure(
+    "interpolation", InterpolationParams, _interpolation,
+    "Loss and accuracy on the path from the point to another (Keskar et al. Figures 3 and 7)",
+    needs=Needs(other=True), passes=lambda p: p.num_points * 2 / 3,
+))

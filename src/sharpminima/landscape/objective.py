@@ -1,31 +1,36 @@
 """The functional core: a counted objective over a flat parameter vector.
 
 Every landscape measure takes a ``loss``: either a plain callable mapping a 1-D float tensor
-``x`` (shape ``(n,)``) to a differentiable scalar tensor, or an :class:`Objective` such as
-:class:`ModelObjective`, which evaluates a network's mean loss over a dataset. Measures call
-:func:`as_objective` once and then use only :meth:`Objective.loss`,
-:meth:`Objective.loss_and_grad` and :meth:`Objective.hvp`, each of which is counted in
-:attr:`Objective.counters`. No evaluation mutates the caller's model: a point is always set
-absolutely from the flat vector passed in, never walked in place.
+``x`` (shape ``(n,)``) to a differentiable scalar tensor, or an :class:`Objective`. An
+objective is a protocol, not a class to inherit: anything with ``dim``, ``dtype``,
+``device``, ``counters``, ``loss``, ``loss_and_grad``, ``hvp``, ``hvp_at`` and ``settings``
+is one. Three implement it here:
+
+* :class:`FunctionObjective`: a plain callable of ``x``;
+* :class:`~sharpminima.landscape.model_objective.ModelObjective`: a network's mean loss
+  over a data source (tensors, a DataLoader, any fixed batches) through a loss adapter;
+* :class:`~sharpminima.landscape.sharded.DistributedObjective`: the mean over the data
+  shards of a process group.
+
+Measures call :func:`as_objective` once and then ask for behaviour: a network objective
+(:class:`NetworkObjective`) also knows its parameters' names and shapes, evaluates accuracy
+where it is defined, and gives Gauss-Newton products; nothing checks for a concrete class.
+Every evaluation is counted in :attr:`Objective.counters`, and none mutates the caller's
+model: a point is always set absolutely from the flat vector passed in.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from sharpminima.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 BNMode = Literal["batch", "eval"]
 LossFn = Callable[[Tensor], Tensor]
@@ -39,7 +44,8 @@ class Counters:
         num_loss: Loss evaluations (one forward pass over the objective's data each).
         num_grad: Loss-and-gradient evaluations (one forward and backward pass each).
         num_hvp: Hessian-vector products (about three gradient passes each by plain double
-            backprop, about two from a kept gradient graph: see :class:`GraphHVP`).
+            backprop, about two from a kept gradient graph: see
+            :class:`~sharpminima.landscape.graph_hvp.GraphHVP`).
     """
 
     num_loss: int = 0
@@ -59,17 +65,91 @@ class Counters:
         )
 
 
-class Objective:
+@runtime_checkable
+class Objective(Protocol):
     """A scalar function ``f: R^n -> R`` with counted value, gradient and HVP evaluations.
-
-    Subclasses implement :meth:`_loss` and :meth:`_loss_and_grad`; :meth:`_hvp` defaults to
-    double backpropagation through :meth:`__call__`.
 
     Attributes:
         dim: Number of parameters ``n``.
         dtype: Floating dtype of the parameter vector.
         device: Device the parameter vector lives on.
         counters: Evaluation counts (see :class:`Counters`).
+    """
+
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    counters: Counters
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Return ``f(x)`` as a detached 0-dim tensor (one counted loss evaluation)."""
+        ...
+
+    def loss_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(f(x), grad f(x))``, both detached (one counted gradient evaluation)."""
+        ...
+
+    def hvp(self, x: Tensor, v: Tensor) -> Tensor:
+        """Return ``H(x) v``, shape ``(n,)``, detached (one counted product)."""
+        ...
+
+    def hvp_at(self, x: Tensor, *, max_graph_bytes: int | None = None) -> Callable[[Tensor], Tensor]:
+        """Return ``v -> H(x) v`` for many products at one fixed point ``x``."""
+        ...
+
+    def settings(self) -> dict[str, Any]:
+        """Describe how ``f`` is evaluated (recorded in every result)."""
+        ...
+
+
+@runtime_checkable
+class NetworkObjective(Objective, Protocol):
+    """An objective that is a network's mean loss over data (what some measures need).
+
+    Attributes:
+        model: The network (never modified by an evaluation).
+        bn_mode: ``"batch"`` or ``"eval"`` BatchNorm statistics.
+        names: Names of the trainable parameters, in the order of ``x``.
+        shapes: Their shapes.
+        numels: Their sizes.
+        num_samples: Samples the loss averages over.
+        has_accuracy: Whether :meth:`loss_and_accuracy` reports a defined accuracy.
+    """
+
+    model: nn.Module
+    bn_mode: BNMode
+    names: list[str]
+    shapes: list[torch.Size]
+    numels: list[int]
+    num_samples: int
+    has_accuracy: bool
+
+    def unflatten(self, x: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector into named parameter views."""
+        ...
+
+    def base_point(self) -> Tensor:
+        """The model's current trainable parameters as a flat vector (a copy)."""
+        ...
+
+    def loss_and_accuracy(self, x: Tensor) -> tuple[float, float]:
+        """Mean loss and accuracy in percent (NaN where accuracy is undefined) at ``x``."""
+        ...
+
+    def ggn_vp(self, x: Tensor, v: Tensor) -> Tensor:
+        """Generalised Gauss-Newton matrix at ``x`` times ``v``."""
+        ...
+
+    def with_bn_mode(self, mode: BNMode) -> NetworkObjective:
+        """The same loss and data in another BatchNorm mode (a new objective)."""
+        ...
+
+
+class CountedObjective:
+    """Counting for objectives: subclasses implement ``_loss`` and ``_loss_and_grad``.
+
+    ``_hvp`` defaults to double backpropagation through ``__call__`` (a differentiable
+    ``f(x)``); :meth:`hvp_at` to a product recomputed every time.
     """
 
     dim: int
@@ -104,9 +184,8 @@ class Objective:
 
         Each call of the returned function is one counted Hessian-vector product. This
         default recomputes every product with :meth:`hvp`; :class:`FunctionObjective` and
-        :class:`ModelObjective` instead keep the first-order graph at ``x`` (see
-        :class:`GraphHVP`), so each product is one reverse pass through the gradient's
-        graph rather than a forward, a backward and that reverse pass.
+        the network objective keep the first-order graph at ``x`` instead
+        (:class:`~sharpminima.landscape.graph_hvp.GraphHVP`).
 
         Args:
             x: The point, shape ``(n,)`` (copied).
@@ -115,7 +194,10 @@ class Objective:
         x = x.detach().clone()
         return lambda v: self.hvp(x, v)
 
-    # -- defaults built on __call__ -------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """Describe how the loss is evaluated (nothing to say for a plain objective)."""
+        return {}
+
     def _loss(self, x: Tensor) -> Tensor:
         return self(x).detach()
 
@@ -134,8 +216,8 @@ class Objective:
         return hv.detach()
 
 
-class FunctionObjective(Objective):
-    """Wrap a plain callable ``fn(x) -> scalar tensor`` as a counted :class:`Objective`.
+class FunctionObjective(CountedObjective):
+    """Wrap a plain callable ``fn(x) -> scalar tensor`` as a counted objective.
 
     Args:
         fn: Differentiable function of a 1-D tensor.
@@ -153,150 +235,15 @@ class FunctionObjective(Objective):
         """Return ``fn(x)``."""
         return self.fn(x)
 
-    def hvp_at(self, x: Tensor, *, max_graph_bytes: int | None = None) -> GraphHVP:
+    def hvp_at(self, x: Tensor, *, max_graph_bytes: int | None = None) -> Callable[[Tensor], Tensor]:
         """Return ``v -> H(x) v`` with the gradient's graph at ``x`` built once.
 
         The graph is built on the first product and counted as one gradient evaluation.
         ``max_graph_bytes`` is ignored (a plain function's graph is kept whole).
         """
+        from sharpminima.landscape.graph_hvp import GraphHVP
+
         return GraphHVP(self, x, max_graph_bytes=None)
-
-
-def default_graph_budget(device: torch.device) -> int:
-    """Bytes a kept gradient graph may take by default on ``device``.
-
-    CUDA: half of the device's free memory. CPU: a quarter of the available physical
-    memory (Linux ``sysconf``), or 2 GiB where that is unknown.
-    """
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        # memory PyTorch's caching allocator holds but does not use is free to us too
-        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int((free + idle) // 2)
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
-    except (ValueError, OSError, AttributeError):
-        return 2 << 30
-
-
-class GraphHVP:
-    """Hessian-vector products at a fixed point from a first-order graph kept in memory.
-
-    ``H(x) v`` is the vector-Jacobian product of ``g(x) = grad f(x)`` with ``v`` (``H`` is
-    symmetric). Double backpropagation builds ``g``'s graph (a forward and a backward pass)
-    and then differentiates it; at a fixed ``x`` that graph is the same for every ``v``, so
-    it is built once, on the first product, and each product is then a single reverse pass
-    through it (about 6 instead of 9 matrix products per dense layer). Building it is
-    counted as one gradient evaluation, each product as one HVP.
-
-    For a :class:`ModelObjective` the graph is built chunk by chunk while the tensors it
-    saves fit in ``max_graph_bytes``; chunks past that budget are recomputed at every
-    product by plain double backpropagation, so memory never exceeds the budget by more
-    than one chunk's graph. The value equals :meth:`Objective.hvp` to float round-off.
-
-    Memory is counted as the graph is built: on CUDA as the growth of allocated device
-    memory per chunk; elsewhere as the bytes of the distinct storages the graph saves,
-    leaving out the parameter vector, the dataset and the model's buffers, which exist
-    anyway. The graph holds the model's buffers as they were (running statistics in
-    ``"eval"`` mode): changing them in place while products are still wanted makes the
-    next product fail; call :meth:`release` first.
-
-    Args:
-        objective: A :class:`FunctionObjective` or :class:`ModelObjective`.
-        x: The point, shape ``(n,)`` (copied).
-        max_graph_bytes: Budget for the kept graph (``None``: :func:`default_graph_budget`;
-            unbounded for a :class:`FunctionObjective`).
-
-    Attributes:
-        cached_chunks: Chunks whose graph is kept (``None`` before the first product; a
-            :class:`FunctionObjective` counts as one chunk).
-        num_chunks: Chunks of the objective (1 for a plain function).
-        graph_bytes: Bytes of the tensors the kept graph saves (counted as they are saved).
-    """
-
-    def __init__(self, objective: Objective, x: Tensor, *, max_graph_bytes: int | None = None) -> None:
-        if max_graph_bytes is not None and max_graph_bytes < 0:
-            raise ConfigError(f"max_graph_bytes must be >= 0, got {max_graph_bytes}")
-        self.objective = objective
-        self.x = x.detach().clone()
-        self.max_graph_bytes = max_graph_bytes
-        self.cached_chunks: int | None = None
-        self.num_chunks = 1
-        self.graph_bytes = 0
-        self._xr: Tensor | None = None
-        self._grad: Tensor | None = None
-
-    def release(self) -> None:
-        """Free the kept graph (the next product builds it again)."""
-        self._xr = self._grad = None
-        self.cached_chunks = None
-
-    def __call__(self, v: Tensor) -> Tensor:
-        """Return ``H(x) v``, shape ``(n,)``, detached (one counted HVP)."""
-        if self.cached_chunks is None:
-            self._build()
-        self.objective.counters.num_hvp += 1
-        v = v.detach().to(dtype=self.x.dtype, device=self.x.device)
-        out = torch.zeros_like(self.x)
-        if self._grad is not None and self._grad.requires_grad:
-            with torch.enable_grad():
-                (hv,) = torch.autograd.grad(
-                    self._grad, self._xr, grad_outputs=v, retain_graph=True, allow_unused=True
-                )
-            if hv is not None:
-                out += hv
-        obj = self.objective
-        if isinstance(obj, ModelObjective) and self.cached_chunks < self.num_chunks:
-            out += obj._hvp(self.x, v, first_chunk=self.cached_chunks)
-        return out
-
-    def _build(self) -> None:
-        obj = self.objective
-        obj.counters.num_grad += 1
-        xr = self.x.clone().requires_grad_(True)
-        if not isinstance(obj, ModelObjective):
-            with torch.enable_grad():
-                value = obj(xr)
-                (grad,) = torch.autograd.grad(value, xr, create_graph=True)
-            self._xr, self._grad, self.cached_chunks = xr, grad, 1
-            return
-        budget = default_graph_budget(obj.device) if self.max_graph_bytes is None else self.max_graph_bytes
-        self.num_chunks = math.ceil(obj.num_samples / obj.chunk_size)
-        cuda = obj.device.type == "cuda"
-        # storages that exist without the graph: x, the dataset, the model's tensors
-        existing = {xr.untyped_storage().data_ptr(), obj.inputs.untyped_storage().data_ptr()}
-        existing |= {t.untyped_storage().data_ptr() for t in obj.model.state_dict().values()}
-        seen: dict[int, int] = {}
-
-        def pack(t: Tensor) -> Tensor:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in existing:
-                seen[ptr] = t.untyped_storage().nbytes()
-            # detached: a saved output holding itself would make a cycle autograd never frees
-            return t.detach()
-
-        params = obj.unflatten(xr)
-        total: Tensor | None = None
-        cached = 0
-        used = 0
-        with bn_mode(obj.model, obj.bn_mode), torch.enable_grad():
-            for xb, yb, w in obj.chunks():
-                seen.clear()
-                start = torch.cuda.memory_allocated(obj.device) if cuda else 0
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    (g,) = torch.autograd.grad(obj._chunk_loss(params, xb, yb), xr, create_graph=True)
-                grown = torch.cuda.memory_allocated(obj.device) - start if cuda else sum(seen.values())
-                if used + grown > budget:
-                    break  # this chunk's graph is dropped with g; it and the rest are recomputed
-                total = w * g if total is None else total + w * g
-                used += grown
-                cached += 1
-        self._xr, self._grad, self.cached_chunks, self.graph_bytes = xr, total, cached, used
-        if cached < self.num_chunks:
-            log.info(
-                "HVP graph: %d of %d chunks kept (%.2f GB budget); the rest are recomputed per product",
-                cached, self.num_chunks, budget / 1e9,
-            )
 
 
 def as_objective(loss: LossFn | Objective, x: Tensor) -> Objective:
@@ -307,12 +254,15 @@ def as_objective(loss: LossFn | Objective, x: Tensor) -> Objective:
         x: The point the measure starts from (shape ``(n,)``).
 
     Raises:
-        ConfigError: If ``x`` is not a 1-D floating tensor or does not match ``loss.dim``.
+        ConfigError: If ``x`` is not a 1-D floating tensor or does not match ``loss.dim``,
+            or ``loss`` is neither an objective nor callable.
     """
-    if x.ndim != 1 or not x.is_floating_point():
+    if not isinstance(x, Tensor) or x.ndim != 1 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        dtype = x.dtype if isinstance(x, Tensor) else None
         raise ConfigError(
-            f"parameters must be a 1-D floating tensor, got shape {tuple(x.shape)} "
-            f"and dtype {x.dtype}; flatten them with sharpminima.landscape.flatten_params"
+            f"parameters must be a 1-D floating tensor, got shape {shape} "
+            f"and dtype {dtype}; flatten them with sharpminima.landscape.flatten_params"
         )
     if isinstance(loss, Objective):
         if loss.dim != x.numel():
@@ -320,11 +270,42 @@ def as_objective(loss: LossFn | Objective, x: Tensor) -> Objective:
                 f"parameter vector has {x.numel()} entries but the objective expects {loss.dim}"
             )
         return loss
+    if not callable(loss):
+        raise ConfigError(f"loss must be a callable of a flat vector or an Objective, got {type(loss).__name__}")
     return FunctionObjective(loss, x)
 
 
+def is_network(objective: Any) -> bool:
+    """Whether ``objective`` is a network objective (has the :class:`NetworkObjective` API)."""
+    return isinstance(objective, NetworkObjective)
+
+
+def require_network(objective: Any, what: str) -> NetworkObjective:
+    """Return ``objective`` if it is a network objective, else raise a clear error.
+
+    Raises:
+        ConfigError: Naming ``what`` needs a network and its data.
+    """
+    if not isinstance(objective, NetworkObjective):
+        raise ConfigError(
+            f"{what} needs a network objective (a model and its data, e.g. ModelObjective or "
+            f"Landscape), got {type(objective).__name__}"
+        )
+    return objective
+
+
+def objective_settings(objective: Any) -> dict[str, Any]:
+    """An objective's :meth:`~Objective.settings`, or ``{}`` if it has none."""
+    settings = getattr(objective, "settings", None)
+    return dict(settings()) if callable(settings) else {}
+
+
 def flatten_params(model: nn.Module) -> Tensor:
-    """Return a detached copy of the model's trainable parameters as one flat vector."""
+    """Return a detached copy of the model's trainable parameters as one flat vector.
+
+    Parameters shared by several modules (tied weights) appear once, in the order of
+    ``model.named_parameters()``; frozen parameters (``requires_grad=False``) are left out.
+    """
     return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
 
 
@@ -335,7 +316,7 @@ def bn_mode(model: nn.Module, mode: BNMode) -> Iterator[None]:
     Dropout is off in both modes.
 
     * ``"eval"``: every module in eval mode; BatchNorm normalises with its running statistics.
-    * ``"batch"``: BatchNorm normalises with the statistics of each chunk it is given (the
+    * ``"batch"``: BatchNorm normalises with the statistics of each batch it is given (the
       authors' Keras-1 behaviour) and does not touch its running buffers
       (``track_running_stats`` is switched off for the duration); everything else is in eval
       mode.
@@ -365,174 +346,20 @@ def bn_mode(model: nn.Module, mode: BNMode) -> Iterator[None]:
                 m.track_running_stats = track
 
 
-class ModelObjective(Objective):
-    """Mean loss of a network over a fixed dataset, as a function of its flat parameters.
-
-    ``f(x) = (1/N) sum_{i=1}^N loss(model(x; a_i), b_i)``, evaluated in chunks of
-    ``chunk_size`` samples; chunk means are weighted by chunk size, so the value, gradient
-    and Hessian-vector product are those of the mean over all ``N`` samples, whatever the
-    chunking (in ``"eval"`` BN mode exactly; in ``"batch"`` mode the chunks define the
-    function, since BatchNorm statistics are per chunk). Chunks are fixed (samples
-    ``[0, c), [c, 2c), ...``), so ``f`` is a deterministic function of ``x``.
-
-    The model is evaluated with :func:`torch.func.functional_call` on parameters built from
-    ``x``; its own parameters and buffers are never modified.
-
-    Args:
-        model: The network. Only parameters with ``requires_grad`` are in ``x``.
-        inputs: Inputs ``(N, ...)``; moved chunk by chunk to the model's device.
-        targets: Integer class labels ``(N,)``.
-        bn_mode: ``"batch"`` (statistics of each chunk, Keskar et al.'s Keras behaviour) or
-            ``"eval"`` (running statistics). Recorded in every result.
-        chunk_size: Samples per forward pass.
-        loss_fn: Per-batch mean loss ``loss_fn(logits, targets)``; cross-entropy by default.
-
-    Raises:
-        ConfigError: If the data are empty or mismatched, or ``chunk_size`` < 1.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        targets: Tensor,
-        *,
-        bn_mode: BNMode = "batch",
-        chunk_size: int = 1000,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
-    ) -> None:
-        super().__init__()
-        if inputs.shape[0] == 0 or inputs.shape[0] != targets.shape[0]:
-            raise ConfigError(
-                f"need as many targets as inputs (and at least one), got {inputs.shape[0]} "
-                f"inputs and {targets.shape[0]} targets"
-            )
-        if chunk_size < 1:
-            raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size}")
-        if bn_mode not in ("batch", "eval"):
-            raise ConfigError(f"BatchNorm mode must be 'batch' or 'eval', got {bn_mode!r}")
-        self.model = model
-        self.inputs = inputs
-        self.targets = targets
-        self.bn_mode: BNMode = bn_mode
-        self.chunk_size = int(chunk_size)
-        self.loss_fn = loss_fn
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.names = [n for n, _ in named]
-        self.shapes = [p.shape for _, p in named]
-        self.numels = [p.numel() for _, p in named]
-        first = named[0][1]
-        self.dim = int(sum(self.numels))
-        self.dtype = first.dtype
-        self.device = first.device
-
-    @property
-    def num_samples(self) -> int:
-        """Number of samples ``N`` the loss averages over."""
-        return int(self.inputs.shape[0])
-
-    def settings(self) -> dict:
-        """Describe how the loss is evaluated (recorded in every result)."""
-        return {
-            "bn_mode": self.bn_mode,
-            "num_samples": self.num_samples,
-            "chunk_size": self.chunk_size,
-            "loss_fn": getattr(self.loss_fn, "__name__", str(self.loss_fn)),
-        }
-
-    def base_point(self) -> Tensor:
-        """Return the model's current trainable parameters as a flat vector (a copy)."""
-        return flatten_params(self.model)
-
-    def unflatten(self, x: Tensor) -> dict[str, Tensor]:
-        """Split a flat vector into named parameter views (no copy)."""
-        return {
-            n: t.view(s)
-            for n, t, s in zip(self.names, torch.split(x, self.numels), self.shapes, strict=True)
-        }
-
-    def chunks(self, first: int = 0) -> Iterator[tuple[Tensor, Tensor, float]]:
-        """Yield ``(inputs, targets, weight)`` per chunk; the weights ``n_c / N`` sum to 1.
-
-        Args:
-            first: Index of the first chunk to yield (the earlier ones are skipped).
-        """
-        n = self.num_samples
-        for start in range(first * self.chunk_size, n, self.chunk_size):
-            xb = self.inputs[start : start + self.chunk_size].to(self.device, non_blocking=True)
-            yb = self.targets[start : start + self.chunk_size].to(self.device, non_blocking=True)
-            yield xb, yb, xb.shape[0] / n
-
-    def _chunk_loss(self, params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-        return self.loss_fn(functional_call(self.model, params, (xb,)), yb)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        """Return ``f(x)`` as a differentiable 0-dim tensor (the whole graph is kept)."""
-        params = self.unflatten(x)
-        with bn_mode(self.model, self.bn_mode):
-            total = sum(w * self._chunk_loss(params, xb, yb) for xb, yb, w in self.chunks())
-        return total  # type: ignore[return-value]
-
-    def _loss(self, x: Tensor) -> Tensor:
-        params = self.unflatten(x)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        with bn_mode(self.model, self.bn_mode):
-            for xb, yb, w in self.chunks():
-                total += w * self._chunk_loss(params, xb, yb).double()
-        return total.to(self.dtype)
-
-    def _loss_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        xr = x.clone().requires_grad_(True)
-        params = self.unflatten(xr)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        grad = torch.zeros_like(x)
-        with bn_mode(self.model, self.bn_mode), torch.enable_grad():
-            for xb, yb, w in self.chunks():
-                value = self._chunk_loss(params, xb, yb)
-                (g,) = torch.autograd.grad(value * w, xr)
-                grad += g
-                total += w * value.detach().double()
-        return total.to(self.dtype), grad
-
-    def hvp_at(self, x: Tensor, *, max_graph_bytes: int | None = None) -> GraphHVP:
-        """Return ``v -> H(x) v`` with the gradient's graph at ``x`` kept (see :class:`GraphHVP`).
-
-        Args:
-            x: The point, shape ``(n,)`` (copied).
-            max_graph_bytes: Memory the kept graph may take (None: half the free GPU memory,
-                or a quarter of the available RAM); chunks beyond it are recomputed.
-        """
-        return GraphHVP(self, x, max_graph_bytes=max_graph_bytes)
-
-    def _hvp(self, x: Tensor, v: Tensor, first_chunk: int = 0) -> Tensor:
-        xr = x.clone().requires_grad_(True)
-        params = self.unflatten(xr)
-        out = torch.zeros_like(x)
-        v = v.to(x.dtype)
-        with bn_mode(self.model, self.bn_mode), torch.enable_grad():
-            for xb, yb, w in self.chunks(first_chunk):
-                (g,) = torch.autograd.grad(self._chunk_loss(params, xb, yb), xr, create_graph=True)
-                (hv,) = torch.autograd.grad(g, xr, grad_outputs=v)
-                out += w * hv
-        return out
-
-    @torch.no_grad()
-    def loss_and_accuracy(self, x: Tensor) -> tuple[float, float]:
-        """Return the mean loss and the accuracy in percent at ``x`` (counted as a loss).
-
-        Accuracy is meaningful only for classification with integer targets.
-        """
-        self.counters.num_loss += 1
-        params = self.unflatten(x.detach())
-        total, correct = 0.0, 0
-        with bn_mode(self.model, self.bn_mode):
-            for xb, yb, w in self.chunks():
-                logits = functional_call(self.model, params, (xb,))
-                total += w * float(self.loss_fn(logits, yb))
-                correct += int((logits.argmax(dim=1) == yb).sum())
-        return total, 100.0 * correct / self.num_samples
-
-
 def is_finite(value: Tensor | float) -> bool:
     """Return whether a scalar is finite."""
     return math.isfinite(float(value))
+
+
+def __getattr__(name: str) -> Any:
+    # ``from sharpminima.landscape.objective import ModelObjective`` (its old home) keeps
+    # working; the class lives in :mod:`sharpminima.landscape.model_objective`.
+    if name == "ModelObjective":
+        from sharpminima.landscape.model_objective import ModelObjective
+
+        return ModelObjective
+    if name in ("GraphHVP", "default_graph_budget"):
+        from sharpminima.landscape import graph_hvp
+
+        return getattr(graph_hvp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,16 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
 from sharpminima.errors import ConfigError
 from sharpminima.landscape.objective import (
     LossFn,
-    ModelObjective,
+    NetworkObjective,
     Objective,
     as_objective,
-    bn_mode,
+    require_network,
 )
 from sharpminima.landscape.results import Cost, CostMeter
 
@@ -203,45 +202,42 @@ class HessianOperator(Operator):
 
 
 class GGNOperator(Operator):
-    """The generalized Gauss-Newton matrix of a network's mean cross-entropy.
+    """The generalized Gauss-Newton matrix of a network objective's mean loss.
 
-    ``G = sum_c (n_c / N) J_c^T H_c J_c``, where for each fixed chunk ``c`` of ``n_c``
-    samples ``J_c`` is the Jacobian of the chunk's logits ``(n_c, C)`` with respect to the
-    flat parameters and ``H_c = (1 / n_c) blockdiag_i(diag(p_i) - p_i p_i^T)`` is the Hessian
-    of the chunk's mean cross-entropy with respect to those logits (``p_i`` = softmax of
-    sample ``i``'s logits). ``G`` is positive semidefinite, weighted like the loss (chunk
-    means weighted by ``n_c / N``) and drops the second-order term of the network from the
-    Hessian (Schraudolph 2002; Martens 2020). In ``"batch"`` BatchNorm mode the logits of a
-    chunk depend jointly on all its samples, and ``J_c`` is that joint Jacobian.
+    ``G = sum_b w_b J_b^T H_b J_b``, where for each fixed batch ``b`` of weight ``w_b``
+    ``J_b`` is the Jacobian of the batch's outputs (logits, predictions) with respect to the
+    flat parameters and ``H_b`` the Hessian of the batch's mean loss with respect to those
+    outputs: for cross-entropy ``H_b = (1 / m_b) blockdiag_i(diag(p_i) - p_i p_i^T)`` over the
+    batch's ``m_b`` samples (or counted tokens; ``p_i`` = softmax of row ``i``), for MSE
+    ``2 I / numel``. ``G`` is positive semidefinite, weighted like the loss and drops the
+    second-order term of the network from the Hessian (Schraudolph 2002; Martens 2020). In
+    ``"batch"`` BatchNorm mode a batch's outputs depend jointly on all its samples, and
+    ``J_b`` is that joint Jacobian.
 
-    Each product costs per chunk one forward-mode JVP and one reverse-mode VJP through the
+    Each product costs per batch one forward-mode JVP and one reverse-mode VJP through the
     network (``torch.func``); the objective's counters are not touched (a GGN product is not
     a Hessian-vector product), so results report these products as ``num_matvecs``.
 
     Args:
-        objective: A :class:`ModelObjective` with the default cross-entropy ``loss_fn``.
+        objective: A network objective (``ggn_vp``) whose loss has a Gauss-Newton form
+            (cross-entropy, per-token cross-entropy, MSE).
         x: The point, shape ``(n,)``.
 
     Raises:
-        ConfigError: If ``objective`` is not a ModelObjective with cross-entropy loss, or
-            ``x`` does not match it.
+        ConfigError: If ``objective`` is not a network objective, its loss has no
+            Gauss-Newton form, or ``x`` does not match it.
 
     """
 
     kind = "ggn"
 
-    def __init__(self, objective: ModelObjective, x: Tensor) -> None:
+    def __init__(self, objective: NetworkObjective, x: Tensor) -> None:
         super().__init__()
-        if not isinstance(objective, ModelObjective):
-            raise ConfigError(
-                f"the Gauss-Newton operator needs a ModelObjective, got {type(objective).__name__}"
-            )
-        if objective.loss_fn is not nn.functional.cross_entropy:
-            raise ConfigError(
-                "the Gauss-Newton operator supports only torch.nn.functional.cross_entropy "
-                f"as loss_fn, got {getattr(objective.loss_fn, '__name__', objective.loss_fn)!r}"
-            )
-        self.objective = as_objective(objective, x)
+        obj = require_network(objective, "the Gauss-Newton operator")
+        check = getattr(obj, "check_ggn", None)
+        if callable(check):
+            check()
+        self.objective = as_objective(obj, x)
         self.x = x.detach().clone()
         n = int(x.numel())
         self.shape = (n, n)
@@ -249,24 +245,7 @@ class GGNOperator(Operator):
         self.device = x.device
 
     def _matvec(self, v: Tensor) -> Tensor:
-        obj = self.objective
-        assert isinstance(obj, ModelObjective)
-        out = torch.zeros_like(self.x)
-        with bn_mode(obj.model, obj.bn_mode):
-            for xb, _, weight in obj.chunks():
-
-                def logits_of(p: Tensor, xb: Tensor = xb) -> Tensor:
-                    return functional_call(obj.model, obj.unflatten(p), (xb,))
-
-                logits, jv = torch.func.jvp(logits_of, (self.x,), (v,))  # (B, C), (B, C)
-                prob = torch.softmax(logits, dim=1)  # (B, C)
-                # (diag(p) - p p^T) Jv per sample, divided by B for the chunk mean.
-                hjv = prob * jv - prob * (prob * jv).sum(dim=1, keepdim=True)  # (B, C)
-                hjv = hjv / xb.shape[0]
-                _, vjp_fn = torch.func.vjp(logits_of, self.x)
-                (jthjv,) = vjp_fn(hjv)  # (n,)
-                out += weight * jthjv
-        return out
+        return self.objective.ggn_vp(self.x, v)  # type: ignore[union-attr]
 
 
 class BlockOperator(Operator):
@@ -360,19 +339,19 @@ def parameter_groups(objective: Objective, by: str = "module") -> dict[str, Tens
     ``x``.
 
     Args:
-        objective: A :class:`ModelObjective` (it knows the parameter names and sizes).
+        objective: A network objective (it knows the parameter names and sizes).
         by: ``"module"`` or ``"parameter"``.
 
     Returns:
         Group name -> 1-D long tensor of indices into the flat vector ``x``.
 
     Raises:
-        ConfigError: If ``objective`` is not a ModelObjective or ``by`` is unknown.
+        ConfigError: If ``objective`` is not a network objective or ``by`` is unknown.
 
     """
-    if not isinstance(objective, ModelObjective):
+    if not isinstance(objective, NetworkObjective):
         raise ConfigError(
-            "parameter groups need a ModelObjective (it knows the parameter names); for "
+            "parameter groups need a network objective (it knows the parameter names); for "
             f"another objective pass groups explicitly, got {type(objective).__name__}"
         )
     if by not in ("module", "parameter"):

@@ -1,4 +1,4 @@
-"""Keskar et al.'s sharpness (Metric 2.1) and the box-constrained maximiser behind it.
+"""Keskar et al.'s sharpness (Metric 2.1), full space and random subspace.
 
 Keskar, Mudigere, Nocedal, Smelyanskiy, Tang, "On Large-Batch Training for Deep Learning:
 Generalization Gap and Sharp Minima", ICLR 2017, Sec. 2.2.2. For parameters ``x`` in
@@ -8,7 +8,7 @@ Generalization Gap and Sharp Minima", ICLR 2017, Sec. 2.2.2. For parameters ``x`
     phi(x, f; eps, A) = 100 * (max_{y in C_eps} f(x + A y) - f(x)) / (1 + f(x))
 
 ``A = None`` means ``A = I_n`` (the box ``x_i +- eps (|x_i| + 1)``). The maximisation is
-done, as in the paper, inexactly with ``maxiter`` (10) iterations of L-BFGS-B started at
+done, as in the paper, inexactly with ``max_iters`` (10) iterations of L-BFGS-B started at
 ``y = 0``, on ``-f`` with gradient ``-A^T grad f`` (smoothout's public code hands L-BFGS-B
 ``-f`` with ``+grad f``, a sign error that makes its "maximiser" a minimiser).
 
@@ -29,19 +29,14 @@ How it is computed, and why:
   with the residual (corrected semi-normal equations, Bjorck 1987), accurate to
   ``O(cond(A) u)`` like a QR solve. A dense ``n x p`` pseudo-inverse of F1's
   1.46M x 100 matrix alone takes ~37 s on two CPU cores; this takes about one second.
-* The L-BFGS-B iterations are those of scipy's implementation (``scipy.optimize``'s
-  ``setulb``). With ``driver="auto"`` it is called directly with vectorised bounds:
-  :func:`scipy.optimize.minimize` converts ``n`` bounds through Python lists and a Python
-  loop, which costs seconds per call for a million parameters. ``driver="scipy"`` uses
-  :func:`scipy.optimize.minimize` itself; both produce the same iterates (tested).
+* The box search itself (evaluations, caching, L-BFGS-B drivers, sign-gradient ascent)
+  is :mod:`sharpminima.landscape.box_search`, shared with adaptive sharpness.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,21 +44,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sharpminima.deprecation import renamed
 from sharpminima.errors import ConfigError
-from sharpminima.landscape.objective import LossFn, Objective, as_objective
+from sharpminima.landscape.box_search import (
+    BoxSearch,
+    Driver,
+    check_box_args,
+    resolve_driver,
+    run_lbfgsb,
+    run_pga,
+)
+from sharpminima.landscape.objective import LossFn, Objective, as_objective, objective_settings
+from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, register_measure
 from sharpminima.landscape.results import CostMeter, Result
 
 SubspaceDistribution = Literal["uniform", "gaussian", "uniform-raw"]
-Driver = Literal["auto", "setulb", "scipy"]
 MultistartMethod = Literal["lbfgsb", "pga"]
 
 DISTRIBUTIONS = ("uniform", "gaussian", "uniform-raw")
-DRIVERS = ("auto", "setulb", "scipy")
 MULTISTART_METHODS = ("lbfgsb", "pga")
-
-# L-BFGS-B's defaults in scipy, used by both drivers.
-_MAXLS = 20
-_MAXFUN = 15000
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class SharpnessResult(Result):
     """A box-constrained maximum of the loss around a point.
 
     For Keskar sharpness ``value = 100 * (fmax - f0) / (1 + f0)``; for adaptive sharpness
-    (:func:`sharpminima.landscape.geometry.adaptive_sharpness`) ``value = fmax - f0``;
+    (:func:`sharpminima.landscape.flatness.adaptive_sharpness`) ``value = fmax - f0``;
     ``settings["metric"]`` says which.
 
     Attributes:
@@ -128,7 +127,7 @@ class MultistartSharpnessResult(SharpnessResult):
     """Keskar sharpness with extra starts; ``value`` is the best over all of them.
 
     Attributes:
-        baseline: The standard metric (``maxiter`` L-BFGS-B iterations from ``y = 0``).
+        baseline: The standard metric (``max_iters`` L-BFGS-B iterations from ``y = 0``).
         start_values: The metric reached from each start; entry 0 is ``baseline``.
         method: ``"lbfgsb"`` (restarts) or ``"pga"`` (projected sign-gradient ascent).
     """
@@ -256,257 +255,8 @@ def subspace_coordinates(A: Tensor, x: Tensor, *, block_rows: int = 65536) -> Te
 
 
 # ---------------------------------------------------------------------------------------
-# The box search: f(x + A y) for y in a box, with caching and best-point tracking
-# ---------------------------------------------------------------------------------------
-
-
-class BoxSearch:
-    """``g(y) = f(x + A y)`` on the box ``|y_i| <= halfwidth_i``, for the optimisers.
-
-    Tracks the best (largest) finite ``f`` evaluated and where; caches the last point.
-
-    Args:
-        objective: The counted objective ``f``.
-        x: Base point ``(n,)`` in the objective's dtype.
-        A: ``(n, p)`` matrix, or ``None`` for the identity.
-        halfwidth: Box half-widths ``(p,)``, float64 numpy, nonnegative.
-
-    Raises:
-        ConfigError: If ``f`` is not finite at a point of the box.
-    """
-
-    def __init__(
-        self, objective: Objective, x: Tensor, A: Tensor | None, halfwidth: np.ndarray
-    ) -> None:
-        self.objective = objective
-        self.x = x
-        self.A = A
-        self.halfwidth = halfwidth
-        self.lower = -halfwidth
-        self.num_evals = 0
-        self.cache_hits = 0
-        self.objective_seconds = 0.0
-        self.best_f = -math.inf
-        self.best_y: np.ndarray | None = None
-        self.segment_best = -math.inf
-        self._cache_y: np.ndarray | None = None
-        self._cache_point: Tensor | None = None
-        self._cache_fg: tuple[float, np.ndarray] = (math.nan, np.empty(0))
-        # Full space: x + y is formed in float64 and rounded once to the objective's dtype.
-        self._x64 = x.double() if A is None and x.dtype != torch.float64 else None
-
-    @property
-    def dim(self) -> int:
-        """Number of box coordinates ``p``."""
-        return int(self.halfwidth.shape[0])
-
-    def point(self, y: np.ndarray) -> Tensor:
-        """Return ``x + A y`` in the objective's dtype and device, set from ``x`` absolutely."""
-        if self._x64 is not None:  # one rounding: fl(x + y), not fl(x + fl(y))
-            yt = torch.from_numpy(y).to(device=self.x.device)
-            return (self._x64 + yt).to(self.x.dtype)
-        yt = torch.from_numpy(y).to(device=self.x.device, dtype=self.x.dtype)
-        return self.x + yt if self.A is None else torch.addmv(self.x, self.A, yt)
-
-    def value_and_grad(self, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """Return ``f(x + A y)`` and ``A^T grad f`` (float64 numpy), counting and caching.
-
-        A request is answered from the cache when ``y`` equals the last one, or when the
-        point ``x + A y`` rounds to the same vector in the objective's dtype (a line search
-        can shrink its steps below the float32 resolution of the parameters).
-        """
-        self.num_evals += 1
-        if self._cache_y is not None and np.array_equal(y, self._cache_y):
-            self.cache_hits += 1
-            return self._cache_fg
-        y = np.clip(y, self.lower, self.halfwidth)  # feasible by construction; guards rounding
-        point = self.point(y)
-        if self._cache_point is not None and torch.equal(point, self._cache_point):
-            self.cache_hits += 1
-            self._cache_y = y.copy()
-            return self._cache_fg
-        t0 = time.perf_counter()
-        f_t, g_t = self.objective.loss_and_grad(point)
-        self.objective_seconds += time.perf_counter() - t0
-        f = float(f_t)
-        if not math.isfinite(f):
-            raise ConfigError(
-                f"the loss is not finite ({f}) at a point of the box (|y|_inf = "
-                f"{float(np.abs(y).max(initial=0.0)):.3g}); reduce eps"
-            )
-        gy = g_t if self.A is None else self.A.T @ g_t  # (p,)
-        g = gy.detach().to(device="cpu", dtype=torch.float64).numpy()
-        if f > self.best_f:
-            self.best_f, self.best_y = f, y.copy()
-        self.segment_best = max(self.segment_best, f)
-        self._cache_y = y.copy()
-        self._cache_point = point
-        self._cache_fg = (f, g)
-        return f, g
-
-    def negated(self, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """``(-f, -grad)``: the minimisation problem handed to L-BFGS-B (signs consistent)."""
-        f, g = self.value_and_grad(y)
-        return -f, -g
-
-    def clip(self, y: np.ndarray) -> np.ndarray:
-        """Project ``y`` onto the box."""
-        return np.clip(y, self.lower, self.halfwidth)
-
-
-@dataclass(frozen=True)
-class _Run:
-    final_f: float
-    num_iters: int
-    success: bool
-    message: str
-
-
-def _lbfgsb_setulb(
-    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    y0: np.ndarray,
-    lower: np.ndarray,
-    upper: np.ndarray,
-    *,
-    maxiter: int,
-    maxcor: int,
-    ftol: float,
-    gtol: float,
-) -> tuple[np.ndarray, float, _Run]:
-    """Run scipy's L-BFGS-B (``_lbfgsb.setulb``, scipy >= 1.15) with vectorised bounds.
-
-    Mirrors :func:`scipy.optimize._lbfgsb_py._minimize_lbfgsb` step for step, minus its
-    per-coordinate Python loop over the bounds.
-    """
-    from scipy.optimize import _lbfgsb  # private: checked by _setulb_available()
-    from scipy.optimize._lbfgsb_py import status_messages, task_messages
-
-    n, m = y0.shape[0], maxcor
-    nbd = np.full(n, 2, dtype=np.int32)  # every coordinate has both bounds
-    x = np.clip(y0, lower, upper).astype(np.float64, copy=True)
-    f: Any = np.array(0.0, dtype=np.float64)
-    g = np.zeros(n, dtype=np.float64)
-    wa = np.zeros(2 * m * n + 5 * n + 11 * m * m + 8 * m, dtype=np.float64)
-    iwa = np.zeros(3 * n, dtype=np.int32)
-    task = np.zeros(2, dtype=np.int32)
-    ln_task = np.zeros(2, dtype=np.int32)
-    lsave = np.zeros(4, dtype=np.int32)
-    isave = np.zeros(44, dtype=np.int32)
-    dsave = np.zeros(29, dtype=np.float64)
-    factr = ftol / np.finfo(float).eps
-    lower = np.ascontiguousarray(lower, dtype=np.float64)
-    upper = np.ascontiguousarray(upper, dtype=np.float64)
-    nit = nfev = 0
-    while True:
-        _lbfgsb.setulb(
-            m, x, lower, upper, nbd, f, g, factr, gtol, wa, iwa, task, lsave, isave, dsave,
-            _MAXLS, ln_task,
-        )
-        if task[0] == 3:  # FG: f and g wanted at x
-            f, g = fun(x)
-            g = np.ascontiguousarray(g, dtype=np.float64)
-            nfev += 1
-        elif task[0] == 1:  # NEW_X: an iteration is complete
-            nit += 1
-            if nit >= maxiter:
-                task[0], task[1] = 5, 504
-            elif nfev > _MAXFUN:
-                task[0], task[1] = 5, 502
-        else:
-            break
-    message = status_messages[int(task[0])] + ": " + task_messages[int(task[1])]
-    return x, float(f), _Run(float(f), nit, bool(task[0] == 4), message)
-
-
-def _lbfgsb_scipy(
-    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    y0: np.ndarray,
-    lower: np.ndarray,
-    upper: np.ndarray,
-    *,
-    maxiter: int,
-    maxcor: int,
-    ftol: float,
-    gtol: float,
-) -> tuple[np.ndarray, float, _Run]:
-    """The same problem through :func:`scipy.optimize.minimize` (the public reference path)."""
-    from scipy.optimize import Bounds, minimize
-
-    res = minimize(
-        fun, y0, jac=True, method="L-BFGS-B", bounds=Bounds(lower, upper),
-        options={"maxiter": maxiter, "maxcor": maxcor, "ftol": ftol, "gtol": gtol,
-                 "maxls": _MAXLS, "maxfun": _MAXFUN},
-    )
-    return res.x, float(res.fun), _Run(float(res.fun), int(res.nit), bool(res.success),
-                                       str(res.message))
-
-
-def _setulb_available() -> bool:
-    try:
-        import scipy
-        from scipy.optimize import _lbfgsb
-        from scipy.optimize._lbfgsb_py import status_messages, task_messages  # noqa: F401
-    except ImportError:
-        return False
-    major, minor = (int(v) for v in scipy.__version__.split(".")[:2])
-    doc = getattr(_lbfgsb.setulb, "__doc__", "") or ""
-    return (major, minor) >= (1, 15) and "ln_task" in doc
-
-
-def _resolve_driver(driver: str) -> str:
-    if driver not in DRIVERS:
-        raise ConfigError(f"unknown L-BFGS-B driver {driver!r}; choose one of {DRIVERS}")
-    if driver == "auto":
-        return "setulb" if _setulb_available() else "scipy"
-    if driver == "setulb" and not _setulb_available():
-        raise ConfigError(
-            "driver='setulb' needs scipy >= 1.15 (its C L-BFGS-B); use driver='scipy'"
-        )
-    return driver
-
-
-def run_lbfgsb(
-    search: BoxSearch,
-    y0: np.ndarray,
-    *,
-    maxiter: int,
-    maxcor: int = 10,
-    ftol: float = 0.0,
-    gtol: float = 0.0,
-    driver: str = "setulb",
-) -> _Run:
-    """Maximise ``f`` over the box from ``y0`` with L-BFGS-B on ``(-f, -grad f)``."""
-    fn = _lbfgsb_setulb if driver == "setulb" else _lbfgsb_scipy
-    y_final, neg_f, run = fn(
-        search.negated, y0, search.lower, search.halfwidth,
-        maxiter=maxiter, maxcor=maxcor, ftol=ftol, gtol=gtol,
-    )
-    return dataclasses.replace(run, final_f=-neg_f)
-
-
-def run_pga(search: BoxSearch, y0: np.ndarray, *, num_steps: int, step: float) -> None:
-    """Projected sign-gradient ascent on the box (PGD of the adversarial literature).
-
-    ``y <- clip(y + step * halfwidth * sign(grad), box)``: the steepest-ascent step for the
-    box's scaled infinity norm; ``num_steps`` steps after the evaluation at ``y0``.
-    """
-    y = search.clip(y0)
-    for _ in range(num_steps):
-        _, g = search.value_and_grad(y)
-        y = search.clip(y + step * search.halfwidth * np.sign(g))
-    search.value_and_grad(y)
-
-
-# ---------------------------------------------------------------------------------------
 # Keskar sharpness
 # ---------------------------------------------------------------------------------------
-
-
-def _check_common(eps: float, maxiter: int) -> None:
-    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
-        raise ConfigError(f"eps must be a positive finite number, got {eps!r}")
-    if not (isinstance(maxiter, int) and maxiter >= 1):
-        raise ConfigError(f"maxiter must be a positive integer, got {maxiter!r}")
 
 
 def _check_normalisation(f0: float) -> None:
@@ -517,14 +267,18 @@ def _check_normalisation(f0: float) -> None:
         )
 
 
-def _resolve_subspace(
+def resolve_subspace(
     obj: Objective,
     A: Tensor | None,
     p: int | None,
     seed: int | None,
     distribution: str,
 ) -> tuple[Tensor | None, dict[str, Any]]:
-    """Return ``(A or None, settings)`` for the full space, a given or a drawn subspace."""
+    """Return ``(A or None, settings)`` for the full space, a given or a drawn subspace.
+
+    Raises:
+        ConfigError: For both ``A`` and ``p``, a malformed ``A``, or ``p`` without a seed.
+    """
     if A is not None and p is not None:
         raise ConfigError("give either a subspace matrix A or its dimension p (drawn), not both")
     if A is not None:
@@ -548,11 +302,6 @@ def _resolve_subspace(
                "subspace_seed": int(seed)}
 
 
-def _objective_settings(obj: Objective) -> dict[str, Any]:
-    settings = getattr(obj, "settings", None)
-    return dict(settings()) if callable(settings) else {}
-
-
 def keskar_halfwidth(x: Tensor, eps: float, A: Tensor | None) -> np.ndarray:
     """The paper's box half-widths ``eps * (|(A^+ x)_i| + 1)`` as float64 numpy ``(p,)``."""
     c = x.detach().double() if A is None else subspace_coordinates(A, x)
@@ -569,23 +318,11 @@ def _prepare(
 ) -> tuple[Objective, Tensor, Tensor | None, dict[str, Any]]:
     obj = as_objective(loss, x)
     x = x.detach().to(device=obj.device, dtype=obj.dtype)
-    a, sub = _resolve_subspace(obj, A, p, seed, distribution)
+    a, sub = resolve_subspace(obj, A, p, seed, distribution)
     return obj, x, a, sub
 
 
-def _result_fields(search: BoxSearch, f0: float) -> dict[str, Any]:
-    assert search.best_y is not None  # y = 0 was evaluated first
-    return {
-        "f0": f0,
-        "fmax": search.best_f,
-        "y": torch.from_numpy(search.best_y),
-        "halfwidth": torch.from_numpy(search.halfwidth),
-        "num_evals": search.num_evals,
-        "cache_hits": search.cache_hits,
-        "objective_seconds": search.objective_seconds,
-    }
-
-
+@renamed(maxiter="max_iters")
 def keskar_sharpness(
     loss: LossFn | Objective,
     x: Tensor,
@@ -595,7 +332,7 @@ def keskar_sharpness(
     p: int | None = None,
     seed: int | None = None,
     distribution: SubspaceDistribution = "uniform",
-    maxiter: int = 10,
+    max_iters: int = 10,
     maxcor: int = 10,
     ftol: float = 0.0,
     gtol: float = 0.0,
@@ -605,7 +342,7 @@ def keskar_sharpness(
 
     ``phi = 100 * (max_{y in C_eps} f(x + A y) - f(x)) / (1 + f(x))`` with
     ``C_eps = {|y_i| <= eps (|(A^+ x)_i| + 1)}``; the maximum is approximated by
-    ``maxiter`` L-BFGS-B iterations from ``y = 0`` (10 in the paper) and is the largest
+    ``max_iters`` L-BFGS-B iterations from ``y = 0`` (10 in the paper) and is the largest
     ``f`` among all points evaluated. ``f`` is the objective as given: for a
     :class:`~sharpminima.landscape.objective.ModelObjective`, the mean loss over its data in
     its BatchNorm mode, both recorded in ``settings`` (Keskar et al.'s Keras code used batch
@@ -628,7 +365,7 @@ def keskar_sharpness(
         seed: Seed of the drawn subspace (recorded; also recorded if ``A`` is given).
         distribution: Distribution of the drawn subspace, ``"uniform"``, ``"gaussian"`` or
             ``"uniform-raw"`` (see :func:`random_subspace`).
-        maxiter: L-BFGS-B iterations.
+        max_iters: L-BFGS-B iterations.
         maxcor: L-BFGS-B memory (scipy's default 10).
         ftol: L-BFGS-B relative-reduction tolerance (0: off).
         gtol: L-BFGS-B projected-gradient tolerance (0: off).
@@ -637,30 +374,30 @@ def keskar_sharpness(
 
     Returns:
         :class:`SharpnessResult`; ``settings`` holds eps, the space and subspace
-        distribution and seed, maxiter, the driver and the objective's settings (BN mode,
+        distribution and seed, max_iters, the driver and the objective's settings (BN mode,
         number of samples, chunk size).
 
     Raises:
-        ConfigError: For a nonpositive eps or maxiter, a malformed or rank-deficient ``A``,
+        ConfigError: For a nonpositive eps or max_iters, a malformed or rank-deficient ``A``,
             both ``A`` and ``p``, ``p`` without ``seed``, an unknown distribution or
             driver, or a loss that is not finite in the box.
     """
-    _check_common(eps, maxiter)
-    drv = _resolve_driver(driver)
+    check_box_args(eps, max_iters)
+    drv = resolve_driver(driver)
     obj, x, a, sub = _prepare(loss, x, A, p, seed, distribution)
     with CostMeter(obj) as meter:
         search = BoxSearch(obj, x, a, keskar_halfwidth(x, eps, a))
         y0 = np.zeros(search.dim)
         f0, _ = search.value_and_grad(y0)
         _check_normalisation(f0)
-        run = run_lbfgsb(search, y0, maxiter=maxiter, maxcor=maxcor, ftol=ftol, gtol=gtol,
+        run = run_lbfgsb(search, y0, max_iters=max_iters, maxcor=maxcor, ftol=ftol, gtol=gtol,
                          driver=drv)
     settings = {
-        "metric": "keskar", "eps": float(eps), **sub, "maxiter": maxiter, "maxcor": maxcor,
+        "metric": "keskar", "eps": float(eps), **sub, "max_iters": max_iters, "maxcor": maxcor,
         "ftol": ftol, "gtol": gtol, "optimizer": "L-BFGS-B", "driver": drv,
-        "dtype": str(obj.dtype), **_objective_settings(obj),
+        "dtype": str(obj.dtype), **objective_settings(obj),
     }
-    fields = _result_fields(search, f0)
+    fields = search.result_fields(f0)
     return SharpnessResult(
         value=100.0 * (fields["fmax"] - f0) / (1.0 + f0),
         settings=settings,
@@ -674,6 +411,7 @@ def keskar_sharpness(
     )
 
 
+@renamed(maxiter="max_iters")
 def keskar_sharpness_multistart(
     loss: LossFn | Objective,
     x: Tensor,
@@ -685,7 +423,7 @@ def keskar_sharpness_multistart(
     distribution: SubspaceDistribution = "uniform",
     method: MultistartMethod = "lbfgsb",
     num_starts: int = 4,
-    maxiter: int = 10,
+    max_iters: int = 10,
     pga_steps: int = 10,
     pga_step: float = 0.5,
     maxcor: int = 10,
@@ -693,11 +431,11 @@ def keskar_sharpness_multistart(
 ) -> MultistartSharpnessResult:
     """Keskar sharpness searched harder: the standard run plus extra starts.
 
-    Start 0 is the standard metric (:func:`keskar_sharpness`: ``maxiter`` L-BFGS-B
+    Start 0 is the standard metric (:func:`keskar_sharpness`: ``max_iters`` L-BFGS-B
     iterations from ``y = 0``), recorded as ``baseline``. Then ``num_starts - 1`` extra
     searches over the same box:
 
-    * ``method="lbfgsb"``: L-BFGS-B (``maxiter`` iterations) from points drawn uniformly in
+    * ``method="lbfgsb"``: L-BFGS-B (``max_iters`` iterations) from points drawn uniformly in
       the box.
     * ``method="pga"``: projected sign-gradient ascent, ``pga_steps`` steps of
       ``y <- clip(y + pga_step * halfwidth * sign(grad))``, the first extra start from
@@ -718,7 +456,7 @@ def keskar_sharpness_multistart(
         distribution: Distribution of the drawn subspace.
         method: ``"lbfgsb"`` or ``"pga"``.
         num_starts: Starts in all, the standard one included (``>= 1``).
-        maxiter: L-BFGS-B iterations per L-BFGS-B start.
+        max_iters: L-BFGS-B iterations per L-BFGS-B start.
         pga_steps: Gradient steps per PGA start (``>= 1``).
         pga_step: PGA step as a fraction of the box half-width (``> 0``).
         maxcor: L-BFGS-B memory.
@@ -731,7 +469,7 @@ def keskar_sharpness_multistart(
         ConfigError: As :func:`keskar_sharpness`, and for an unknown method, ``num_starts``
             or ``pga_steps`` below 1, or a nonpositive ``pga_step``.
     """
-    _check_common(eps, maxiter)
+    check_box_args(eps, max_iters)
     if method not in MULTISTART_METHODS:
         raise ConfigError(
             f"unknown multistart method {method!r}; choose one of {MULTISTART_METHODS}"
@@ -743,7 +481,7 @@ def keskar_sharpness_multistart(
             f"pga_steps must be a positive integer and pga_step positive, got {pga_steps!r} "
             f"and {pga_step!r}"
         )
-    drv = _resolve_driver(driver)
+    drv = resolve_driver(driver)
     obj, x, a, sub = _prepare(loss, x, A, p, seed, distribution)
     rng = np.random.default_rng(seed)
 
@@ -755,7 +493,7 @@ def keskar_sharpness_multistart(
         y0 = np.zeros(search.dim)
         f0, _ = search.value_and_grad(y0)
         _check_normalisation(f0)
-        base = run_lbfgsb(search, y0, maxiter=maxiter, maxcor=maxcor, driver=drv)
+        base = run_lbfgsb(search, y0, max_iters=max_iters, maxcor=maxcor, driver=drv)
         start_values = [to_metric(search.best_f)]
         for k in range(1, num_starts):
             search.segment_best = -math.inf
@@ -764,18 +502,18 @@ def keskar_sharpness_multistart(
             else:
                 start = rng.uniform(search.lower, search.halfwidth)
             if method == "lbfgsb":
-                run_lbfgsb(search, start, maxiter=maxiter, maxcor=maxcor, driver=drv)
+                run_lbfgsb(search, start, max_iters=max_iters, maxcor=maxcor, driver=drv)
             else:
                 run_pga(search, start, num_steps=pga_steps, step=pga_step)
             start_values.append(to_metric(search.segment_best))
     settings = {
-        "metric": "keskar", "eps": float(eps), **sub, "maxiter": maxiter, "maxcor": maxcor,
+        "metric": "keskar", "eps": float(eps), **sub, "max_iters": max_iters, "maxcor": maxcor,
         "optimizer": "L-BFGS-B", "driver": drv, "multistart": method,
         "num_starts": num_starts, "pga_steps": pga_steps if method == "pga" else None,
         "pga_step": pga_step if method == "pga" else None, "start_distribution": "uniform-box",
-        "dtype": str(obj.dtype), **_objective_settings(obj),
+        "dtype": str(obj.dtype), **objective_settings(obj),
     }
-    fields = _result_fields(search, f0)
+    fields = search.result_fields(f0)
     return MultistartSharpnessResult(
         value=to_metric(fields["fmax"]),
         settings=settings,
@@ -790,3 +528,112 @@ def keskar_sharpness_multistart(
         method=method,
         **fields,
     )
+
+
+# -------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class KeskarParams(MeasureParams):
+    """Parameters of ``keskar_sharpness``: Metric 2.1 in the full space or a random subspace.
+
+    Attributes:
+        eps: Box size (the paper: 1e-3 and 5e-4).
+        subspace: ``"full"`` (``A = I``) or ``"random"`` (``p`` random columns).
+        p: Random subspace dimension (the paper: 100).
+        seed: Seed of the random subspace.
+        distribution: The random subspace's entries (see :func:`random_subspace`).
+        max_iters: L-BFGS-B iterations (the paper: 10).
+    """
+
+    eps: float = 1e-3
+    subspace: Literal["full", "random"] = "full"
+    p: int | None = 100
+    seed: int | None = 0
+    distribution: Literal["uniform", "gaussian", "uniform-raw"] | None = "uniform"
+    max_iters: int = 10
+
+    def validate(self) -> None:
+        """Eps > 0, max_iters >= 1, p >= 1."""
+        check_box_args(self.eps, self.max_iters)
+        if self.subspace == "random" and (self.p is None or self.p < 1 or self.seed is None
+                                          or self.distribution is None):
+            raise ConfigError("a random subspace needs p >= 1, a seed and a distribution")
+
+    def canonical(self) -> dict[str, Any]:
+        """The subspace settings do not matter in the full space."""
+        out = dataclasses.asdict(self)
+        if self.subspace == "full":
+            out.update(p=None, seed=None, distribution=None)
+        return out
+
+
+@dataclass(frozen=True)
+class MultistartParams(KeskarParams):
+    """Parameters of ``keskar_sharpness_multistart`` (see :func:`keskar_sharpness_multistart`)."""
+
+    method: Literal["lbfgsb", "pga"] = "lbfgsb"
+    num_starts: int = 4
+    pga_steps: int = 10
+    pga_step: float = 0.5
+
+    def validate(self) -> None:
+        """As Keskar's, and at least one start and step."""
+        super().validate()
+        if self.num_starts < 1 or self.pga_steps < 1 or not self.pga_step > 0:
+            raise ConfigError("num_starts and pga_steps must be positive integers, pga_step positive")
+
+    def canonical(self) -> dict[str, Any]:
+        """The subspace settings do not matter in the full space (the seed of the starts does)."""
+        out = dataclasses.asdict(self)
+        if self.subspace == "full":
+            out.update(p=None, distribution=None)
+        return out
+
+
+#: The last random subspace drawn (shape, seed and distribution -> matrix): drawing F1's
+#: 1.46M x 100 matrix costs seconds, and a study measures many runs in the same subspace.
+_DRAWN: dict[tuple, Tensor] = {}
+
+
+def drawn_subspace(n: int, p: int, seed: int, distribution: str, dtype: torch.dtype,
+                   device: torch.device) -> Tensor:
+    """:func:`random_subspace`, remembering the last matrix drawn (one at a time)."""
+    key = (n, p, seed, distribution, dtype, str(device))
+    if key not in _DRAWN:
+        _DRAWN.clear()
+        _DRAWN[key] = random_subspace(n, p, seed=seed, distribution=distribution,  # type: ignore[arg-type]
+                                      dtype=dtype, device=device)
+    return _DRAWN[key]
+
+
+def _subspace_args(inputs: Inputs, p: KeskarParams) -> dict[str, Any]:
+    if p.subspace == "full":
+        return {}
+    assert p.p is not None and p.seed is not None and p.distribution is not None
+    obj = inputs.objective
+    return {"A": drawn_subspace(obj.dim, p.p, p.seed, p.distribution, obj.dtype, obj.device)}
+
+
+def _keskar(inputs: Inputs, p: KeskarParams) -> SharpnessResult:
+    seed = p.seed if p.subspace == "random" else None
+    return keskar_sharpness(inputs.objective, inputs.x, eps=p.eps, max_iters=p.max_iters, seed=seed,
+                            **_subspace_args(inputs, p))
+
+
+def _multistart(inputs: Inputs, p: MultistartParams) -> MultistartSharpnessResult:
+    return keskar_sharpness_multistart(
+        inputs.objective, inputs.x, eps=p.eps, max_iters=p.max_iters, seed=p.seed if p.seed is not None else 0,
+        method=p.method, num_starts=p.num_starts, pga_steps=p.pga_steps, pga_step=p.pga_step,
+        **_subspace_args(inputs, p),
+    )
+
+
+register_measure(Measure(
+    "keskar_sharpness", KeskarParams, _keskar,
+    "Keskar et al.'s Metric 2.1: the largest loss increase in a box of size eps, in percent",
+    aliases=("sharpness",), passes=lambda p: p.max_iters + 3,
+))
+register_measure(Measure(
+    "keskar_sharpness_multistart", MultistartParams, _multistart,
+    "Metric 2.1 searched from several starts (L-BFGS-B restarts or sign-gradient ascent)",
+    aliases=("sharpness-multistart",), passes=lambda p: p.num_starts * (p.max_iters + 3),
+))

@@ -14,16 +14,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from sharpminima.errors import ConfigError
 from sharpminima.landscape.batched import evaluate_points
-from sharpminima.landscape.objective import LossFn, ModelObjective, Objective, as_objective
+from sharpminima.landscape.objective import LossFn, Objective, as_objective, objective_settings
+from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, Needs, positive, register_measure
 from sharpminima.landscape.results import CostMeter, Result
-from sharpminima.landscape.sharpness import _objective_settings
 
 Normalization = Literal["filter", "layer", "none"]
 OneD = Literal["zero", "weights", "filter"]
@@ -31,8 +31,12 @@ NORMALIZATIONS = ("filter", "layer", "none")
 ONE_D = ("zero", "weights", "filter")
 
 
-def _shapes(layout: ModelObjective | Sequence[torch.Size | tuple[int, ...]], n: int) -> list:
-    shapes = list(layout.shapes) if isinstance(layout, ModelObjective) else list(layout)
+#: The parameter shapes of a flat vector: a network objective (``.shapes``) or a sequence.
+ShapeLayout = Any
+
+
+def _shapes(layout: ShapeLayout, n: int) -> list:
+    shapes = list(layout.shapes) if hasattr(layout, "shapes") else list(layout)
     total = sum(math.prod(s) for s in shapes)
     if total != n:
         raise ConfigError(f"the parameter shapes cover {total} entries but x has {n}")
@@ -41,7 +45,7 @@ def _shapes(layout: ModelObjective | Sequence[torch.Size | tuple[int, ...]], n: 
 
 def random_direction(
     x: Tensor,
-    layout: ModelObjective | Sequence[torch.Size | tuple[int, ...]],
+    layout: ShapeLayout,
     *,
     seed: int,
     normalization: Normalization = "filter",
@@ -64,7 +68,7 @@ def random_direction(
 
     Args:
         x: The flat parameter vector ``(n,)`` whose filter norms are matched.
-        layout: A ModelObjective, or the parameter shapes in the order of ``x``.
+        layout: A network objective, or the parameter shapes in the order of ``x``.
         seed: Seed (``torch.Generator`` on the CPU; the direction does not depend on the
             device).
         normalization: ``"filter"``, ``"layer"`` or ``"none"``.
@@ -139,8 +143,9 @@ def _grid(values: Tensor | Sequence[float], name: str) -> Tensor:
 
 
 def _evaluate(obj: Objective, point: Tensor) -> tuple[float, float]:
-    if isinstance(obj, ModelObjective):
-        return obj.loss_and_accuracy(point)
+    metrics = getattr(obj, "loss_and_accuracy", None)
+    if callable(metrics):
+        return metrics(point)
     return float(obj.loss(point)), math.nan
 
 
@@ -155,8 +160,8 @@ def loss_surface(
     """``f(x0 + a d)`` on a line or ``f(x0 + a d + b e)`` on a grid of a plane.
 
     Every point is set absolutely from the frozen ``x0`` (no walking, so no drift and no
-    state left in a model). For a :class:`~sharpminima.landscape.objective.ModelObjective`
-    the loss and accuracy come from one pass per point, in its BatchNorm mode (recorded).
+    state left in a model). For a network objective the loss and accuracy (where the loss
+    defines one) come from one pass per point, in its BatchNorm mode (recorded).
 
     Args:
         loss: A callable of the flat parameter vector, or an Objective.
@@ -212,12 +217,12 @@ def loss_surface(
     return SurfaceResult(
         value=f0,
         settings={"measure": f"surface_{len(shape)}d", "shape": list(shape),
-                  "dtype": str(obj.dtype), **_objective_settings(obj)},
+                  "dtype": str(obj.dtype), **objective_settings(obj)},
         cost=meter.cost,
         alphas=grids[0],
         betas=grids[1] if len(grids) == 2 else None,
         losses=losses,
-        accuracies=accs if isinstance(obj, ModelObjective) else None,
+        accuracies=accs if bool(getattr(obj, "has_accuracy", False)) else None,
     )
 
 
@@ -275,3 +280,48 @@ def loss_surface_2d(
         [default if alphas is None else alphas, default if betas is None else betas],
         batched=batched,
     )
+
+
+# -------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class SurfaceParams(MeasureParams):
+    """Parameters of ``loss_surface``: filter-normalised random directions around the point.
+
+    Attributes:
+        dims: 1 (a line) or 2 (a plane).
+        seed: Seed of the first direction (the second uses ``seed + 1``).
+        num_points: Points per axis (None: 21 for a line, 11 for a plane).
+        radius: The grid spans ``[-radius, radius]`` along each direction.
+        normalization: ``"filter"`` (Li et al.), ``"layer"`` or ``"none"``.
+    """
+
+    dims: Literal[1, 2] = 1
+    seed: int = 0
+    num_points: int | None = None
+    radius: float = 1.0
+    normalization: Literal["filter", "layer", "none"] = "filter"
+
+    def validate(self) -> None:
+        """At least two points, a positive radius."""
+        if self.num_points is not None and self.num_points < 2:
+            raise ConfigError(f"num_points must be at least 2, got {self.num_points}")
+        positive("radius", self.radius)
+
+
+def _surface(inputs: Inputs, p: SurfaceParams) -> SurfaceResult:
+    obj, x = inputs.objective, inputs.x
+    n = p.num_points if p.num_points is not None else (21 if p.dims == 1 else 11)
+    grid = torch.linspace(-p.radius, p.radius, n, dtype=torch.float64)
+    d = random_direction(x, obj, seed=p.seed, normalization=p.normalization)
+    if p.dims == 1:
+        return loss_surface_1d(obj, x, d, grid)
+    e = random_direction(x, obj, seed=p.seed + 1, normalization=p.normalization)
+    return loss_surface_2d(obj, x, d, e, grid, grid)
+
+
+register_measure(Measure(
+    "loss_surface", SurfaceParams, _surface,
+    "Loss (and accuracy) on a line or plane of filter-normalised random directions (Li et al. 2018)",
+    aliases=("surface", "loss_surface_1d"), needs=Needs(network=True),
+    passes=lambda p: ((p.num_points or 21) if p.dims == 1 else (p.num_points or 11) ** 2) / 3,
+))

@@ -12,14 +12,16 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from sharpminima.deprecation import renamed
 from sharpminima.errors import ConfigError
 from sharpminima.landscape.objective import LossFn, Objective
 from sharpminima.landscape.operators import Operator, OperatorMeter, as_operator, resolve_operator
+from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, Needs, positive, register_measure
 from sharpminima.landscape.results import Result
 
 Distribution = Literal["rademacher", "gaussian"]
@@ -33,8 +35,8 @@ class TraceResult(Result):
     Attributes:
         value: Mean of the probe estimates ``z_j^T A z_j``.
         stderr: Sample standard error of ``value`` (sample std with ``ddof=1`` over
-            ``sqrt(num_samples)``).
-        num_samples: Number of probes used (fewer than asked if ``tol`` stopped early).
+            ``sqrt(num_probes)``).
+        num_probes: Number of probes used (fewer than asked if ``tol`` stopped early).
         estimates: The per-probe values ``z_j^T A z_j``.
         distribution: ``"rademacher"`` or ``"gaussian"``.
         num_matvecs: Products with the operator (one per probe).
@@ -42,10 +44,15 @@ class TraceResult(Result):
     """
 
     stderr: float = math.nan
-    num_samples: int = 0
+    num_probes: int = 0
     estimates: tuple[float, ...] = ()
     distribution: str = "rademacher"
     num_matvecs: int = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Deprecated name of :attr:`num_probes`."""
+        return self.num_probes
 
 
 def probe(
@@ -74,40 +81,41 @@ def probe(
     return z.to(dtype=like.dtype, device=like.device)
 
 
+@renamed(samples="num_probes", min_samples="min_probes")
 def hutchinson(
     A: Tensor | Operator,
     *,
-    samples: int = 100,
+    num_probes: int = 100,
     seed: int = 0,
     tol: float | None = None,
     distribution: Distribution = "rademacher",
-    min_samples: int = 10,
+    min_probes: int = 10,
 ) -> TraceResult:
     """Estimate ``tr(A)`` with Hutchinson's estimator and its standard error.
 
     Args:
         A: A symmetric ``n x n`` operator or dense tensor.
-        samples: Most probes (one product each); at least 2, for a standard error.
+        num_probes: Most probes (one product each); at least 2, for a standard error.
         seed: Seed of the probes (drawn in float64 on CPU, so reproducible across devices).
-        tol: Stop early once ``stderr <= tol * |value|`` (after ``min_samples`` probes);
-            ``None`` always uses ``samples`` probes.
+        tol: Stop early once ``stderr <= tol * |value|`` (after ``min_probes`` probes);
+            ``None`` always uses ``num_probes`` probes.
         distribution: ``"rademacher"`` (default, lower variance) or ``"gaussian"``.
-        min_samples: Fewest probes before the ``tol`` test (a standard error from very few
-            samples is itself too noisy to stop on).
+        min_probes: Fewest probes before the ``tol`` test (a standard error from very few
+            probes is itself too noisy to stop on).
 
     Returns:
         :class:`TraceResult`; ``converged`` is True without ``tol``, else whether it was met.
 
     Raises:
-        ConfigError: If ``samples < 2``, ``min_samples < 2``, ``tol <= 0`` or the
+        ConfigError: If ``num_probes < 2``, ``min_probes < 2``, ``tol <= 0`` or the
             distribution is unknown.
 
     """
     op = as_operator(A)
-    if samples < 2 or min_samples < 2:
+    if num_probes < 2 or min_probes < 2:
         raise ConfigError(
-            f"need at least 2 samples for a standard error, got samples={samples}, "
-            f"min_samples={min_samples}"
+            f"need at least 2 probes for a standard error, got num_probes={num_probes}, "
+            f"min_probes={min_probes}"
         )
     if tol is not None and not tol > 0:
         raise ConfigError(f"tol must be positive or None, got {tol!r}")
@@ -120,11 +128,11 @@ def hutchinson(
     estimates: list[float] = []
     converged = tol is None
     with OperatorMeter(op) as meter:
-        for _ in range(samples):
+        for _ in range(num_probes):
             z = probe(n, distribution, generator, op)
             estimates.append(float(torch.dot(z.double(), (op @ z).double())))
             m = len(estimates)
-            if tol is not None and m >= min_samples:
+            if tol is not None and m >= min_probes:
                 mean = statistics.fmean(estimates)
                 if statistics.stdev(estimates) / math.sqrt(m) <= tol * abs(mean):
                     converged = True
@@ -133,15 +141,15 @@ def hutchinson(
     return TraceResult(
         value=statistics.fmean(estimates),
         stderr=statistics.stdev(estimates) / math.sqrt(m),
-        num_samples=m,
+        num_probes=m,
         estimates=tuple(estimates),
         distribution=distribution,
         num_matvecs=meter.num_matvecs,
         settings={
             "method": "hutchinson",
-            "samples": samples,
+            "num_probes": num_probes,
             "tol": tol,
-            "min_samples": min_samples,
+            "min_probes": min_probes,
             "distribution": distribution,
             "seed": seed,
             **op.settings(),
@@ -152,30 +160,32 @@ def hutchinson(
     )
 
 
+@renamed(samples="num_probes", min_samples="min_probes")
 def hessian_trace(
     loss: LossFn | Objective,
     x: Tensor,
     *,
-    samples: int = 100,
+    num_probes: int = 100,
     seed: int = 0,
     tol: float | None = None,
     distribution: Distribution = "rademacher",
-    min_samples: int = 10,
+    min_probes: int = 10,
     operator: Tensor | Operator | None = None,
 ) -> TraceResult:
     """Hutchinson estimate of the trace of the Hessian of ``loss`` at ``x``.
 
-    For a ModelObjective, the Hessian of the mean loss over its ``N`` samples (chunks
-    weighted by size) in its BatchNorm mode; the trace is the sum of its eigenvalues.
+    For a network objective, the Hessian of the mean loss over its samples (batches
+    weighted by their counts) in its BatchNorm mode; the trace is the sum of its
+    eigenvalues.
 
     Args:
         loss: A callable of the flat parameter vector, or an Objective.
         x: The point, shape ``(n,)``.
-        samples: Most probes (one Hessian-vector product each).
+        num_probes: Most probes (one Hessian-vector product each).
         seed: Seed of the probes.
-        tol: Early stop once ``stderr <= tol * |value|``; ``None`` uses every sample.
+        tol: Early stop once ``stderr <= tol * |value|``; ``None`` uses every probe.
         distribution: ``"rademacher"`` or ``"gaussian"``.
-        min_samples: Fewest probes before the ``tol`` test.
+        min_probes: Fewest probes before the ``tol`` test.
         operator: Estimate the trace of this operator instead (e.g. a GGN operator).
 
     Returns:
@@ -187,6 +197,48 @@ def hessian_trace(
     """
     op = resolve_operator(loss, x, operator)
     return hutchinson(
-        op, samples=samples, seed=seed, tol=tol, distribution=distribution,
-        min_samples=min_samples,
+        op, num_probes=num_probes, seed=seed, tol=tol, distribution=distribution,
+        min_probes=min_probes,
     )
+
+
+# -------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class TraceParams(MeasureParams):
+    """Parameters of ``hessian_trace`` and ``ggn_trace``."""
+
+    num_probes: int = 100
+    seed: int = 0
+    tol: float | None = None
+    distribution: Literal["rademacher", "gaussian"] = "rademacher"
+    min_probes: int = 10
+
+    def validate(self) -> None:
+        """Two or more probes; a positive tolerance."""
+        if self.num_probes < 2 or self.min_probes < 2:
+            raise ConfigError(f"num_probes and min_probes must be at least 2, got {self.num_probes}, "
+                              f"{self.min_probes}")
+        positive("tol", self.tol)
+
+
+def _trace(curvature: str) -> Any:
+    def compute(inputs: Inputs, p: TraceParams) -> TraceResult:
+        from sharpminima.landscape.operators import GGNOperator
+
+        op = GGNOperator(inputs.objective, inputs.x) if curvature == "ggn" else None
+        return hessian_trace(inputs.objective, inputs.x, num_probes=p.num_probes, seed=p.seed, tol=p.tol,
+                             distribution=p.distribution, min_probes=p.min_probes, operator=op)
+
+    return compute
+
+
+register_measure(Measure(
+    "hessian_trace", TraceParams, _trace("hessian"),
+    "Hutchinson estimate of tr(H) with its standard error (num_probes Hessian-vector products)",
+    aliases=("trace",), passes=lambda p: 2 * p.num_probes,
+))
+register_measure(Measure(
+    "ggn_trace", TraceParams, _trace("ggn"),
+    "Hutchinson estimate of the Gauss-Newton matrix's trace (cross-entropy and MSE losses)",
+    needs=Needs(network=True), passes=lambda p: 2 * p.num_probes,
+))

@@ -23,7 +23,7 @@ OPEN_SETTINGS = [
     ("Stopping rule", "{stop}"),
     (
         "Sharpness maximisation",
-        "scipy L-BFGS-B, `{maxiter}` iterations, started at y = 0; the "
+        "scipy L-BFGS-B, `{max_iters}` iterations, started at y = 0; the "
         "best point evaluated inside the box is reported.",
     ),
     (
@@ -335,7 +335,7 @@ def _settings(doc: Doc, res: dict[str, Any]) -> None:
         "samples": p["sharpness_samples"] or "all",
         "chunk": p["chunk_size"],
         "stop": _stop_text(p),
-        "maxiter": p["maxiter"],
+        "max_iters": p.get("max_iters", p.get("maxiter")),  # the older results call it maxiter
         "p": p["subspace_dim"],
         "dist": p["subspace_distribution"],
     }

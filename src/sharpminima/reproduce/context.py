@@ -14,7 +14,9 @@ from torch import Tensor
 
 from sharpminima.config import TrainConfig, regime_batch_size
 from sharpminima.data.base import Dataset
-from sharpminima.landscape.objective import ModelObjective, flatten_params
+from sharpminima.landscape.model_objective import ModelObjective
+from sharpminima.landscape.objective import flatten_params
+from sharpminima.landscape.registry import DataSpec, Inputs, Record, Request, cached_measure
 from sharpminima.reproduce.presets import Preset
 from sharpminima.train import Run, train
 from sharpminima.train.checkpointing import RunFiles
@@ -182,7 +184,8 @@ class Context:
 
     # -- measuring ----------------------------------------------------------------------
     def objective(
-        self, model: torch.nn.Module, net: str, samples: int | None, bn: str, split: str = "train"
+        self, model: torch.nn.Module, net: str, samples: int | None, bn: str, split: str = "train",
+        chunk_size: int | None = None,
     ) -> ModelObjective:
         """Mean loss over the first ``samples`` training (or test) samples."""
         data = self.data(net)
@@ -190,32 +193,64 @@ class Context:
         if samples is not None:
             x, y = x[:samples], y[:samples]
         return ModelObjective(
-            model,
-            x,
-            y,
-            bn_mode=bn,  # type: ignore[arg-type]
-            chunk_size=self.preset.chunk_size,
+            model, x, y, bn_mode=bn,  # type: ignore[arg-type]
+            chunk_size=chunk_size or self.preset.chunk_size,
         )
 
-    def measure(
-        self, run: Run, kind: str, params: dict[str, Any], compute: Callable[[], Any], units: float = 0.0
-    ) -> dict[str, Any]:
-        """Return a stored measurement, or compute, store and return it.
+    def data_spec(self, net: str, samples: int | None, bn: str, split: str = "train",
+                  chunk_size: int | None = None) -> DataSpec:
+        """The data part of a measurement's key: split, actual samples, chunk, BN, loss."""
+        data = self.data(net)
+        available = data.num_train if split == "train" else data.num_test
+        n = available if samples is None else min(samples, available)
+        return DataSpec(split=split, num_samples=n, chunk_size=chunk_size or self.preset.chunk_size,
+                        bn_mode=bn, loss="cross_entropy")
 
-        ``compute`` returns a :class:`~sharpminima.landscape.Result` (or a dict with
-        ``value``); the stored row has ``value``, ``cost`` and ``result``.
+    def measure(
+        self,
+        run: Run,
+        name: str,
+        *,
+        bn: str,
+        samples: int | None = None,
+        split: str = "train",
+        point: str = "final",
+        model: torch.nn.Module | None = None,
+        x: Tensor | None = None,
+        chunk_size: int | None = None,
+        units: float = 0.0,
+        inputs: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> Record:
+        """A registered measure of ``run`` at ``point``: from the store, or computed and stored.
+
+        Args:
+            run: The run the measurement belongs to.
+            name: A measure of :mod:`sharpminima.landscape.registry`.
+            bn: BatchNorm mode of the objective (a measure may fix its own).
+            samples: The first samples of the split (None: all).
+            split: ``"train"`` or ``"test"``.
+            point: Which weights (``"final"``, ``"epoch=5"``).
+            model: The network holding the point's buffers (default: the run's model).
+            x: The point (default: the run's final weights).
+            chunk_size: Samples per batch (default: the preset's).
+            units: Progress units to advance.
+            inputs: More inputs (``x0``, ``other``, ``test``, ``models``).
+            **params: The measure's parameters.
         """
-        found = self.store.get_measurement(run.id, kind, params)
-        if found is None:
-            result = compute()
-            as_dict = result.to_record() if hasattr(result, "to_record") else dict(result)
-            value = float(as_dict.get("value", math.nan))
-            cost = as_dict.get("cost", {})
-            self.store.add_measurement(run.id, kind, params, value, cost, as_dict)
-            found = self.store.get_measurement(run.id, kind, params)
+        net = run.config.net
+        request = Request.of(name, self.data_spec(net, samples, bn, split, chunk_size), point, **params)
+
+        def build() -> Inputs:
+            mdl = model if model is not None else run.model
+            spec = request.data
+            obj = None if spec is None else self.objective(mdl, net, samples, spec.bn_mode, split, chunk_size)
+            return Inputs(obj, self.weights(run) if x is None else x, model=mdl, **(inputs or {}))
+
+        record = cached_measure(self.store, run.id, request, build)
         if self.progress is not None and units:
-            self.progress(units, kind)
-        return found
+            self.progress(units, name)
+        return record
 
 
 def train_units(config: TrainConfig, num_train: int) -> float:

@@ -7,51 +7,26 @@ drawn from the returned data alone (see :mod:`sharpminima.report`).
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from sharpminima.config import regime_batch_size
-from sharpminima.landscape.objective import ModelObjective
+from sharpminima.landscape.objective import flatten_params
+from sharpminima.landscape.registry import Record
+from sharpminima.reproduce import remedies
+from sharpminima.reproduce.common import (
+    REGIMES,
+    done,
+    gap,
+    measure_sharpness,
+    sharpness_units,
+    stats,
+    trial_runs,
+)
 from sharpminima.reproduce.context import Context, train_units
 from sharpminima.train import Run, mean_std
 
 Experiment = Callable[[Context], dict[str, Any]]
-REGIMES = ("sb", "lb")
-
-
-def _stats(values: list[float]) -> dict[str, Any]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0, "values": values}
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": statistics.fmean(vals), "std": std, "n": len(vals), "values": values}
-
-
-def trial_runs(ctx: Context, net: str) -> dict[str, list[Run]]:
-    """SB and LB runs of every trial of ``net`` (trained once, then from the store)."""
-    cache = ctx.__dict__.setdefault("_trials", {})
-    if net not in cache:
-        p = ctx.preset
-        keep = (p.along_training > 0 and "fig6" in p.experiments) or (
-            p.dynamics_every > 0 and "dynamics" in p.experiments
-        )
-        cache[net] = {
-            regime: ctx.train_group(
-                ctx.config(net, regime, 0, save_every_epoch=keep),
-                list(range(p.trials)),
-                f"{net} {regime.upper()}",
-            )
-            for regime in REGIMES
-        }
-    return cache[net]
-
-
-def _done(runs: list[Run]) -> list[Run]:
-    return [r for r in runs if r.status == "done"]
 
 
 # -- Table 2 and Figure 2 ----------------------------------------------------------------
@@ -99,7 +74,7 @@ def stopping(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for net in ctx.preset.nets:
         runs = trial_runs(ctx, net)
-        hist = {r: [run.history for run in _done(runs[r])] for r in REGIMES}
+        hist = {r: [run.history for run in done(runs[r])] for r in REGIMES}
         rules: list[dict[str, Any]] = []
 
         def at(history: list[dict], epoch: int) -> float | None:
@@ -111,10 +86,10 @@ def stopping(ctx: Context) -> dict[str, Any]:
             for e_lb in sorted({e for e in (1, 2, 5, 10, 20, 50, 100) if e <= max_lb} | {max_lb}):
                 if e_sb < 1 or e_lb < 1:
                     continue
-                sb = _stats([at(h, e_sb) for h in hist["sb"]])
-                lb = _stats([at(h, e_lb) for h in hist["lb"]])
+                sb = stats([at(h, e_sb) for h in hist["sb"]])
+                lb = stats([at(h, e_lb) for h in hist["lb"]])
                 rules.append(
-                    {"rule": f"SB {e_sb} ep / LB {e_lb} ep", "sb": sb, "lb": lb, "gap": _gap(sb, lb)}
+                    {"rule": f"SB {e_sb} ep / LB {e_lb} ep", "sb": sb, "lb": lb, "gap": gap(sb, lb)}
                 )
         for patience in (1, 2, 3, 5):
             ends: dict[str, list[float | None]] = {}
@@ -130,13 +105,13 @@ def stopping(ctx: Context) -> dict[str, Any]:
                             break
                     ends[regime].append(at(h, stop_at))
                     epochs[regime].append(stop_at)
-            sb, lb = _stats(ends["sb"]), _stats(ends["lb"])
+            sb, lb = stats(ends["sb"]), stats(ends["lb"])
             rules.append(
                 {
                     "rule": f"plateau, patience {patience}",
                     "sb": sb,
                     "lb": lb,
-                    "gap": _gap(sb, lb),
+                    "gap": gap(sb, lb),
                     "epochs": epochs,
                 }
             )
@@ -178,93 +153,26 @@ def bn_test(ctx: Context) -> dict[str, Any]:
             for regime in REGIMES:
                 bn, chunk = how[regime]
                 accs, losses = [], []
-                for run in _done(runs[regime]):
+                for run in done(runs[regime]):
                     m = _test_accuracy(ctx, run, bn, chunk)
-                    accs.append(m["value"])
-                    losses.append(m["result"]["loss"])
-                row[regime] = _stats(accs)
-                row[f"{regime}_loss"] = _stats(losses)
+                    accs.append(m.value)
+                    losses.append(m.result["loss"])
+                row[regime] = stats(accs)
+                row[f"{regime}_loss"] = stats(losses)
                 row[f"{regime}_how"] = {"bn_mode": bn, "chunk_size": chunk}
-            row["gap"] = _gap(row["sb"], row["lb"])
+            row["gap"] = gap(row["sb"], row["lb"])
             rows.append(row)
         out[net] = rows
     return out
 
 
-def _test_accuracy(ctx: Context, run: Run, bn: str, chunk: int) -> dict[str, Any]:
+def _test_accuracy(ctx: Context, run: Run, bn: str, chunk: int) -> Record:
     """Test accuracy and loss of a run's final weights in a BN mode and chunking (cached)."""
     data = ctx.data(run.config.net)
-
-    def compute() -> dict[str, Any]:
-        obj = ModelObjective(
-            run.model, data.x_test, data.y_test, bn_mode=bn,  # type: ignore[arg-type]
-            chunk_size=chunk,
-        )
-        loss, acc = obj.loss_and_accuracy(ctx.weights(run))
-        return {"value": acc, "loss": loss, "bn_mode": bn, "chunk_size": chunk, "samples": obj.num_samples}
-
-    params = {"split": "test", "bn_mode": bn, "chunk_size": chunk}
-    return ctx.measure(run, "test_accuracy", params, compute, units=data.num_test / 10_000)
-
-
-def _gap(sb: dict[str, Any], lb: dict[str, Any]) -> dict[str, Any]:
-    if not sb["n"] or not lb["n"]:
-        return {"mean": None, "se": None}
-    se = math.sqrt(sb["std"] ** 2 / sb["n"] + lb["std"] ** 2 / lb["n"])
-    return {"mean": sb["mean"] - lb["mean"], "se": se}
+    return ctx.measure(run, "accuracy", bn=bn, split="test", chunk_size=chunk, units=data.num_test / 10_000)
 
 
 # -- Tables 3 and 4 ----------------------------------------------------------------------
-def sharpness_params(ctx: Context, eps: float, subspace: str, bn: str, seed: int) -> dict:
-    """The settings that identify one sharpness measurement."""
-    p = ctx.preset
-    params: dict[str, Any] = {
-        "eps": eps,
-        "subspace": subspace,
-        "bn_mode": bn,
-        "samples": p.sharpness_samples,
-        "chunk_size": p.chunk_size,
-        "maxiter": p.maxiter,
-    }
-    if subspace == "random":
-        params.update(p=p.subspace_dim, distribution=p.subspace_distribution, seed=seed)
-    return params
-
-
-def measure_sharpness(
-    ctx: Context,
-    run: Run,
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    eps: float,
-    subspace: str,
-    bn: str,
-    seed: int,
-    kind: str = "keskar_sharpness",
-    extra: dict | None = None,
-) -> dict:
-    """Keskar sharpness of ``x`` (weights of ``run``'s net), cached in the store."""
-    from sharpminima.landscape.sharpness import keskar_sharpness
-
-    p = ctx.preset
-    params = sharpness_params(ctx, eps, subspace, bn, seed) | (extra or {})
-
-    def compute() -> Any:
-        obj = ctx.objective(model, run.config.net, p.sharpness_samples, bn)
-        extra = {}
-        if subspace == "random":
-            extra = {"p": p.subspace_dim, "seed": seed, "distribution": p.subspace_distribution}
-        return keskar_sharpness(obj, x, eps=eps, maxiter=p.maxiter, **extra)
-
-    return ctx.measure(run, kind, params, compute, units=sharpness_units(ctx))
-
-
-def sharpness_units(ctx: Context) -> float:
-    """Work of one sharpness measurement (full training passes over 10,000 samples)."""
-    samples = ctx.preset.sharpness_samples or ctx.data(ctx.preset.nets[0]).num_train
-    return (ctx.preset.maxiter + 3) * samples / 10_000
-
-
 def sharpness(ctx: Context) -> dict[str, Any]:
     """Keskar sharpness, full space and random subspace, every eps and BN mode (Tables 3, 4)."""
     p = ctx.preset
@@ -278,12 +186,12 @@ def sharpness(ctx: Context) -> dict[str, Any]:
                     row: dict[str, Any] = {"subspace": subspace, "eps": eps, "bn_mode": bn}
                     for regime in REGIMES:
                         vals = []
-                        for seed, run in enumerate(_done(runs[regime])):
+                        for seed, run in enumerate(done(runs[regime])):
                             m = measure_sharpness(
                                 ctx, run, run.model, ctx.weights(run), eps, subspace, bn, seed
                             )
-                            vals.append(m["value"])
-                        row[regime] = _stats(vals)
+                            vals.append(m.value)
+                        row[regime] = stats(vals)
                     sb, lb = row["sb"]["mean"], row["lb"]["mean"]
                     row["ratio"] = lb / sb if sb and lb is not None else None
                     rows.append(row)
@@ -294,44 +202,23 @@ def sharpness(ctx: Context) -> dict[str, Any]:
 # -- Figures 3 and 7 ---------------------------------------------------------------------
 def fig3(ctx: Context) -> dict[str, Any]:
     """Linear and curvilinear parametric plots between SB and LB minimizers (Figures 3, 7)."""
-    from sharpminima.landscape.interpolate import interpolate
-
     p = ctx.preset
     out: dict[str, Any] = {}
-    alphas = torch.linspace(-1.0, 2.0, p.interp_points)
     for net in p.nets:
         runs = trial_runs(ctx, net)
-        sb, lb = _done(runs["sb"]), _done(runs["lb"])
+        sb, lb = done(runs["sb"]), done(runs["lb"])
         if not sb or not lb:
             continue
         out[net] = {}
         for path in ("linear", "curvilinear"):
-            params = {
-                "path": path,
-                "points": p.interp_points,
-                "samples": p.interp_samples,
-                "bn": "batch",
-                "chunk_size": p.chunk_size,
-                "to": lb[0].id,
-                # alpha = 0 is SB, alpha = 1 is LB; rows stored before this key had them
-                # swapped, so they are not reused.
-                "alpha0": "sb",
-            }
-
-            def compute(path: str = path, sb: list = sb, lb: list = lb, net: str = net) -> Any:
-                train_obj = ctx.objective(sb[0].model, net, p.interp_samples, "batch")
-                test_obj = ctx.objective(sb[0].model, net, None, "batch", split="test")
-                return interpolate(
-                    train_obj,
-                    ctx.weights(sb[0]),  # alpha = 0: the SB minimizer (the paper's x_s)
-                    ctx.weights(lb[0]),  # alpha = 1: the LB minimizer (x_l)
-                    path=path,
-                    alphas=alphas,
-                    objective_test=test_obj,
-                )
-
-            m = ctx.measure(sb[0], "interpolation", params, compute, units=interp_units(ctx))
-            out[net][path] = m["result"]
+            # alpha = 0 is the SB minimizer (the paper's x_s), alpha = 1 the LB one (x_l)
+            m = ctx.measure(
+                sb[0], "interpolation", bn="batch", samples=p.interp_samples, x=ctx.weights(sb[0]),
+                units=interp_units(ctx), path=path, num_points=p.interp_points, endpoint=lb[0].id,
+                inputs={"other": ctx.weights(lb[0]),
+                        "test": ctx.objective(sb[0].model, net, None, "batch", split="test")},
+            )
+            out[net][path] = m.result
     return out
 
 
@@ -357,21 +244,16 @@ def distance(ctx: Context) -> dict[str, Any]:
             sb_d.append(d_sb)
             lb_d.append(d_lb)
             ratios.append(d_sb / d_lb)
-        out[net] = {"ratio": _stats(ratios), "sb": _stats(sb_d), "lb": _stats(lb_d)}
+        out[net] = {"ratio": stats(ratios), "sb": stats(sb_d), "lb": stats(lb_d)}
     return out
 
 
 def _distance_from_init(run: Run) -> float:
-    from sharpminima.landscape.objective import flatten_params
-
     return float((flatten_params(run.model) - run.initial_vector()).norm())
 
 
 def hessian(ctx: Context) -> dict[str, Any]:
     """Top Hessian eigenvalue and trace beside Keskar sharpness for the same minimizers."""
-    from sharpminima.landscape.eigen import hessian_eigenvalues
-    from sharpminima.landscape.trace import hessian_trace
-
     p = ctx.preset
     bn = p.bn_modes[0]
     out: dict[str, Any] = {}
@@ -379,45 +261,28 @@ def hessian(ctx: Context) -> dict[str, Any]:
         runs = trial_runs(ctx, net)
         out[net] = {}
         for regime in REGIMES:
-            done = _done(runs[regime])
-            if not done:
+            finished = done(runs[regime])
+            if not finished:
                 continue
-            run = done[0]
-            common = {"bn_mode": bn, "samples": p.hessian_samples, "chunk_size": p.chunk_size}
-            eig = ctx.measure(
-                run,
-                "hessian_top_eigenvalue",
-                common | {"k": 1},
-                lambda run=run, net=net: hessian_eigenvalues(
-                    ctx.objective(run.model, net, p.hessian_samples, bn), ctx.weights(run), k=1
-                ),
-                units=40 * p.hessian_samples / 10_000,
-            )
-            tr = ctx.measure(
-                run,
-                "hessian_trace",
-                common | {"samples_probe": p.trace_samples},
-                lambda run=run, net=net: hessian_trace(
-                    ctx.objective(run.model, net, p.hessian_samples, bn),
-                    ctx.weights(run),
-                    samples=p.trace_samples,
-                ),
-                units=2 * p.trace_samples * p.hessian_samples / 10_000,
-            )
+            run = finished[0]
+            eig = ctx.measure(run, "hessian_eigenvalues", bn=bn, samples=p.hessian_samples, k=1,
+                              units=40 * p.hessian_samples / 10_000)
+            tr = ctx.measure(run, "hessian_trace", bn=bn, samples=p.hessian_samples, num_probes=p.trace_samples,
+                             units=2 * p.trace_samples * p.hessian_samples / 10_000)
             sharp = measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", bn, 0)
             out[net][regime] = {
                 "run": run.id,
                 "bn_mode": bn,
                 "samples": p.hessian_samples,
-                "top_eigenvalue": eig["value"],
-                "trace": tr["value"],
-                "trace_stderr": tr["result"].get("stderr"),
-                "sharpness": sharp["value"],
+                "top_eigenvalue": eig.value,
+                "trace": tr.value,
+                "trace_stderr": tr.result.get("stderr"),
+                "sharpness": sharp.value,
                 "sharpness_eps": p.eps[0],
                 "sharpness_samples": p.sharpness_samples,
-                "eig_cost": eig["cost"],
-                "trace_cost": tr["cost"],
-                "sharpness_cost": sharp["cost"],
+                "eig_cost": eig.cost,
+                "trace_cost": tr.cost,
+                "sharpness_cost": sharp.cost,
             }
     return out
 
@@ -445,7 +310,7 @@ def fig4(ctx: Context) -> dict[str, Any]:
             }
             if run.status == "done":
                 m = measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", bn, 0)
-                row["sharpness"] = m["value"]
+                row["sharpness"] = m.value
             rows.append(row)
         out[net] = rows
     return out
@@ -474,7 +339,7 @@ def fig5(ctx: Context) -> dict[str, Any]:
             }
             if run.status == "done":
                 m = measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", bn, 0)
-                row["sharpness"] = m["value"]
+                row["sharpness"] = m.value
             rows.append(row)
         out[net] = {"sb_run": sb.id, "rows": rows}
     return out
@@ -496,19 +361,9 @@ def fig6(ctx: Context) -> dict[str, Any]:
                 if e % p.along_training and e != run.epochs:
                     continue
                 model = ctx.model_at(run, e)
-                m = measure_sharpness(
-                    ctx,
-                    run,
-                    model,
-                    ctx.weights(run, e),
-                    p.eps[0],
-                    "full",
-                    bn,
-                    0,
-                    kind="sharpness_along_training",
-                    extra={"epoch": e},
-                )
-                points.append({"epoch": e, "train_loss": row["train_loss"], "sharpness": m["value"]})
+                m = measure_sharpness(ctx, run, model, ctx.weights(run, e), p.eps[0], "full", bn, 0,
+                                      point=f"epoch={e}")
+                points.append({"epoch": e, "train_loss": row["train_loss"], "sharpness": m.value})
             out[net][regime] = points
     return out
 
@@ -526,15 +381,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "fig5": fig5,
     "fig6": fig6,
 }
-
-
-def _add_remedies() -> None:
-    from sharpminima.reproduce import remedies
-
-    EXPERIMENTS.update(remedies.EXPERIMENTS)
-
-
-_add_remedies()
+EXPERIMENTS.update(remedies.EXPERIMENTS)
 
 #: Aliases accepted on the command line.
 ALIASES = {"table3": "sharpness", "table4": "sharpness", "fig7": "fig3"}
@@ -568,6 +415,4 @@ def planned_units(ctx: Context, names: list[str]) -> float:
             )
         if "fig6" in names and p.along_training:
             total += 2 * (p.sb_epochs // p.along_training + 1) * sharpness_units(ctx)
-    from sharpminima.reproduce import remedies
-
     return total + remedies.planned_units(ctx, names)

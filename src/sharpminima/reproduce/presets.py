@@ -32,7 +32,7 @@ class Preset:
             ``uniform-raw`` (U[0,1) entries, not normalised).
         bn_modes: BatchNorm modes for sharpness; the first is the headline (``batch``
             matches the paper's magnitudes; ``eval`` is shown beside it).
-        maxiter: L-BFGS-B iterations (the paper: 10).
+        max_iters: L-BFGS-B iterations (the paper: 10).
         chunk_size: Samples per forward pass inside the loss (BN statistics per chunk).
         hessian_samples: Samples for the Hessian view (top eigenvalue and trace).
         trace_samples: Hutchinson probes.
@@ -75,7 +75,7 @@ class Preset:
     subspace_dim: int = 100
     subspace_distribution: str = "uniform"
     bn_modes: tuple[str, ...] = ("batch", "eval")
-    maxiter: int = 10
+    max_iters: int = 10
     chunk_size: int = 1000
     hessian_samples: int = 10_000
     trace_samples: int = 50
@@ -237,6 +237,7 @@ def coerce_overrides(pairs: dict[str, Any]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(Preset)}
     out: dict[str, Any] = {}
     for name, value in pairs.items():
+        name = {"maxiter": "max_iters"}.get(name, name)  # the field's older name
         if name not in fields or name == "name":
             valid = ", ".join(sorted(set(fields) - {"name"} - _NESTED))
             raise ConfigError(f"unknown preset field {name!r} in --set; valid fields: {valid}")

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from sharpminima.config import SB_BATCH_SIZE
 from sharpminima.errors import ConfigError
-from sharpminima.reproduce.context import Context
+from sharpminima.reproduce.common import done, measure_sharpness, sharpness_units, stats, trial_runs
+from sharpminima.reproduce.context import Context, train_units
 from sharpminima.train import Run
 from sharpminima.train.remedies import CONSERVATIVE_ARGS
 
@@ -204,26 +203,21 @@ def _is_image(ctx: Context, net: str) -> bool:
 
 
 def _headline(ctx: Context, run: Run) -> float | None:
-    from sharpminima.reproduce.experiments import measure_sharpness
-
     if run.status != "done":
         return None
     p = ctx.preset
-    m = measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", p.bn_modes[0], 0)
-    return m["value"]
+    return measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", p.bn_modes[0], 0).value
 
 
 def _summarise(ctx: Context, runs: list[Run]) -> dict[str, Any]:
-    from sharpminima.reproduce.experiments import _stats
-
-    done = [r for r in runs if r.status == "done"]
+    finished = done(runs)
     return {
-        "test_acc": _stats([r.final.get("test_acc") for r in done]),
-        "train_acc": _stats([r.final.get("train_acc") for r in done]),
-        "train_loss": _stats([r.final.get("train_loss") for r in done]),
-        "sharpness": _stats([_headline(ctx, r) for r in done]),
+        "test_acc": stats([r.final.get("test_acc") for r in finished]),
+        "train_acc": stats([r.final.get("train_acc") for r in finished]),
+        "train_loss": stats([r.final.get("train_loss") for r in finished]),
+        "sharpness": stats([_headline(ctx, r) for r in finished]),
         "epochs": [r.epochs for r in runs],
-        "seconds": _stats([r.seconds for r in done]),
+        "seconds": stats([r.seconds for r in finished]),
         "runs": [r.id for r in runs],
         "not_done": [
             {"run": r.id, "status": r.status, "message": r.message} for r in runs if r.status != "done"
@@ -237,8 +231,6 @@ def _trials(ctx: Context) -> int:
 
 def remedies(ctx: Context) -> dict[str, Any]:
     """SB, LB and LB + each remedy: test accuracy, gap to SB, sharpness, epochs, seconds."""
-    from sharpminima.reproduce.experiments import trial_runs
-
     p = ctx.preset
     out: dict[str, Any] = {}
     for net in p.nets:
@@ -277,8 +269,6 @@ def remedies(ctx: Context) -> dict[str, Any]:
 
 def conservative_sweep(ctx: Context) -> dict[str, Any]:
     """LB with conservative training over ``lambda`` and inner iterations (one trial each)."""
-    from sharpminima.reproduce.experiments import trial_runs
-
     p = ctx.preset
     out: dict[str, Any] = {}
     for net in p.nets:
@@ -304,8 +294,6 @@ def conservative_sweep(ctx: Context) -> dict[str, Any]:
 
 def init_study(ctx: Context) -> dict[str, Any]:
     """SB and LB from each initialization scheme and scale (one trial each)."""
-    from sharpminima.reproduce.experiments import trial_runs
-
     p = ctx.preset
     out: dict[str, Any] = {}
     for net in p.nets:
@@ -336,10 +324,6 @@ def _stability_line(run: Run) -> float | None:
 
 def dynamics(ctx: Context) -> dict[str, Any]:
     """Noise scale, top Hessian eigenvalue and sharpness along SB and LB training."""
-    from sharpminima.landscape.eigen import hessian_eigenvalues
-    from sharpminima.landscape.geometry import gradient_noise_scale
-    from sharpminima.reproduce.experiments import measure_sharpness
-
     p = ctx.preset
     bn = p.bn_modes[0]
     out: dict[str, Any] = {}
@@ -359,34 +343,20 @@ def dynamics(ctx: Context) -> dict[str, Any]:
                         continue
                     model = ctx.model_at(run, e)
                     x = ctx.weights(run, e)
-                    params = {"epoch": e, "samples": p.dynamics_samples, "bn_mode": bn}
-
-                    def eig(model: torch.nn.Module = model, x: torch.Tensor = x, net: str = net) -> Any:
-                        obj = ctx.objective(model, net, p.dynamics_samples, bn)
-                        return hessian_eigenvalues(obj, x, k=1)
-
-                    def noise(model: torch.nn.Module = model, x: torch.Tensor = x, net: str = net) -> Any:
-                        # Per-example gradients need running BN statistics (eval objective).
-                        obj = ctx.objective(model, net, p.dynamics_samples, "eval")
-                        return gradient_noise_scale(obj, x, num_examples=p.noise_examples)
-
-                    top = ctx.measure(run, "dynamics_top_eigenvalue", params, eig, units=0.0)
-                    gns = ctx.measure(
-                        run, "dynamics_noise_scale",
-                        params | {"bn_mode": "eval", "examples": p.noise_examples}, noise, units=0.0,
-                    )
-                    sharp = measure_sharpness(
-                        ctx, run, model, x, p.eps[0], "full", bn, 0,
-                        kind="sharpness_along_training", extra={"epoch": e},
-                    )
+                    at = {"point": f"epoch={e}", "model": model, "x": x}
+                    top = ctx.measure(run, "hessian_eigenvalues", bn=bn, samples=p.dynamics_samples, k=1, **at)
+                    # per-example gradients need running BN statistics (the measure fixes eval)
+                    gns = ctx.measure(run, "gradient_noise_scale", bn="eval", samples=p.dynamics_samples,
+                                      num_examples=p.noise_examples, **at)
+                    sharp = measure_sharpness(ctx, run, model, x, p.eps[0], "full", bn, 0, point=f"epoch={e}")
                     points.append(
                         {
                             "epoch": e,
                             "train_loss": row["train_loss"],
                             "test_acc": row["test_acc"],
-                            "top_eigenvalue": top["value"],
-                            "noise_scale": gns["value"],
-                            "sharpness": sharp["value"],
+                            "top_eigenvalue": top.value,
+                            "noise_scale": gns.value,
+                            "sharpness": sharp.value,
                         }
                     )
                 out[net][f"{optimizer}/{regime}"] = {
@@ -412,9 +382,6 @@ EXPERIMENTS: dict[str, Callable[[Context], dict[str, Any]]] = {
 
 def planned_units(ctx: Context, names: list[str]) -> float:
     """Estimate of these experiments' work (for the reproduction's progress bar)."""
-    from sharpminima.reproduce.context import train_units
-    from sharpminima.reproduce.experiments import sharpness_units
-
     p = ctx.preset
     total = 0.0
     for net in p.nets:

@@ -177,17 +177,17 @@ class StudyPreset:
         measures: Measure families (see :data:`sharpminima.study.measures.FAMILIES`).
         eps: Box sizes of Keskar sharpness.
         bn_modes: BatchNorm modes of Keskar sharpness.
-        maxiter: L-BFGS-B iterations of Keskar and adaptive sharpness.
+        max_iters: L-BFGS-B iterations of Keskar and adaptive sharpness.
         subspace_dim: Columns of the random subspace.
         hessian_bn: BatchNorm mode of the Hessian, average and adaptive sharpness.
         hessian_tol: Relative residual tolerance of the top Hessian eigenvalue (Lanczos).
         hessian_max_iters: Lanczos steps at most (None: the method's default).
         trace_probes: Hutchinson probes of the Hessian trace.
         average_sigma: Relative noise of average sharpness (Keskar-shaped scale).
-        average_samples: Random directions of average sharpness (antithetic).
+        average_draws: Random directions of average sharpness (antithetic).
         adaptive_eps: Relative box size of adaptive sharpness (``|z_i| <= eps |x_i|``).
         noise_examples: Per-example gradients of the gradient noise scale (BN eval mode).
-        flatness_samples: Random draws per sigma of the PAC-Bayes flatness search.
+        flatness_draws: Random draws per sigma of the PAC-Bayes flatness search.
         flatness_target: Training-error increase (fraction) that defines sigma'.
         loss_threshold: A run enters the statistics only if its final training
             cross-entropy (eval mode, over its training set) is at most this.
@@ -208,17 +208,17 @@ class StudyPreset:
     measures: tuple[str, ...] = ()
     eps: tuple[float, ...] = (1e-3, 5e-4)
     bn_modes: tuple[str, ...] = ("batch", "eval")
-    maxiter: int = 10
+    max_iters: int = 10
     subspace_dim: int = 100
     hessian_bn: str = "batch"
     hessian_tol: float = 1e-3
     hessian_max_iters: int | None = None
     trace_probes: int = 20
     average_sigma: float = 1e-3
-    average_samples: int = 16
+    average_draws: int = 16
     adaptive_eps: float = 1e-2
     noise_examples: int = 1000
-    flatness_samples: int = 4
+    flatness_draws: int = 4
     flatness_target: float = 0.1
     loss_threshold: float = 0.01
     num_bootstrap: int = 1000
@@ -308,7 +308,7 @@ FULL = StudyPreset(
     measures=ALL_MEASURES,
     trace_probes=50,
     noise_examples=2_000,
-    flatness_samples=8,
+    flatness_draws=8,
     loss_threshold=0.01,
 )
 

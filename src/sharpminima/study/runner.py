@@ -18,6 +18,7 @@ are counted in the results, and no landscape measure is computed for them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -25,15 +26,17 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from sharpminima.data.base import Dataset
 from sharpminima.errors import ConfigError
+from sharpminima.landscape.model_objective import ModelObjective
 from sharpminima.landscape.objective import flatten_params
+from sharpminima.landscape.registry import DataSpec, Inputs, Request, cached_measure
 from sharpminima.reproduce.runner import environment
 from sharpminima.study.correlation import correlate
 from sharpminima.study.grid import GridPoint, StudyPreset
-from sharpminima.study.measures import MeasureInput, MeasureSpec, specs
+from sharpminima.study.measures import StudyMeasure, specs
 from sharpminima.train import Run, train
 
 log = logging.getLogger(__name__)
@@ -63,12 +66,12 @@ def train_units(epochs: int, num_train: int) -> float:
     return epochs * num_train * 1.3 / 10_000
 
 
-def measure_units(spec: MeasureSpec, samples: int) -> float:
+def measure_units(spec: StudyMeasure, samples: int) -> float:
     """Work of one measurement in passes over 10,000 samples."""
     return spec.passes * samples / 10_000
 
 
-def plan(preset: StudyPreset, num_train: int) -> tuple[list[GridPoint], list[MeasureSpec], float]:
+def plan(preset: StudyPreset, num_train: int) -> tuple[list[GridPoint], list[StudyMeasure], float]:
     """The runs, the measures and the total work (for a progress bar) of a study.
 
     Args:
@@ -95,25 +98,19 @@ def plan(preset: StudyPreset, num_train: int) -> tuple[list[GridPoint], list[Mea
     return points, measures, total
 
 
-def _measure(store: Any, run: Run, spec: MeasureSpec, inp: MeasureInput) -> dict[str, Any]:
-    """Return ``{"value", "cost", "stored"}``: from the store, or computed and stored."""
-    if not spec.kind:  # derived from the run record: nothing to cache
-        result = spec.compute(inp)
-        return {"value": float(result["value"]), "cost": result.get("cost", {}), "reused": False}
-    found = store.get_measurement(run.id, spec.kind, spec.params) if store is not None else None
-    reused = found is not None
-    if found is None:
-        result = spec.compute(inp)
-        record = result.to_record() if hasattr(result, "to_record") else dict(result)
-        value = float(record.get("value", math.nan))
-        cost = dict(record.get("cost", {}) or {})
-        if "data_passes" in record and not cost.get("num_grad"):  # per-example gradients
-            cost["num_grad"] = record["data_passes"]
-        if store is None:
-            return {"value": value, "cost": cost, "reused": False}
-        store.add_measurement(run.id, spec.kind, spec.params, value, cost, record)
-        found = store.get_measurement(run.id, spec.kind, spec.params)
-    return {"value": float(found["value"]), "cost": found["cost"] or {}, "reused": reused}
+def _measure(store: Any, run: Run, spec: StudyMeasure, data: DataSpec, build: Callable[[str], Inputs],
+             hparams: dict[str, Any]) -> dict[str, Any]:
+    """Return ``{"value", "cost", "reused"}``: from the store, or computed and stored."""
+    if not spec.measure:  # read from the run record: nothing to compute or cache
+        value = run.final.get("train_loss", math.nan) if spec.field == "train_loss" else hparams[
+            spec.field.removeprefix("hparam:")]
+        return {"value": float(value), "cost": {}, "reused": False}
+    request = Request.of(spec.measure, dataclasses.replace(data, bn_mode=spec.bn_mode), "final", spec.params)
+    record = cached_measure(store, run.id, request, lambda: build(request.data.bn_mode if request.data else "eval"))
+    cost = dict(record.cost)
+    if "data_passes" in record.result and not cost.get("num_grad"):  # per-example gradients
+        cost["num_grad"] = record.result["data_passes"]
+    return {"value": record.value, "cost": cost, "reused": record.reused}
 
 
 def run_study(
@@ -156,6 +153,7 @@ def run_study(
     x_meas = subset.x_train[:samples].to(dev)
     y_meas = subset.y_train[:samples].to(dev)
     num_train = subset.num_train
+    data = DataSpec(split="train", num_samples=samples, chunk_size=preset.chunk_size, loss="cross_entropy")
 
     def advance(units: float, label: str) -> None:
         if progress is not None and units > 0:
@@ -205,10 +203,15 @@ def run_study(
             row["gap_error"] = final["train_acc"] - final["test_acc"]
         row["measures"] = {}
         if row["converged"]:
-            inp = MeasureInput(run.model, flatten_params(run.model), run.initial_vector(), x_meas, y_meas,
-                               preset.chunk_size, final, pt.hparams)
+            x, x0 = flatten_params(run.model), run.initial_vector()
+
+            def build(bn: str, run: Run = run, x: Tensor = x, x0: Tensor = x0) -> Inputs:
+                obj = ModelObjective(run.model, x_meas, y_meas, bn_mode=bn,  # type: ignore[arg-type]
+                                     chunk_size=preset.chunk_size)
+                return Inputs(obj, x, x0=x0, model=run.model)
+
             for spec in measures:
-                row["measures"][spec.name] = _measure(store, run, spec, inp)
+                row["measures"][spec.name] = _measure(store, run, spec, data, build, pt.hparams)
                 advance(measure_units(spec, samples), spec.name)
         else:
             advance(sum(measure_units(s, samples) for s in measures), f"skip {label}")

@@ -217,7 +217,7 @@ def load_run(
         StoreError: If the run is not finished.
     """
     from sharpminima.data import load
-    from sharpminima.train.loop import build_model
+    from sharpminima.train.setup import build_model
 
     record = store.get_run(run_ref)
     if record.status not in FINISHED:

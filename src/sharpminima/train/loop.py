@@ -1,12 +1,18 @@
-"""The training loop: one function, ``train(config) -> Run``.
+"""The training loop: one loop for one run or K trials, ``train(config) -> Run``.
 
 The step itself lives in :mod:`sharpminima.train.methods`; optimizers in
 :mod:`sharpminima.train.optim`; batch-size and learning-rate schedules (pure functions of
 the epoch and step) in :mod:`sharpminima.train.schedules`; augmentation in
-:mod:`sharpminima.data.augment`; initialisation schemes in :mod:`sharpminima.models.init`.
-This module only orders the work: seed, build, initialise, resume, epochs of seeded
-shuffles over data held on the device, evaluation, checkpoint, stop. Each epoch's metrics
-record its batch size, mean batch size, the global step count and the last learning rate.
+:mod:`sharpminima.data.augment`; the loss in :mod:`sharpminima.losses`. This module only
+orders the work: seed, build, initialise, resume, epochs of seeded shuffles over data held
+on the device, evaluation, checkpoint, stop. Each epoch's metrics record its batch size,
+mean batch size, the global step count and the last learning rate.
+
+Who takes the steps is an :class:`Engine`: :class:`SequentialEngine` steps one network
+with the configured method (data-parallel under ``torchrun``);
+:class:`~sharpminima.train.vectorized.VectorizedEngine` steps K trials' stacked
+parameters at once. Everything else (setup, resume, the epoch, metrics, divergence and
+stopping rules, checkpoints) is :func:`run_epochs`, the same for both.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -24,15 +30,29 @@ from torch import Tensor, nn
 from sharpminima.config import TrainConfig
 from sharpminima.data.augment import make_augment
 from sharpminima.data.base import Dataset
-from sharpminima.errors import ConfigError
-from sharpminima.models.init import initialize
+from sharpminima.losses import Loss
 from sharpminima.train.checkpointing import RunFiles
 from sharpminima.train.methods import make_step
-from sharpminima.train.optim import OPTIMIZERS, make_optimizer, optimizer_options
+from sharpminima.train.optim import make_optimizer
 from sharpminima.train.parallel import open_run_files, parallel_evaluate, parallel_step  # torchrun/DDP
 from sharpminima.train.perf import cuda_flags_restored, prepare
 from sharpminima.train.run import Run
 from sharpminima.train.schedules import EpochContext, make_schedule, set_lr, steps_done
+from sharpminima.train.setup import (
+    ModelFactory,
+    StopState,
+    batch_indices,
+    build_model,
+    check_options,
+    epoch_seed,
+    fresh_model,
+)
+from sharpminima.train.step_parts import training_loss
+
+__all__ = [
+    "Engine", "Progress", "SequentialEngine", "StopState", "Trial", "batch_indices", "build_model",
+    "epoch_seed", "open_trial", "run_epochs", "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +62,144 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
-class StopState:
-    """Plateau stopping rule state: best training loss so far and epochs since it improved."""
+class Trial:
+    """One run while it trains: its record and files, network, optimizer, history.
 
-    best: float = math.inf
-    bad_epochs: int = 0
+    Attributes:
+        config: The run's config.
+        files: Its record and checkpoints (:class:`~sharpminima.train.checkpointing.RunFiles`).
+        model: Its network (for a vectorised group: the trial's own copy, refreshed each epoch).
+        init_state: Its initial weights.
+        opt: Its optimizer (None until an engine builds or slices one).
+        stop: Its plateau-rule state.
+        history: Its epochs' metrics.
+        status: ``pending`` while training, then ``done``, ``diverged`` or ``failed``.
+        message: Why it diverged or failed.
+    """
 
-    def update(self, loss: float, min_improvement: float) -> None:
-        """Count an epoch as improving if ``loss < best * (1 - min_improvement)``."""
-        if loss < self.best * (1.0 - min_improvement):
-            self.best, self.bad_epochs = loss, 0
-        else:
-            self.bad_epochs += 1
+    config: TrainConfig
+    files: Any
+    model: nn.Module
+    init_state: dict[str, Tensor]
+    opt: torch.optim.Optimizer | None = None
+    stop: StopState = field(default_factory=StopState)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "pending"
+    message: str | None = None
+
+    def resume(self) -> int:
+        """Load the last checkpoint into the model and optimizer; return the last finished epoch."""
+        assert self.opt is not None
+        return self.files.resume(self.model, self.opt, self.stop, self.history)
+
+    def finish(self, status: str, message: str | None) -> None:
+        """Save the final weights and record the end."""
+        self.files.finish(status, message, self.model, self.history)
+        self.status, self.message = status, message
+
+    def run(self) -> Run:
+        """The finished run."""
+        return Run(self.files.run_id, self.config, self.status, self.message, self.history, self.model,
+                   self.init_state, self.files.root)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of one epoch's shuffle and dropout: a pure function of (seed, epoch)."""
-    return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
+class Engine(Protocol):
+    """How a group of trials takes its steps: one network, or K stacked ones."""
+
+    def begin_epoch(self, seeds: list[int], epoch: int) -> None:
+        """Seed the epoch's random streams (dropout) and put the networks in training mode."""
+        ...
+
+    def zeros(self) -> Tensor:
+        """An accumulator of the trials' summed batch losses."""
+        ...
+
+    def set_lr(self, lr: float, lr0: float) -> None:
+        """Set the learning rate of the coming step."""
+        ...
+
+    def step(self, xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+        """One update of every trial on its own batch; the batches' mean losses."""
+        ...
+
+    def epoch_losses(self, loss_sum: Tensor, num_train: int) -> list[float]:
+        """Each trial's mean batch loss over the epoch."""
+        ...
+
+    def end_epoch(self) -> None:
+        """Bring every trial's network up to date (for evaluation and checkpoints)."""
+        ...
+
+    def lr(self) -> float:
+        """The last learning rate."""
+        ...
+
+    def optimizer(self, k: int) -> Any:
+        """Trial ``k``'s optimizer (anything with ``state_dict()``), for its checkpoint."""
+        ...
+
+    def evaluate(self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int) -> tuple[float, float | None]:
+        """Eval-mode mean loss and accuracy of one trial's network."""
+        ...
+
+    def keep(self, ks: list[int]) -> None:
+        """Go on with trials ``ks`` only (the others stopped)."""
+        ...
 
 
-def batch_indices(num: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> list[Tensor]:
-    """Return one epoch's batches of a seeded random permutation (the last may be smaller)."""
-    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    perm = torch.randperm(num, generator=gen).to(device)
-    return list(torch.split(perm, batch_size))
+class SequentialEngine:
+    """One network stepped by its configured method (data-parallel under ``torchrun``).
 
+    Args:
+        trial: The trial (its model and optimizer).
+        dev: The training device.
+        criterion: The loss (for evaluation).
+    """
 
-def build_model(config: TrainConfig, data: Dataset) -> nn.Module:
-    """Build the configured network for the dataset's input shape and classes."""
-    from sharpminima.models import build
+    def __init__(self, trial: Trial, dev: torch.device, criterion: Loss) -> None:
+        assert trial.opt is not None
+        self.trial, self.dev, self.criterion = trial, dev, criterion
+        self.model, self.opt = trial.model, trial.opt
+        self.take_step = parallel_step(make_step(trial.config), self.model)  # DDP on this rank's shard
 
-    return build(config.net, data.input_shape, data.num_classes)
+    def begin_epoch(self, seeds: list[int], epoch: int) -> None:
+        """Seed dropout as the run's (seed, epoch) says; training mode."""
+        torch.manual_seed(epoch_seed(seeds[0], epoch))
+        self.model.train()
+
+    def zeros(self) -> Tensor:
+        """A 0-dim accumulator on the device."""
+        return torch.zeros((), device=self.dev)
+
+    def set_lr(self, lr: float, lr0: float) -> None:
+        """Set every group's learning rate (see :func:`~sharpminima.train.schedules.set_lr`)."""
+        set_lr(self.opt, lr, lr0)
+
+    def step(self, xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+        """The method's step on the one batch."""
+        return self.take_step(self.model, self.opt, xs[0], ys[0])
+
+    def epoch_losses(self, loss_sum: Tensor, num_train: int) -> list[float]:
+        """``[sum / N]`` (waits for the epoch's last step on a GPU)."""
+        return [float(loss_sum) / num_train]
+
+    def end_epoch(self) -> None:
+        """Nothing to copy: the network is the trial's own."""
+
+    def lr(self) -> float:
+        """The first group's learning rate."""
+        return float(self.opt.param_groups[0]["lr"])
+
+    def optimizer(self, k: int) -> torch.optim.Optimizer:
+        """The optimizer."""
+        return self.opt
+
+    def evaluate(self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int) -> tuple[float, float | None]:
+        """Full-data metrics (each rank a shard under torchrun)."""
+        return parallel_evaluate(model, inputs, targets, chunk, self.criterion)
+
+    def keep(self, ks: list[int]) -> None:
+        """One trial: nothing to drop."""
 
 
 def train(
@@ -82,7 +209,7 @@ def train(
     store: Any = None,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
-    model_factory: Callable[[], nn.Module] | None = None,
+    model_factory: ModelFactory | None = None,
 ) -> Run:
     """Train one run as configured and return it.
 
@@ -105,134 +232,139 @@ def train(
 
     Raises:
         ConfigError: If the batch size exceeds the training set, or for unknown or invalid
-            schedule, augmentation or initialisation options.
+            loss, method, schedule, augmentation or initialisation options.
     """
+    dev, data = prepare_data(config, dataset, device)
+    check_options(config, data)
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), cuda_flags_restored():
+        trial = open_trial(config, data, dev, store, model_factory)
+        if isinstance(trial, Run):
+            return trial
+        trial.model, data = prepare(trial.model, data, dev)  # CUDA fast path (TF32, channels_last); CPU: no-op
+        trial.opt = make_optimizer(trial.model.parameters(), config)
+        engine = SequentialEngine(trial, dev, training_loss(config))
+        start_epoch = trial.resume()
+        run_epochs([trial], engine, data, start_epoch, dev, progress)
+    return trial.run()
+
+
+def prepare_data(
+    config: TrainConfig, dataset: Dataset | None, device: str | torch.device | None
+) -> tuple[torch.device, Dataset]:
+    """The training device and the config's data subset on it (loaded if not given)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dataset is None:
         from sharpminima.data import load
 
         dataset = load(config.dataset, source=config.data_source)
-    data = dataset.subset(config.train_limit, config.test_limit).to(dev)
-    if config.batch_size > data.num_train:
-        raise ConfigError(f"batch size {config.batch_size} exceeds the {data.num_train} training samples")
-    _check_options(config, data)
-    files = open_run_files(store, config)  # under torchrun: rank 0 writes, the others follow
+    return dev, dataset.subset(config.train_limit, config.test_limit).to(dev)
+
+
+def open_trial(
+    config: TrainConfig, data: Dataset, dev: torch.device, store: Any, model_factory: ModelFactory | None
+) -> Trial | Run:
+    """The stored run if it is finished, else a :class:`Trial` with its initial network.
+
+    The network is seeded and built, warm-started from ``config.init_from`` if set, and its
+    initial weights saved (or, when resuming, reloaded). Under torchrun rank 0 owns the
+    record and the other ranks follow (:func:`~sharpminima.train.parallel.open_run_files`).
+    """
+    files: RunFiles | Any = open_run_files(store, config)
     if files.finished():
-        return files.load_run(lambda: _fresh_model(config, data, model_factory).to(dev))
-    devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), cuda_flags_restored():
-        return _train(config, data, files, dev, progress, model_factory)
-
-
-def _check_options(config: TrainConfig, data: Dataset) -> None:
-    """Build every configured component once, so bad options fail before the store."""
-    make_step(config)
-    optimizer_options(config)
-    if config.optimizer not in OPTIMIZERS:
-        make_optimizer([], config)  # raises the one-line unknown-optimizer error
-    if _uses_ghost_bn(config) and torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_world_size() > 1:
-            raise ConfigError(
-                "ghost BatchNorm (method ghost_bn or option ghost_batch_size) is not supported "
-                "under torchrun: BatchNorm is synchronised over ranks; train it in one process"
-            )
-    make_schedule(config, data.num_train)
-    make_augment(config.augment, config.augment_args, data.input_shape)
-    initialize(nn.Sequential(), config.init, config.init_scale)
-
-
-def _uses_ghost_bn(config: TrainConfig) -> bool:
-    return config.method == "ghost_bn" or dict(config.method_args).get("ghost_batch_size") is not None
-
-
-def _fresh_model(
-    config: TrainConfig, data: Dataset, model_factory: Callable[[], nn.Module] | None
-) -> nn.Module:
-    torch.manual_seed(config.seed)
-    model = model_factory() if model_factory is not None else build_model(config, data)
-    return initialize(model, config.init, config.init_scale)
-
-
-def _train(
-    config: TrainConfig,
-    data: Dataset,
-    files: RunFiles,
-    dev: torch.device,
-    progress: Progress | None,
-    model_factory: Callable[[], nn.Module] | None,
-) -> Run:
-    model = _fresh_model(config, data, model_factory).to(dev)
+        return files.load_run(lambda: fresh_model(config, data, model_factory).to(dev))
+    model = fresh_model(config, data, model_factory).to(dev)
     if config.init_from:
         model.load_state_dict(files.weights_of(config.init_from))
-    init_state = files.initial_weights(model)
-    model, data = prepare(model, data, dev)  # CUDA fast path (TF32, channels_last); no-op on CPU
-    opt = make_optimizer(model.parameters(), config)
-    step = parallel_step(make_step(config), model)  # DDP on this rank's shard under torchrun
-    schedule = make_schedule(config, data.num_train)
-    augment = make_augment(config.augment, config.augment_args, data.input_shape)
-    stop, history = StopState(), []
-    start_epoch = files.resume(model, opt, stop, history)
+    return Trial(config, files, model, files.initial_weights(model))
+
+
+def run_epochs(
+    trials: list[Trial],
+    engine: Engine,
+    data: Dataset,
+    start_epoch: int,
+    dev: torch.device,
+    progress: Progress | None,
+) -> None:
+    """Train ``trials`` (one config, different seeds, all after ``start_epoch``) to their ends.
+
+    Each epoch: the batch plan, each trial's seeded permutation and augmentation, the
+    engine's steps, then per trial evaluation, metrics, the divergence and stopping
+    rules and the checkpoint. A trial that stops is finished and dropped; the rest go on.
+    """
+    config = trials[0].config
     n = data.num_train
-    num_steps = steps_done(history, n, config.batch_size)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    schedule = make_schedule(config, n)  # constant batch size, a pure function of the epoch, or one trial
+    augment = make_augment(config.augment, config.augment_args, data.input_shape)
+    num_steps = steps_done(trials[0].history, n, config.batch_size)  # the same for every trial
     if progress:
-        progress(
-            "start",
-            {"total_steps": steps_per_epoch * config.epochs, "done_steps": num_steps},
-        )
-    files.mark_running()
-    status, message = "done", None
+        progress("start", {"total_steps": math.ceil(n / config.batch_size) * config.epochs, "done_steps": num_steps})
+    for t in trials:
+        t.files.mark_running()
+    active = list(trials)
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
+            if not active:
+                break
             t0 = time.perf_counter()
-            plan = schedule.plan(epoch, EpochContext(model, data, history))  # batch size, lr factor
-            torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout
-            model.train()
-            augment_batch = augment.for_epoch(epoch_seed(config.seed, epoch))
-            loss_sum, first_step = torch.zeros((), device=dev), num_steps
-            for idx in batch_indices(n, plan.batch_size, config.seed, epoch, dev):
-                set_lr(opt, schedule.lr(num_steps, epoch, plan), config.lr)
-                xb = augment_batch(data.x_train[idx])
-                loss_sum += step(model, opt, xb, data.y_train[idx]) * idx.numel()
+            lead = active[0]
+            plan = schedule.plan(epoch, EpochContext(lead.model, data, lead.history))  # batch size, lr factor
+            engine.begin_epoch([t.config.seed for t in active], epoch)
+            augments = [augment.for_epoch(epoch_seed(t.config.seed, epoch)) for t in active]
+            loss_sum, first_step = engine.zeros(), num_steps
+            orders = [batch_indices(n, plan.batch_size, t.config.seed, epoch, dev) for t in active]
+            for step_idx in zip(*orders, strict=True):
+                engine.set_lr(schedule.lr(num_steps, epoch, plan), config.lr)
+                xs = [aug(data.x_train[idx]) for aug, idx in zip(augments, step_idx, strict=True)]
+                ys = [data.y_train[idx] for idx in step_idx]
+                loss_sum += engine.step(xs, ys) * step_idx[0].numel()
                 num_steps += 1
                 if progress:
                     progress("step", {})
-            epoch_loss = float(loss_sum) / n  # waits for the epoch's last step on a GPU
-            seconds = time.perf_counter() - t0
-            train_loss, train_acc = parallel_evaluate(model, data.x_train, data.y_train, config.eval_chunk)
-            test_loss, test_acc = parallel_evaluate(model, data.x_test, data.y_test, config.eval_chunk)
-            metrics = {
-                "epoch": epoch,
-                "epoch_loss": epoch_loss,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "seconds": seconds,
-                "batch_size": plan.batch_size,
-                "batch_size_mean": n / (num_steps - first_step),
-                "steps": num_steps,
-                "lr_end": float(opt.param_groups[0]["lr"]),
-                **plan.metrics,
-            }
-            history.append(metrics)
-            if not (math.isfinite(metrics["epoch_loss"]) and math.isfinite(train_loss)):
-                status = "diverged"
-                message = (
-                    f"training loss became {metrics['epoch_loss']} in epoch {epoch}; "
-                    f"lower the learning rate (now {config.lr})"
-                )
-                files.end_epoch(epoch, metrics, model, opt, stop, save=False)
-                break
-            stop.update(train_loss, config.min_improvement)
-            files.end_epoch(epoch, metrics, model, opt, stop, save=True)
-            if progress:
-                progress("epoch", metrics)
-            if config.stop == "plateau" and stop.bad_epochs >= config.patience:
-                log.info("run %s: training loss plateaued after epoch %d", files.run_id, epoch)
-                break
+            epoch_losses = engine.epoch_losses(loss_sum, n)  # waits for the epoch's last step on a GPU
+            seconds = (time.perf_counter() - t0) / len(active)
+            engine.end_epoch()
+            extra = {"batch_size": plan.batch_size, "batch_size_mean": n / (num_steps - first_step),
+                     "steps": num_steps, "lr_end": engine.lr(), **plan.metrics}
+            keep = [k for k, t in enumerate(active)
+                    if _end_epoch(t, engine, k, epoch, epoch_losses[k], seconds, extra, data, progress)]
+            if len(keep) < len(active):
+                engine.keep(keep)
+                active = [active[k] for k in keep]
     except BaseException as exc:
-        files.finish("failed", f"{type(exc).__name__}: {exc}", model, history)
+        for t in trials:
+            if t.status == "pending":
+                t.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
-    files.finish(status, message, model, history)
-    return Run(files.run_id, config, status, message, history, model, init_state, files.root)
+    for t in trials:
+        if t.status == "pending":
+            t.finish("done", None)
+
+
+def _end_epoch(
+    t: Trial, engine: Engine, k: int, epoch: int, epoch_loss: float, seconds: float,
+    extra: dict[str, Any], data: Dataset, progress: Progress | None,
+) -> bool:
+    """Evaluate, record and checkpoint one trial's epoch; return whether it trains on."""
+    chunk = t.config.eval_chunk
+    train_loss, train_acc = engine.evaluate(t.model, data.x_train, data.y_train, chunk)
+    test_loss, test_acc = engine.evaluate(t.model, data.x_test, data.y_test, chunk)
+    metrics = {"epoch": epoch, "epoch_loss": epoch_loss, "train_loss": train_loss, "train_acc": train_acc,
+               "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds, **extra}
+    t.history.append(metrics)
+    opt = engine.optimizer(k)
+    if not (math.isfinite(epoch_loss) and math.isfinite(train_loss)):
+        t.files.end_epoch(epoch, metrics, t.model, opt, t.stop, save=False)
+        t.finish("diverged", f"training loss became {epoch_loss} in epoch {epoch}; lower the learning rate "
+                             f"(now {t.config.lr})")
+        return False
+    t.stop.update(train_loss, t.config.min_improvement)
+    t.files.end_epoch(epoch, metrics, t.model, opt, t.stop, save=True)
+    if progress:
+        progress("epoch", metrics)
+    if t.config.stop == "plateau" and t.stop.bad_epochs >= t.config.patience:
+        log.info("run %s: training loss plateaued after epoch %d", t.files.run_id, epoch)
+        t.finish("done", None)
+        return False
+    return True

@@ -13,23 +13,26 @@ BatchNorm in all its forward passes, see :func:`batch_loss`), so e.g. SAM + ghos
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError
 from sharpminima.train.perf import compiled
 from sharpminima.train.remedies import adversarial, conservative, ghost_bn, grad_noise, iterate_noise
 from sharpminima.train.sam import asam, sam
-from sharpminima.train.step_parts import BOOL, MethodFactory, StepFn, batch_loss, method_options
+from sharpminima.train.step_parts import (
+    BOOL,
+    MethodFactory,
+    StepFn,
+    batch_loss,
+    method_options,
+    training_loss,
+)
 
 __all__ = ["METHODS", "MethodFactory", "StepFn", "batch_loss", "make_step", "plain", "register_method"]
-
-
-def _batch_loss(model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
-    """Mean cross-entropy of the batch: ``(1/B) sum_i -log softmax(model(x_i))[y_i]``."""
-    return F.cross_entropy(model(xb), yb)
 
 
 #: Options of the ``plain`` method (``config.method_args``) and their defaults.
@@ -40,7 +43,7 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bf
 
 
 def plain(config: TrainConfig) -> StepFn:
-    """One optimizer step on the mean cross-entropy of the batch.
+    """One optimizer step on the batch's mean loss (``config.loss``; cross-entropy by default).
 
     ``config.method_args`` may set ``("compile", True)`` to run forward, loss and backward
     through ``torch.compile`` (see :mod:`sharpminima.train.perf` for what it costs and
@@ -60,7 +63,13 @@ def plain(config: TrainConfig) -> StepFn:
         lambda v: isinstance(v, str) and v in AUTOCAST_DTYPES, f"one of {sorted(AUTOCAST_DTYPES)}"
     )
     args = method_options(config, "plain", PLAIN_ARGS, {"compile": BOOL, "autocast": autocast_check})
-    loss_fn = compiled(_batch_loss) if args["compile"] else _batch_loss
+    criterion = training_loss(config)
+
+    def batch_mean(model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+        """The batch's mean loss (cross-entropy: ``(1/B) sum_i -log softmax(model(x_i))[y_i]``)."""
+        return criterion(model, (xb, yb))
+
+    loss_fn = compiled(batch_mean) if args["compile"] else batch_mean
     dtype = AUTOCAST_DTYPES[args["autocast"]]
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
@@ -101,9 +110,34 @@ METHODS: dict[str, MethodFactory] = {
 }
 
 
-def register_method(name: str, factory: MethodFactory) -> None:
-    """Make ``factory`` available as ``TrainConfig(method=name)``."""
+#: Which methods' steps vectorised trials can take, as a test of the config: a plain
+#: step without options (compile and autocast change how the step runs).
+VECTORIZABLE: dict[str, Callable[[TrainConfig], bool]] = {
+    "plain": lambda config: not config.method_args,
+}
+
+
+def register_method(name: str, factory: MethodFactory,
+                    vectorizable: Callable[[TrainConfig], bool] | None = None) -> None:
+    """Make ``factory`` available as ``TrainConfig(method=name)``.
+
+    Args:
+        name: The method's name.
+        factory: ``make(config) -> step``.
+        vectorizable: For which configs the step is a plain loss-gradient-update that
+            vectorised trials can take themselves (None: never).
+    """
     METHODS[name] = factory
+    if vectorizable is None:
+        VECTORIZABLE.pop(name, None)
+    else:
+        VECTORIZABLE[name] = vectorizable
+
+
+def is_vectorizable(config: TrainConfig) -> bool:
+    """Whether ``config.method``'s step can be taken by vectorised trials."""
+    test = VECTORIZABLE.get(config.method)
+    return bool(test is not None and test(config))
 
 
 def make_step(config: TrainConfig) -> StepFn:

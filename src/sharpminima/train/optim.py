@@ -103,6 +103,11 @@ OPTIMIZER_ARGS: dict[str, dict[str, Any]] = {
     "lamb": {"exclude_1d": True, "weight_norm_max": None},
 }
 
+#: Optimizers whose update is elementwise with a per-tensor step count: one optimizer over
+#: stacked ``(K, ...)`` tensors updates each of K trials exactly as its own would, so
+#: vectorised trials can use them (:mod:`sharpminima.train.vectorized`).
+ELEMENTWISE: set[str] = {"adam", "adamw", "sgd", "nesterov", "adagrad"}
+
 #: Checks of option values: ``(accepts, description)``.
 OPTIMIZER_CHECKS: dict[str, Check] = {
     "trust_coefficient": POSITIVE,
@@ -132,7 +137,7 @@ def optimizer_options(config: Any) -> dict[str, Any]:
 
 
 def register_optimizer(
-    name: str, factory: OptimizerFactory, options: dict[str, Any] | None = None
+    name: str, factory: OptimizerFactory, options: dict[str, Any] | None = None, *, elementwise: bool = False
 ) -> None:
     """Make ``factory`` available as ``TrainConfig(optimizer=name)``.
 
@@ -140,9 +145,20 @@ def register_optimizer(
         name: The config's name for it.
         factory: ``(params, config) -> Optimizer``; it may call :func:`optimizer_options`.
         options: The options it takes, with their defaults.
+        elementwise: Whether its update is elementwise with a per-tensor step count (then
+            vectorised trials may use it).
     """
     OPTIMIZERS[name] = factory
     OPTIMIZER_ARGS[name] = dict(options or {})
+    if elementwise:
+        ELEMENTWISE.add(name)
+    else:
+        ELEMENTWISE.discard(name)
+
+
+def is_elementwise(name: str) -> bool:
+    """Whether optimizer ``name`` can update stacked trials (see :data:`ELEMENTWISE`)."""
+    return name in ELEMENTWISE
 
 
 def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

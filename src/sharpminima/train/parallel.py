@@ -51,6 +51,7 @@ from torch import distributed as dist
 from sharpminima import distributed
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError, StoreError
+from sharpminima.losses import Loss
 from sharpminima.train.checkpointing import RunFiles
 from sharpminima.train.evaluate import evaluate
 from sharpminima.train.methods import StepFn
@@ -240,25 +241,29 @@ def parallel_step(step: StepFn, model: nn.Module) -> StepFn:
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def parallel_evaluate(
-    model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int = 10_000
-) -> tuple[float, float]:
+    model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int = 10_000, criterion: Loss | None = None
+) -> tuple[float, float | None]:
     """Full-data eval-mode loss and accuracy, each rank evaluating a contiguous shard.
 
     Same result as :func:`~sharpminima.train.evaluate.evaluate` (eval mode has no batch
-    dependence): the per-rank sums of losses (float64) and of correct predictions are
-    all-reduced, so every rank returns the same numbers.
+    dependence): the per-rank sums of losses (float64), of counted terms and of correct
+    predictions are all-reduced, so every rank returns the same numbers.
     """
     if not distributed.is_active():
-        return evaluate(model, inputs, targets, chunk)
+        return evaluate(model, inputs, targets, chunk, criterion)
     n = int(inputs.shape[0])
     start, stop = distributed.shard_range(n, distributed.world_size(), distributed.rank())
-    sums = torch.zeros(2, dtype=torch.float64, device=inputs.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=inputs.device)
+    defined = True
     if stop > start:
-        loss, acc = evaluate(model, inputs[start:stop], targets[start:stop], chunk)
-        local = stop - start
-        sums[0], sums[1] = loss * local, round(acc * local / 100.0)
+        loss, acc = evaluate(model, inputs[start:stop], targets[start:stop], chunk, criterion)
+        local = (criterion.count((inputs[start:stop], targets[start:stop])) if criterion is not None
+                 else stop - start)
+        defined = acc is not None
+        sums[0], sums[1], sums[2] = loss * local, round((acc or 0.0) * local / 100.0), local
     dist.all_reduce(sums)
-    return float(sums[0]) / n, 100.0 * float(sums[1]) / n
+    total = float(sums[2])
+    return float(sums[0]) / total, (100.0 * float(sums[1]) / total if defined else None)
 
 
 # ----------------------------------------------------------------------------- the store

@@ -30,9 +30,9 @@ from sharpminima.config import TrainConfig
 from sharpminima.data.augment import make_augment
 from sharpminima.data.base import Dataset
 from sharpminima.errors import ConfigError
-from sharpminima.train.loop import _fresh_model, batch_indices, epoch_seed
 from sharpminima.train.methods import make_step
 from sharpminima.train.optim import make_optimizer
+from sharpminima.train.setup import batch_indices, epoch_seed, fresh_model
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def profile_training(
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        model = _fresh_model(config, data, model_factory).to(dev).train()
+        model = fresh_model(config, data, model_factory).to(dev).train()
         opt = make_optimizer(model.parameters(), config)
         step = make_step(config)
         augment = make_augment(config.augment, config.augment_args, data.input_shape).for_epoch(

@@ -31,6 +31,7 @@ from sharpminima.train.step_parts import (
     is_real,
     method_options,
     trainable,
+    training_loss,
 )
 
 #: Pixel ranges of the datasets whose range is known (images scaled ``byte/256`` or
@@ -83,13 +84,15 @@ def conservative(config: TrainConfig) -> StepFn:
     args = method_options(config, "conservative", CONSERVATIVE_ARGS, checks)
     lam, inner_iters, ghost = args["lam"], args["inner_iters"], args["ghost_batch_size"]
 
+    criterion = training_loss(config)
+
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
         params = trainable(model)
         anchor = [p.detach().clone() for p in params]  # x_k
         losses = []
         for _ in range(inner_iters):
             opt.zero_grad(set_to_none=True)
-            loss = batch_loss(model, xb, yb, ghost)
+            loss = batch_loss(model, xb, yb, ghost, criterion)
             loss.backward()
             with torch.no_grad():
                 for p, a in zip(params, anchor, strict=True):
@@ -148,16 +151,18 @@ def adversarial(config: TrainConfig) -> StepFn:
     eps, alpha, ghost = args["eps"], args["alpha"], args["ghost_batch_size"]
     bounds = _clip_range(args["clip"], config.dataset)
 
+    criterion = training_loss(config)
+
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
         opt.zero_grad(set_to_none=True)
         x = xb.detach().requires_grad_(True)
-        loss = batch_loss(model, x, yb, ghost)
+        loss = batch_loss(model, x, yb, ghost, criterion)
         (grad_x,) = torch.autograd.grad(loss, x, retain_graph=True)
         x_adv = xb + eps * grad_x.sign()  # (B, ...)
         if bounds is not None:
             x_adv = x_adv.clamp(*bounds)
         with buffers_restored(model):
-            loss_adv = batch_loss(model, x_adv, yb, ghost)
+            loss_adv = batch_loss(model, x_adv, yb, ghost, criterion)
             (alpha * loss + (1.0 - alpha) * loss_adv).backward()
         opt.step()
         return loss.detach()
@@ -191,10 +196,12 @@ def grad_noise(config: TrainConfig) -> StepFn:
     args = method_options(config, "grad_noise", GRAD_NOISE_ARGS, checks)
     eta, gamma, ghost = args["eta"], args["gamma"], args["ghost_batch_size"]
 
+    criterion = training_loss(config)
+
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
         std = math.sqrt(eta / (1 + _advance_noise_clock(opt)) ** gamma)
         opt.zero_grad(set_to_none=True)
-        loss = batch_loss(model, xb, yb, ghost)
+        loss = batch_loss(model, xb, yb, ghost, criterion)
         loss.backward()
         with torch.no_grad():
             for p in trainable(model):
@@ -223,10 +230,12 @@ def iterate_noise(config: TrainConfig) -> StepFn:
     args = method_options(config, "iterate_noise", ITERATE_NOISE_ARGS, checks)
     std, gamma, ghost = args["std"], args["gamma"], args["ghost_batch_size"]
 
+    criterion = training_loss(config)
+
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
         sigma = std / (1 + _advance_noise_clock(opt)) ** (gamma / 2)
         opt.zero_grad(set_to_none=True)
-        loss = batch_loss(model, xb, yb, ghost)
+        loss = batch_loss(model, xb, yb, ghost, criterion)
         loss.backward()
         opt.step()
         with torch.no_grad():
@@ -252,9 +261,11 @@ def ghost_bn(config: TrainConfig) -> StepFn:
     checks = {"ghost_batch_size": POSITIVE_INT}
     ghost = method_options(config, "ghost_bn", GHOST_BN_ARGS, checks)["ghost_batch_size"]
 
+    criterion = training_loss(config)
+
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = batch_loss(model, xb, yb, ghost)
+        loss = batch_loss(model, xb, yb, ghost, criterion)
         loss.backward()
         opt.step()
         return loss.detach()

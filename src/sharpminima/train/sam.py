@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpminima.config import TrainConfig
+from sharpminima.losses import Loss
 from sharpminima.train.step_parts import (
     GHOST,
     NONNEGATIVE,
@@ -20,6 +21,7 @@ from sharpminima.train.step_parts import (
     batch_loss,
     buffers_restored,
     method_options,
+    training_loss,
 )
 
 #: Keeps ``g / ||g||`` finite at a zero gradient (the SAM and ASAM authors' codes add
@@ -72,7 +74,9 @@ def asam_perturbation(rho: float, eta: float) -> Perturbation:
     return perturb
 
 
-def sharpness_aware_step(perturbation: Perturbation, ghost_batch_size: int | None) -> StepFn:
+def sharpness_aware_step(
+    perturbation: Perturbation, ghost_batch_size: int | None, criterion: Loss | None = None
+) -> StepFn:
     """The two-pass step shared by SAM and ASAM.
 
     1. ``g = grad L_B(w)`` (this pass updates BatchNorm running statistics);
@@ -86,7 +90,7 @@ def sharpness_aware_step(perturbation: Perturbation, ghost_batch_size: int | Non
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = batch_loss(model, xb, yb, ghost_batch_size)
+        loss = batch_loss(model, xb, yb, ghost_batch_size, criterion)
         loss.backward()
         named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
         with torch.no_grad():
@@ -95,7 +99,7 @@ def sharpness_aware_step(perturbation: Perturbation, ghost_batch_size: int | Non
                 p.add_(e)
         opt.zero_grad(set_to_none=True)
         with buffers_restored(model):
-            batch_loss(model, xb, yb, ghost_batch_size).backward()
+            batch_loss(model, xb, yb, ghost_batch_size, criterion).backward()
         with torch.no_grad():
             for (_, p), w in zip(named, at_w, strict=True):
                 p.copy_(w)
@@ -115,7 +119,7 @@ def sam(config: TrainConfig) -> StepFn:
         ConfigError: For an unknown option or an invalid value.
     """
     args = method_options(config, "sam", SAM_ARGS, {"rho": POSITIVE, "ghost_batch_size": GHOST})
-    return sharpness_aware_step(sam_perturbation(args["rho"]), args["ghost_batch_size"])
+    return sharpness_aware_step(sam_perturbation(args["rho"]), args["ghost_batch_size"], training_loss(config))
 
 
 def asam(config: TrainConfig) -> StepFn:
@@ -130,4 +134,5 @@ def asam(config: TrainConfig) -> StepFn:
     args = method_options(
         config, "asam", ASAM_ARGS, {"rho": POSITIVE, "eta": NONNEGATIVE, "ghost_batch_size": GHOST}
     )
-    return sharpness_aware_step(asam_perturbation(args["rho"], args["eta"]), args["ghost_batch_size"])
+    return sharpness_aware_step(asam_perturbation(args["rho"], args["eta"]), args["ghost_batch_size"],
+                                training_loss(config))

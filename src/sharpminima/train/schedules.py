@@ -36,7 +36,7 @@ samples, ``cap = min(max_batch, N)``):
   ``every`` epochs, measure the simple gradient noise scale
   ``B_simple = tr(Sigma) / |G|^2`` (McCandlish et al. 2018) at the epoch's starting weights
   with the two-batch estimator of
-  :func:`sharpminima.landscape.geometry.gradient_noise_scale` (BatchNorm in batch mode,
+  :func:`sharpminima.landscape.noise.gradient_noise_scale` (BatchNorm in batch mode,
   seeded by ``(seed, epoch)``), and set ``B_e = clip(round(scale * B_simple), min_batch,
   cap)``, never below the previous epoch's batch when ``monotone``. A non-finite or
   negative estimate (noise swamps the signal) counts as ``cap``. Cost per measurement:
@@ -235,7 +235,7 @@ def measure_noise_scale(
 
     The model's parameters, buffers and modes are left as they were.
     """
-    from sharpminima.landscape.geometry import gradient_noise_scale
+    from sharpminima.landscape.noise import gradient_noise_scale
     from sharpminima.landscape.objective import ModelObjective
 
     small, big = int(opts["batch_small"]), int(opts["batch_big"])
@@ -315,9 +315,36 @@ LR_SCHEDULES: dict[str, tuple[LrFactory, dict[str, Any]]] = {
 }
 
 
-def register_batch_schedule(name: str, factory: BatchFactory, defaults: dict[str, Any]) -> None:
-    """Make ``factory`` available as ``TrainConfig(batch_schedule=name)`` with these options."""
+#: Batch schedules whose plan depends on the run's own state (its model or history), not
+#: only on the epoch: trials trained together could not share one batch size.
+STATEFUL_BATCH_SCHEDULES: set[str] = {"adaptive"}
+
+
+def register_batch_schedule(name: str, factory: BatchFactory, defaults: dict[str, Any], *,
+                            stateful: bool = True) -> None:
+    """Make ``factory`` available as ``TrainConfig(batch_schedule=name)`` with these options.
+
+    Args:
+        name: The schedule's name.
+        factory: ``(config, options, num_train) -> rule``.
+        defaults: Its options and their defaults.
+        stateful: Whether its plan reads the run's model or history (the safe default);
+            False for a function of the epoch alone.
+    """
     BATCH_SCHEDULES[name] = (factory, defaults)
+    if stateful:
+        STATEFUL_BATCH_SCHEDULES.add(name)
+    else:
+        STATEFUL_BATCH_SCHEDULES.discard(name)
+
+
+def shared_across_trials(config: TrainConfig) -> bool:
+    """Whether every seed of ``config`` gets the same batch plan each epoch.
+
+    Learning-rate rules are pure functions of (step, epoch, batch size); batch rules are,
+    except the stateful ones (:data:`STATEFUL_BATCH_SCHEDULES`).
+    """
+    return config.batch_schedule not in STATEFUL_BATCH_SCHEDULES
 
 
 def register_lr_schedule(name: str, factory: LrFactory, defaults: dict[str, Any]) -> None:

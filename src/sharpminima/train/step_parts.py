@@ -14,50 +14,79 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError
+from sharpminima.losses import CrossEntropy, Loss, resolve_loss
 
 StepFn = Callable[[nn.Module, torch.optim.Optimizer, Tensor, Tensor], Tensor]
 MethodFactory = Callable[[TrainConfig], StepFn]
+
+#: The default loss of a step.
+CROSS_ENTROPY = CrossEntropy()
 
 #: An option check: ``(accepts(value), what a valid value is)``.
 Check = tuple[Callable[[Any], bool], str]
 
 
-def batch_loss(model: nn.Module, xb: Tensor, yb: Tensor, ghost_batch_size: int | None = None) -> Tensor:
-    """Mean cross-entropy of a batch, optionally with ghost BatchNorm.
+def training_loss(config: TrainConfig) -> Loss:
+    """The loss adapter ``config.loss`` names (cross-entropy by default).
+
+    Raises:
+        ConfigError: For an unknown loss or one that reads dict batches (training batches
+            are ``(inputs, targets)``).
+    """
+    criterion = resolve_loss(config.loss)
+    if criterion.name == "output":
+        raise ConfigError(
+            "loss 'output' (the model's own .loss from dict batches) cannot train on (inputs, targets) "
+            "batches; use cross_entropy, mse or module:function"
+        )
+    return criterion
+
+
+def batch_loss(
+    model: nn.Module,
+    xb: Tensor,
+    yb: Tensor,
+    ghost_batch_size: int | None = None,
+    criterion: Loss | None = None,
+) -> Tensor:
+    """Mean loss of a batch (cross-entropy unless ``criterion`` says), optionally with ghost BatchNorm.
 
     Without ``ghost_batch_size`` (or when it is at least the batch size) this is
-    ``(1/B) sum_i -log softmax(model(x_i))[y_i]`` from one forward pass. With it, the batch
+    ``criterion(model, (xb, yb))``, for cross-entropy
+    ``(1/B) sum_i -log softmax(model(x_i))[y_i]``, from one forward pass. With it, the batch
     is split into ``m = ceil(B / ghost_batch_size)`` consecutive virtual batches
     ``V_1, ..., V_m`` of near-equal size (at most ``ghost_batch_size``; sizes differ by at
     most one, so no piece is a tiny remainder) and each gets its own forward pass, so every BatchNorm
     layer normalises a virtual batch by that batch's statistics and updates its running
     statistics once per virtual batch (Hoffer et al. 2017, "Train longer, generalize
-    better", ghost batch normalization). The loss is the size-weighted mean
-    ``(1/B) sum_j sum_{i in V_j} l_i``, i.e. the same normalisation as without ghosts.
+    better", ghost batch normalization). The loss is the count-weighted mean
+    ``sum_j sum_{i in V_j} l_i / sum_j m_j`` (``m_j`` the terms of piece ``j``: samples,
+    or tokens), i.e. the same normalisation as without ghosts.
 
     Args:
         model: The network (in training mode for BatchNorm to use batch statistics).
         xb: Inputs ``(B, ...)``.
-        yb: Integer labels ``(B,)``.
+        yb: Targets ``(B, ...)``.
         ghost_batch_size: Virtual batch size, or None for one forward over the batch.
+        criterion: The loss adapter (default: cross-entropy).
 
     Returns:
         The 0-dim mean loss, attached to the graph.
     """
+    if criterion is None:
+        criterion = CROSS_ENTROPY
     if ghost_batch_size is None or ghost_batch_size >= len(xb):
-        return F.cross_entropy(model(xb), yb)
+        return criterion(model, (xb, yb))
     # ceil(B/g) near-equal pieces (sizes differ by at most 1), so no virtual batch is a
     # tiny remainder (a single sample would make BatchNorm's batch statistics undefined).
     pieces = math.ceil(len(xb) / ghost_batch_size)
-    total = sum(
-        F.cross_entropy(model(xv), yv, reduction="sum")
-        for xv, yv in zip(xb.tensor_split(pieces), yb.tensor_split(pieces), strict=True)
-    )
-    return total / len(xb)  # type: ignore[operator]
+    parts = [(xv, yv) for xv, yv in zip(xb.tensor_split(pieces), yb.tensor_split(pieces), strict=True)]
+    total = sum(criterion.loss_sum(model, part)[0] for part in parts)
+    count = sum(criterion.count(part) for part in parts)
+    return total / count  # type: ignore[operator]
 
 
 @contextmanager

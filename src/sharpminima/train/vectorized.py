@@ -10,12 +10,16 @@ a time, a small network leaves a GPU idle; here the K trials' parameters are sta
     losses.sum().backward()       # d(sum)/d(params_k) = d(loss_k)/d(params_k): trials stay independent
     optimizer.step()              # one optimizer over the stacked tensors
 
-Each trial keeps everything a sequential :func:`~sharpminima.train.loop.train` run has:
+The trials go through the one training loop (:func:`~sharpminima.train.loop.run_epochs`):
+setup, resume, the epoch, evaluation, metrics, divergence and stopping rules and
+checkpoints are the sequential run's own code; this module supplies only the step and the
+state layout (:class:`VectorizedEngine`). Each trial keeps everything a sequential
+:func:`~sharpminima.train.loop.train` run has:
 
-* its initial weights: every network is built by the loop's own ``_fresh_model`` after
-  ``torch.manual_seed(seed)``, then stacked;
-* its data order: the loop's ``batch_indices(n, batch_size, seed, epoch)`` per trial, the
-  K index sets gathered into a ``(K, B, ...)`` batch;
+* its initial weights: every network is built by the loop's own setup
+  (:func:`~sharpminima.train.loop.open_trial`, warm starts included), then stacked;
+* its data order and augmentation: the loop's ``batch_indices(n, batch_size, seed,
+  epoch)`` and augmentation per trial, the K batches stacked into ``(K, B, ...)``;
 * its optimizer state: the registry's optimizer over the stacked tensors. Adam, AdamW, SGD
   (with momentum, also Nesterov's) and Adagrad update every entry independently, with one step count per
   tensor that all trials share (they step together), so the stacked update of trial k is
@@ -58,28 +62,25 @@ the steps are GEMM-bound and torch's CPU batched matmul runs below its plain one
 meant for GPUs, where one small network leaves the device idle
 (``benchmarks/bench_gpu.py``; not yet run on a GPU).
 
-**What falls back to sequential training** (with a logged note): distributed
-(``torchrun``) sessions, methods other than ``plain`` or with options (``compile``,
-``autocast``), optimizers outside :data:`ELEMENTWISE_OPTIMIZERS`, networks with dropout
-modules other than ``nn.Dropout`` (``Dropout2d``, ``AlphaDropout``...) or an
+**What falls back to sequential training** (with a logged note), each asked of the
+component itself: distributed (``torchrun``) sessions; a method whose step is not a plain
+loss-gradient-update (:func:`~sharpminima.train.methods.is_vectorizable`: ``plain``
+without ``compile`` or ``autocast``); an optimizer that is not elementwise
+(:func:`~sharpminima.train.optim.is_elementwise`); a batch schedule whose plan reads the
+run's own state (:func:`~sharpminima.train.schedules.shared_across_trials`); a loss that
+does not run under ``vmap`` (:attr:`~sharpminima.losses.Loss.vmappable`); networks with
+dropout modules other than ``nn.Dropout`` (``Dropout2d``, ``AlphaDropout``...) or an
 ``nn.Dropout`` called more than once per forward pass (their masks are not drawn here;
 functional ``F.dropout`` inside a custom ``forward`` is not detected and fails under
-``vmap``), warm starts (``init_from``), batch-size schedules and augmentation, and any
-config field this module does not know (:data:`SUPPORTED_FIELDS`), so a new option can
-never be silently ignored. Learning-rate schedules (the loop's own
-``schedules.make_schedule``, the same for every trial) and initialisation options (the
-loop's ``_fresh_model``) are supported, and each epoch records the same metrics as the
-loop (``batch_size``, ``steps``, ``lr_end``...).
+``vmap``). Learning-rate schedules, batch schedules of the epoch alone, augmentation,
+initialisation options and warm starts need nothing here: they are the loop's.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -90,43 +91,26 @@ from torch.nn import functional as F
 from sharpminima.config import TrainConfig
 from sharpminima.data.base import Dataset
 from sharpminima.errors import ConfigError
-from sharpminima.train.checkpointing import RunFiles
+from sharpminima.losses import Loss
 from sharpminima.train.evaluate import evaluate
-from sharpminima.train.loop import (
-    Progress,
-    StopState,
-    _check_options,
-    _fresh_model,
-    batch_indices,
-    epoch_seed,
-    train,
-)
-from sharpminima.train.optim import make_optimizer
+from sharpminima.train.loop import Progress, Trial, open_trial, prepare_data, run_epochs, train
+from sharpminima.train.methods import is_vectorizable
+from sharpminima.train.optim import is_elementwise, make_optimizer
 from sharpminima.train.perf import cuda_flags_restored, set_cuda_flags
 from sharpminima.train.run import Run
-from sharpminima.train.schedules import EpochContext, make_schedule, set_lr, steps_done
+from sharpminima.train.schedules import set_lr, shared_across_trials
+from sharpminima.train.setup import check_options, epoch_seed, fresh_model
+from sharpminima.train.step_parts import training_loss
 
 log = logging.getLogger(__name__)
-
-#: Optimizers whose update is elementwise with a per-tensor step count, so one optimizer
-#: over stacked ``(K, ...)`` tensors updates each trial exactly as its own would.
-ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd", "nesterov", "adagrad")
-
-#: Config fields the vectorised path implements. A config that sets any other field to a
-#: non-default value is trained sequentially.
-SUPPORTED_FIELDS = frozenset({
-    "net", "dataset", "batch_size", "optimizer", "lr", "momentum", "betas", "adam_eps",
-    "weight_decay", "epochs", "stop", "patience", "min_improvement", "seed", "train_limit",
-    "test_limit", "data_source", "save_every_epoch", "eval_chunk", "method", "tags",
-    "init", "init_scale",  # applied by the loop's _fresh_model, which builds every trial
-    "lr_schedule", "lr_schedule_args",  # a pure function of (step, epoch, batch size)
-})
 
 
 def fallback_reason(
     config: TrainConfig, model: nn.Module, input_shape: Sequence[int] | None = None
 ) -> str | None:
     """Say why ``config`` cannot be trained vectorised, or return None if it can.
+
+    Each component is asked whether it can be vectorised (see the module docstring).
 
     Args:
         config: The shared configuration of the trials.
@@ -141,13 +125,14 @@ def fallback_reason(
 
     if distributed.is_active():
         return "distributed (torchrun) training shards each run over the ranks instead"
-    if config.method != "plain" or config.method_args:
+    if not is_vectorizable(config):
         return f"method {config.method!r} with options {list(config.method_args)} is not vectorised"
-    if config.optimizer not in ELEMENTWISE_OPTIMIZERS:
+    if not is_elementwise(config.optimizer):
         return f"optimizer {config.optimizer!r} is not known to update elementwise"
-    unknown = sorted(set(config.identity()) - SUPPORTED_FIELDS)
-    if unknown:
-        return f"config fields {unknown} are not implemented by the vectorised path"
+    if not shared_across_trials(config):
+        return f"batch schedule {config.batch_schedule!r} plans each run from its own state"
+    if not training_loss(config).vmappable:
+        return f"loss {config.loss!r} is not known to run under vmap"
     other = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
                     and type(m) is not nn.Dropout and m.p > 0})
     if other:
@@ -294,21 +279,6 @@ class _Dropouts:
         return {f"{name}.mask": torch.stack(ms) for name, ms in drawn.items()}
 
 
-@dataclass
-class _Trial:
-    """One trial's sequential-run state while it trains inside a vectorised group."""
-
-    config: TrainConfig
-    files: RunFiles
-    model: nn.Module
-    opt: torch.optim.Optimizer
-    init_state: dict[str, Tensor]
-    stop: StopState = field(default_factory=StopState)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "pending"
-    message: str | None = None
-
-
 def _slice_state(state: dict[str, Any], shapes: list[torch.Size], index: int | Tensor) -> dict[str, Any]:
     """Select trials from a stacked optimizer ``state_dict`` (``index``: one int, or indices).
 
@@ -340,22 +310,43 @@ def _stack_state(states: list[dict[str, Any]], shapes: list[torch.Size]) -> dict
 class _TrialOptimizerView:
     """The slice of the stacked optimizer that belongs to one trial (for checkpoints)."""
 
-    def __init__(self, group: _Group, k: int) -> None:
-        self.group, self.k = group, k
+    def __init__(self, engine: VectorizedEngine, k: int) -> None:
+        self.engine, self.k = engine, k
 
     def state_dict(self) -> dict[str, Any]:
         """Return the trial's optimizer state in its sequential optimizer's format."""
-        return _slice_state(self.group.opt.state_dict(), self.group.shapes, self.k)
+        return _slice_state(self.engine.opt.state_dict(), self.engine.shapes, self.k)
 
 
-class _Group:
-    """K trials' stacked parameters, buffers and optimizer."""
+class _Loss(nn.Module):
+    """``criterion(model, (x, y))`` as a module, so ``functional_call`` can stack its state."""
 
-    def __init__(
-        self, trials: list[_Trial], config: TrainConfig, dev: torch.device, channels_last: bool
-    ) -> None:
+    def __init__(self, model: nn.Module, criterion: Loss) -> None:
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, xb: Tensor, yb: Tensor) -> Tensor:
+        return self.criterion(self.model, (xb, yb))
+
+
+class VectorizedEngine:
+    """K trials' stacked parameters, buffers and optimizer, stepped by one ``vmap``.
+
+    The :class:`~sharpminima.train.loop.Engine` of vectorised trials: the loop hands it
+    each trial's batch, it stacks them into ``(K, B, ...)`` and takes one batched step.
+
+    Args:
+        trials: The trials (their networks built, resumed to the same epoch).
+        config: Their shared config.
+        dev: The training device.
+        channels_last: Whether the sequential CUDA run would train channels_last (the
+            dropout masks' memory layout follows it).
+    """
+
+    def __init__(self, trials: list[Trial], config: TrainConfig, dev: torch.device, channels_last: bool) -> None:
         self.trials = trials
         self.config = config
+        self.criterion = training_loss(config)
         models = [t.model for t in trials]
         params, buffers = stack_module_state(models)  # {name: (K, ...)}
         self.names = [n for n, p in models[0].named_parameters() if p.requires_grad]
@@ -364,33 +355,66 @@ class _Group:
         self.buffers = buffers
         self.shapes = [self.params[n].shape for n in self.names]
         self.opt = make_optimizer(list(self.params.values()), config)
-        states = [t.opt.state_dict() for t in trials]
-        if states[0]["state"]:  # resumed: carry each trial's optimizer state over
+        states = [t.opt.state_dict() for t in trials if t.opt is not None]
+        if states and states[0]["state"]:  # resumed: carry each trial's optimizer state over
             self.opt.load_state_dict(_stack_state(states, self.shapes))
         self.base = copy.deepcopy(models[0]).to("meta")  # architecture only
         dtype = next(iter(self.params.values())).dtype
         self.dropouts = _Dropouts(self.base, dev, dtype, channels_last)
+        self.dev = dev
+        loss_module = _Loss(self.base, self.criterion)
 
         def one(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-            return F.cross_entropy(functional_call(self.base, (p, b), (xb,)), yb)
+            state = {**{f"model.{n}": v for n, v in p.items()}, **{f"model.{n}": v for n, v in b.items()}}
+            return functional_call(loss_module, state, (xb, yb))
 
         self._losses = vmap(one)
 
-    def step(self, xb: Tensor, yb: Tensor) -> Tensor:
-        """One update of every trial on its batch; ``xb`` is ``(K, B, ...)``; returns ``(K,)``."""
+    def begin_epoch(self, seeds: list[int], epoch: int) -> None:
+        """Training mode; every trial's dropout stream seeded as its sequential run's."""
+        self.base.train()
+        self.dropouts.start_epoch(seeds, epoch)
+
+    def zeros(self) -> Tensor:
+        """A ``(K,)`` accumulator."""
+        return torch.zeros(len(self.trials), device=self.dev)
+
+    def set_lr(self, lr: float, lr0: float) -> None:
+        """Set the stacked optimizer's learning rate."""
+        set_lr(self.opt, lr, lr0)
+
+    def step(self, xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+        """One update of every trial on its batch; returns the ``(K,)`` batch losses."""
+        xb, yb = torch.stack(xs), torch.stack(ys)  # (K, B, ...)
         self.opt.zero_grad(set_to_none=True)
         masks = self.dropouts.masks(tuple(xb.shape[1:]))  # each trial's, as its own run draws them
         losses = self._losses({**self.params, **self.frozen}, {**self.buffers, **masks}, xb, yb)  # (K,)
-        losses.sum().backward()
+        losses.sum().backward()  # d(sum)/d(params_k) = d(loss_k)/d(params_k): trials stay independent
         self.opt.step()
         return losses.detach()
 
+    def epoch_losses(self, loss_sum: Tensor, num_train: int) -> list[float]:
+        """Each trial's ``sum / N``."""
+        return (loss_sum / num_train).tolist()
+
     @torch.no_grad()
-    def unstack(self) -> None:
+    def end_epoch(self) -> None:
         """Copy every trial's slice into its own network (for evaluation and checkpoints)."""
         for k, t in enumerate(self.trials):
             state = {n: v[k] for n, v in {**self.params, **self.frozen, **self.buffers}.items()}
             t.model.load_state_dict(state)
+
+    def lr(self) -> float:
+        """The stacked optimizer's learning rate."""
+        return float(self.opt.param_groups[0]["lr"])
+
+    def optimizer(self, k: int) -> _TrialOptimizerView:
+        """Trial ``k``'s slice of the optimizer state."""
+        return _TrialOptimizerView(self, k)
+
+    def evaluate(self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int) -> tuple[float, float | None]:
+        """A trial's metrics on its own network."""
+        return evaluate(model, inputs, targets, chunk, self.criterion)
 
     def keep(self, ks: list[int]) -> None:
         """Drop the trials not in ``ks`` (they stopped); the rest keep their state."""
@@ -442,158 +466,40 @@ def train_vectorized(
     Raises:
         ConfigError: For no seeds, repeated seeds, or a batch larger than the training set.
     """
-    with cuda_flags_restored():
-        return _train_vectorized(
-            config, seeds, dataset=dataset, store=store, device=device, progress=progress,
-            model_factory=model_factory,
-        )
-
-
-def _train_vectorized(
-    config: TrainConfig,
-    seeds: Sequence[int] = range(5),
-    *,
-    dataset: Dataset | None = None,
-    store: Any = None,
-    device: str | torch.device | None = None,
-    progress: Progress | None = None,
-    model_factory: Callable[[], nn.Module] | None = None,
-) -> list[Run]:
-    """The implementation of :func:`train_vectorized` (CUDA flags are restored by the caller)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("train_vectorized needs at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"the trials' seeds must differ, got {seeds}")
     configs = [config.replace(seed=s) for s in seeds]
-    kwargs: dict[str, Any] = {"dataset": dataset, "store": store, "device": device,
-                              "progress": progress, "model_factory": model_factory}
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dataset is None:
-        from sharpminima.data import load
-
-        dataset = load(config.dataset, source=config.data_source)
-        kwargs["dataset"] = dataset
-    data = dataset.subset(config.train_limit, config.test_limit).to(dev)
-    if config.batch_size > data.num_train:
-        raise ConfigError(f"batch size {config.batch_size} exceeds the {data.num_train} training samples")
-    _check_options(config, data)
+    dev, data = prepare_data(config, dataset, device)
+    check_options(config, data)
     devices = [dev.index or 0] if dev.type == "cuda" else []
-    if dev.type == "cuda":
-        set_cuda_flags()  # the TF32 part of the loop's CUDA fast path (sharpminima.train.perf)
-    with torch.random.fork_rng(devices=devices):
-        reason = fallback_reason(config, _fresh_model(configs[0], data, model_factory), data.input_shape)
-    if reason is not None:
-        log.info("training %d trials one at a time: %s", len(seeds), reason)
-        return [train(c, **kwargs) for c in configs]
-
-    runs: dict[int, Run] = {}
-    groups: dict[int, list[tuple[int, _Trial]]] = {}
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), cuda_flags_restored():
+        reason = fallback_reason(config, fresh_model(configs[0], data, model_factory), data.input_shape)
+        if reason is not None:
+            log.info("training %d trials one at a time: %s", len(seeds), reason)
+            return [train(c, dataset=data, store=store, device=dev, progress=progress,
+                          model_factory=model_factory) for c in configs]
+        if dev.type == "cuda":
+            set_cuda_flags()  # the TF32 part of the loop's CUDA fast path (sharpminima.train.perf)
+        runs: dict[int, Run] = {}
+        groups: dict[int, list[tuple[int, Trial]]] = {}
         for k, cfg in enumerate(configs):
-            files = RunFiles.open(store, cfg)
-            if files.finished():
-                runs[k] = files.load_run(lambda c=cfg: _fresh_model(c, data, model_factory).to(dev))
+            trial = open_trial(cfg, data, dev, store, model_factory)
+            if isinstance(trial, Run):
+                runs[k] = trial
                 continue
-            model = _fresh_model(cfg, data, model_factory).to(dev)
-            init_state = files.initial_weights(model)
-            trial = _Trial(cfg, files, model, make_optimizer(model.parameters(), cfg), init_state)
-            start = files.resume(trial.model, trial.opt, trial.stop, trial.history)
-            groups.setdefault(start, []).append((k, trial))
+            trial.opt = make_optimizer(trial.model.parameters(), cfg)  # to resume its state
+            groups.setdefault(trial.resume(), []).append((k, trial))
+        # where the sequential CUDA run would train channels_last (perf.prepare), its 4-D
+        # dropout inputs are channels_last too, and so are the ones tensors the masks are drawn on
         for start, members in sorted(groups.items()):
-            _train_group([t for _, t in members], start, data, dev, progress)
+            trials = [t for _, t in members]
+            channels_last = (dev.type == "cuda" and data.x_train.ndim == 4
+                             and any(isinstance(m, nn.Conv2d) for m in trials[0].model.modules()))
+            engine = VectorizedEngine(trials, config, dev, channels_last)
+            run_epochs(trials, engine, data, start, dev, progress)
             for k, t in members:
-                runs[k] = Run(t.files.run_id, t.config, t.status, t.message, t.history,
-                              t.model, t.init_state, t.files.root)
+                runs[k] = t.run()
     return [runs[k] for k in range(len(configs))]
-
-
-def _finish(trial: _Trial, status: str, message: str | None) -> None:
-    trial.files.finish(status, message, trial.model, trial.history)
-    trial.status, trial.message = status, message
-
-
-def _train_group(
-    trials: list[_Trial], start_epoch: int, data: Dataset, dev: torch.device, progress: Progress | None
-) -> None:
-    """Train trials that all resume after ``start_epoch`` together, until each one ends."""
-    config = trials[0].config
-    # where the sequential CUDA run would train channels_last (perf.prepare), its 4-D dropout
-    # inputs are channels_last too, and so are the ones tensors the masks are drawn on
-    channels_last = (dev.type == "cuda" and data.x_train.ndim == 4
-                     and any(isinstance(m, nn.Conv2d) for m in trials[0].model.modules()))
-    group = _Group(trials, config, dev, channels_last)
-    n = data.num_train
-    schedule = make_schedule(config, n)  # constant batch size here; maybe an lr schedule
-    num_steps = steps_done(trials[0].history, n, config.batch_size)  # the same for every trial
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    if progress:
-        progress("start", {"total_steps": steps_per_epoch * config.epochs, "done_steps": num_steps})
-    for t in trials:
-        t.files.mark_running()
-    try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            if not group.trials:
-                break
-            t0 = time.perf_counter()
-            lead = group.trials[0]  # a constant batch rule plans the same epoch for every trial
-            plan = schedule.plan(epoch, EpochContext(lead.model, data, lead.history))
-            group.base.train()
-            group.dropouts.start_epoch([t.config.seed for t in group.trials], epoch)
-            loss_sum, first_step = torch.zeros(len(group.trials), device=dev), num_steps
-            orders = [batch_indices(n, plan.batch_size, t.config.seed, epoch, dev) for t in group.trials]
-            for step_idx in zip(*orders, strict=True):
-                set_lr(group.opt, schedule.lr(num_steps, epoch, plan), config.lr)
-                idx = torch.stack(step_idx)  # (K, B)
-                loss_sum += group.step(data.x_train[idx], data.y_train[idx]) * idx.shape[1]
-                num_steps += 1
-                if progress:
-                    progress("step", {})
-            epoch_losses = (loss_sum / n).tolist()  # waits for the epoch's last step on a GPU
-            seconds = (time.perf_counter() - t0) / len(group.trials)
-            group.unstack()
-            extra = {"batch_size": plan.batch_size, "batch_size_mean": n / (num_steps - first_step),
-                     "steps": num_steps, "lr_end": float(group.opt.param_groups[0]["lr"]),
-                     **plan.metrics}
-            keep = []
-            for k, t in enumerate(group.trials):
-                if _end_epoch(t, epoch, epoch_losses[k], seconds, extra, data, group, k, progress):
-                    keep.append(k)
-            if len(keep) < len(group.trials):
-                group.keep(keep)
-    except BaseException as exc:
-        for t in group.trials:
-            if t.status == "pending":
-                _finish(t, "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    for t in group.trials:
-        if t.status == "pending":
-            _finish(t, "done", None)
-
-
-def _end_epoch(
-    t: _Trial, epoch: int, epoch_loss: float, seconds: float, extra: dict[str, Any], data: Dataset,
-    group: _Group, k: int, progress: Progress | None,
-) -> bool:
-    """Evaluate, record and checkpoint one trial's epoch; return whether it trains on."""
-    train_loss, train_acc = evaluate(t.model, data.x_train, data.y_train, t.config.eval_chunk)
-    test_loss, test_acc = evaluate(t.model, data.x_test, data.y_test, t.config.eval_chunk)
-    metrics = {"epoch": epoch, "epoch_loss": epoch_loss, "train_loss": train_loss,
-               "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-               "seconds": seconds, **extra}
-    t.history.append(metrics)
-    opt_view = _TrialOptimizerView(group, k)
-    if not (math.isfinite(epoch_loss) and math.isfinite(train_loss)):
-        t.files.end_epoch(epoch, metrics, t.model, opt_view, t.stop, save=False)  # type: ignore[arg-type]
-        _finish(t, "diverged", f"training loss became {epoch_loss} in epoch {epoch}; "
-                               f"lower the learning rate (now {t.config.lr})")
-        return False
-    t.stop.update(train_loss, t.config.min_improvement)
-    t.files.end_epoch(epoch, metrics, t.model, opt_view, t.stop, save=True)  # type: ignore[arg-type]
-    if progress:
-        progress("epoch", metrics)
-    if t.config.stop == "plateau" and t.stop.bad_epochs >= t.config.patience:
-        log.info("run %s: training loss plateaued after epoch %d", t.files.run_id, epoch)
-        _finish(t, "done", None)
-        return False
-    return True

@@ -31,15 +31,21 @@ from torch import Tensor, nn
 
 from sharpminima import distributed
 from sharpminima.errors import ConfigError
-from sharpminima.landscape.objective import BNMode, ModelObjective, Objective
+from sharpminima.landscape.model_objective import ModelObjective
+from sharpminima.landscape.objective import BNMode, CountedObjective, Objective
 
 __all__ = ["DistributedObjective", "shard_objective"]
 
 
-class DistributedObjective(Objective):
+class DistributedObjective(CountedObjective):
     """The mean loss over all ranks' shards, from each rank's local objective.
 
-    Without an active process group it is the local objective (weight 1).
+    Without an active process group it is the local objective (weight 1). When the local
+    objective is a network objective, so is this one: parameter layout, model and BN mode
+    are the local ones (the same network on every rank), and accuracy, batched
+    evaluation and Gauss-Newton products are all-reduced like the loss. What needs
+    per-sample data on one process (per-example gradients, sub-samples, re-estimated
+    BatchNorm statistics) is not offered, so measures that need it say so.
 
     Args:
         local: This rank's objective; it must have ``num_samples`` (``N_r``) and the same
@@ -59,7 +65,7 @@ class DistributedObjective(Objective):
             )
         self.local = local
         self.dim, self.dtype, self.device = local.dim, local.dtype, local.device
-        counts = torch.tensor([float(local.num_samples)], dtype=torch.float64)
+        counts = torch.tensor([float(local.num_samples)], dtype=torch.float64)  # type: ignore[attr-defined]
         if distributed.is_active():
             dims = torch.tensor([float(local.dim), -float(local.dim)], device=self._comm_device())
             torch.distributed.all_reduce(dims, op=torch.distributed.ReduceOp.MAX)
@@ -72,32 +78,79 @@ class DistributedObjective(Objective):
         self.total_samples = int(counts[0])
         if self.total_samples < 1:
             raise ConfigError("no rank holds a sample; give each rank its shard of the data")
-        self.weight = local.num_samples / self.total_samples
+        self.weight = local.num_samples / self.total_samples  # type: ignore[attr-defined]
 
     def _comm_device(self) -> torch.device:
         nccl = torch.distributed.get_backend() == "nccl"
         return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
+    # -- the network objective's layout: the local one (the same network on every rank) ------
     @property
     def num_samples(self) -> int:
         """Number of samples ``N`` over all ranks."""
         return self.total_samples
+
+    @property
+    def model(self) -> nn.Module:
+        """The local network."""
+        return self.local.model  # type: ignore[attr-defined]
+
+    @property
+    def bn_mode(self) -> str:
+        """The local BatchNorm mode."""
+        return self.local.bn_mode  # type: ignore[attr-defined]
+
+    @property
+    def names(self) -> list[str]:
+        """Parameter names."""
+        return self.local.names  # type: ignore[attr-defined]
+
+    @property
+    def shapes(self) -> list[torch.Size]:
+        """Parameter shapes."""
+        return self.local.shapes  # type: ignore[attr-defined]
+
+    @property
+    def numels(self) -> list[int]:
+        """Parameter sizes."""
+        return self.local.numels  # type: ignore[attr-defined]
+
+    @property
+    def has_accuracy(self) -> bool:
+        """Whether the local loss defines accuracy."""
+        return bool(getattr(self.local, "has_accuracy", False))
+
+    @property
+    def chunk_size(self) -> int | None:
+        """The local chunk size."""
+        return getattr(self.local, "chunk_size", None)
+
+    def unflatten(self, x: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector into named parameter views."""
+        return self.local.unflatten(x)  # type: ignore[attr-defined]
+
+    def parameter_layout(self) -> list[tuple[str, int]]:
+        """``(name, numel)`` per parameter tensor."""
+        return self.local.parameter_layout()  # type: ignore[attr-defined]
+
+    def base_point(self) -> Tensor:
+        """The local objective's base point (the same network on every rank)."""
+        return self.local.base_point()  # type: ignore[attr-defined]
 
     def settings(self) -> dict:
         """The local objective's settings with the global ``num_samples`` and ``world_size``."""
         base = self.local.settings() if hasattr(self.local, "settings") else {}
         return {**base, "num_samples": self.total_samples, "world_size": distributed.world_size()}
 
-    def base_point(self) -> Tensor:
-        """The local objective's base point (the same network on every rank)."""
-        return self.local.base_point()  # type: ignore[attr-defined]
+    def with_bn_mode(self, mode: str) -> DistributedObjective:
+        """The same sharded loss in another BatchNorm mode."""
+        return DistributedObjective(self.local.with_bn_mode(mode))  # type: ignore[attr-defined]
 
-    def __getattr__(self, name: str) -> Any:
-        # model, unflatten, names... of the local objective, for measures that need them.
-        if name == "local":
-            raise AttributeError(name)
-        return getattr(self.local, name)
+    def with_model(self, model: nn.Module, mode: str | None = None) -> DistributedObjective:
+        """The same sharded loss on another module of the same architecture."""
+        return DistributedObjective(self.local.with_model(model, mode))  # type: ignore[attr-defined]
 
+    # -- reduced evaluations -----------------------------------------------------------------
     def _reduce(self, tensor: Tensor) -> Tensor:
         """Sum ``tensor * weight`` over ranks (on the communication device)."""
         if not distributed.is_active():
@@ -109,22 +162,32 @@ class DistributedObjective(Objective):
 
     def __call__(self, x: Tensor) -> Tensor:
         """Return ``f(x)`` differentiably (the backward pass all-reduces too)."""
-        value = self.local(x)
+        value = self.local(x)  # type: ignore[operator]
         if not distributed.is_active():
             return value
         return distributed.all_reduce_differentiable(value * self.weight)
 
     def _loss(self, x: Tensor) -> Tensor:
-        value = self.local._loss(x).double().reshape(1)
+        value = self.local._loss(x).double().reshape(1)  # type: ignore[attr-defined]
         return self._reduce(value)[0].to(self.dtype)
 
     def _loss_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        value, grad = self.local._loss_and_grad(x)
+        value, grad = self.local._loss_and_grad(x)  # type: ignore[attr-defined]
         packed = self._reduce(torch.cat([grad, value.reshape(1).to(grad.dtype)]))  # (n + 1,)
         return packed[-1].to(self.dtype), packed[:-1]
 
     def _hvp(self, x: Tensor, v: Tensor) -> Tensor:
-        return self._reduce(self.local._hvp(x, v))
+        return self._reduce(self.local._hvp(x, v))  # type: ignore[attr-defined]
+
+    def ggn_vp(self, x: Tensor, v: Tensor) -> Tensor:
+        """All-reduced Gauss-Newton product."""
+        return self._reduce(self.local.ggn_vp(x, v))  # type: ignore[attr-defined]
+
+    def check_ggn(self) -> None:
+        """The local loss's Gauss-Newton check."""
+        check = getattr(self.local, "check_ggn", None)
+        if callable(check):
+            check()
 
     @torch.no_grad()
     def loss_and_accuracy(self, x: Tensor) -> tuple[float, float]:
@@ -133,6 +196,14 @@ class DistributedObjective(Objective):
         loss, acc = self.local.loss_and_accuracy(x)  # type: ignore[attr-defined]
         sums = self._reduce(torch.tensor([loss, acc], dtype=torch.float64))
         return float(sums[0]), float(sums[1])
+
+    @torch.no_grad()
+    def loss_and_accuracy_batched(self, xs: Tensor) -> tuple[list[float], list[float]]:
+        """Global losses and accuracies at the rows of ``xs`` ``(G, n)``."""
+        self.counters.num_loss += xs.shape[0]
+        losses, accs = self.local.loss_and_accuracy_batched(xs)  # type: ignore[attr-defined]
+        sums = self._reduce(torch.tensor([losses, accs], dtype=torch.float64))  # (2, G)
+        return sums[0].tolist(), sums[1].tolist()
 
 
 def shard_objective(

@@ -1,0 +1,179 @@
+"""Models, weights and data that ``sharpminima train`` did not make: factories and checkpoints.
+
+``sharpminima measure --model pkg.mod:factory --weights FILE --data pkg.mod:loader_factory``
+measures any network:
+
+* ``--model`` names a function that takes no arguments and returns the ``nn.Module``
+  (built, not trained: the weights come from ``--weights``);
+* ``--weights`` is a ``.safetensors`` file or a PyTorch state dict (``.pt``, ``.pth``,
+  ``.bin``), read with ``torch.load(weights_only=True)``, which unpickles tensors and
+  plain containers only, never code. A dict holding the state dict under ``state_dict``
+  or ``model`` (a training checkpoint) is read too;
+* ``--data`` names a function that takes no arguments and returns the data: a DataLoader
+  or another re-iterable of batches, a tuple ``(inputs, targets)`` of tensors, or a
+  :class:`~sharpminima.data.base.Dataset` (its training split).
+
+Every failure (a factory that does not import, raises, returns the wrong thing; weights
+that do not fit the model) is one :class:`~sharpminima.errors.ConfigError` line. The
+measurement's owner in the store is an ``external`` run keyed by the sha256 of the
+weights, the model and data factories and the loss, so the same measurement is not
+redone and ``runs list`` / ``runs show`` show it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sharpminima.errors import ConfigError, DataError
+from sharpminima.losses import import_object
+
+#: Kind of the store's runs for external checkpoints.
+EXTERNAL_KIND = "external"
+
+#: Largest weights file read (a state dict bigger than this is refused, not read).
+MAX_WEIGHTS_BYTES = 64 << 30
+
+
+def call_factory(spec: str, what: str, check: Callable[[Any], bool], expected: str) -> Any:
+    """Import ``module:function``, call it with no arguments and check what it returns.
+
+    Raises:
+        ConfigError: If it does not import, is not callable, raises, or returns something
+            ``check`` rejects (the message names the factory and what it should return).
+    """
+    factory = import_object(spec, what)
+    if not callable(factory):
+        raise ConfigError(f"{what} {spec!r} is a {type(factory).__name__}, not a function")
+    try:
+        out = factory()
+    except TypeError as exc:
+        raise ConfigError(f"{what} {spec!r} must take no arguments: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(f"{what} {spec!r} raised {type(exc).__name__}: {exc}") from None
+    if not check(out):
+        raise ConfigError(f"{what} {spec!r} returned a {type(out).__name__}; it must return {expected}")
+    return out
+
+
+def load_model(spec: str) -> nn.Module:
+    """Build the network of ``--model module:function``.
+
+    Raises:
+        ConfigError: As :func:`call_factory`.
+    """
+    return call_factory(spec, "model factory", lambda m: isinstance(m, nn.Module), "a torch.nn.Module")
+
+
+def load_data(spec: str) -> Any:
+    """The data of ``--data module:function``: a loader, ``(inputs, targets)`` or a Dataset.
+
+    Raises:
+        ConfigError: As :func:`call_factory`.
+    """
+    from sharpminima.data.base import Dataset
+
+    def usable(out: Any) -> bool:
+        if isinstance(out, Dataset):
+            return True
+        if isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, Tensor) for t in out):
+            return True
+        return hasattr(out, "__iter__") and not isinstance(out, str | bytes | Tensor)
+
+    data = call_factory(spec, "data factory", usable,
+                        "a DataLoader, an iterable of batches, (inputs, targets) tensors or a Dataset")
+    if isinstance(data, Dataset):
+        return data.x_train, data.y_train
+    return data
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read weights from a ``.safetensors`` file or a PyTorch state dict (never a full pickle).
+
+    Raises:
+        DataError: If the file is missing, not a regular file, too large, unreadable, or
+            holds no dict of tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"weights file {p} does not exist or is not a regular file")
+    size = p.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise DataError(f"weights file {p} has {size} bytes, over the {MAX_WEIGHTS_BYTES} limit")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DataError(f"cannot read safetensors file {p}: {exc}") from None
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"cannot read {p} as a PyTorch state dict with weights_only=True ({first}); save it with "
+            "torch.save(model.state_dict(), path) or as .safetensors"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise DataError(f"{p} holds no state dict (a dict of tensors)")
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a weights file into ``model`` (every key must fit, shapes included).
+
+    Raises:
+        ConfigError: If the weights do not fit the model (names or shapes).
+        DataError: As :func:`read_state_dict`.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape of {k} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model")
+        raise ConfigError(f"the weights in {path} do not fit the model: {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def external_identity(model: str, weights: str | os.PathLike[str], data: str, loss: str) -> tuple[dict, str]:
+    """The store config and hash of an external checkpoint's run.
+
+    The hash covers the weights' content (sha256), the model and data factories and the
+    loss, so the same file under another name is the same run, and changed weights are a
+    new one.
+    """
+    digest = file_sha256(Path(weights))
+    config = {"model": model, "weights": str(weights), "weights_sha256": digest, "data": data, "loss": loss}
+    key = json.dumps({k: v for k, v in config.items() if k != "weights"}, sort_keys=True)
+    return config, hashlib.sha256(key.encode()).hexdigest()
