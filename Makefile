@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SM := $(VENV)/bin/sharpminima
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test test-all lint bench clean
+.PHONY: install install-test demo test test-all lint bench check-published clean
 
 # The core install (what `make demo` needs); the test install adds the optional integrations
 # (Lightning, Hugging Face, TensorBoard, W&B, MLflow) and the test tools.
@@ -34,10 +34,14 @@ test-all: install-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install-test
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 bench: install
 	$(PY) benchmarks/bench_train.py
+
+# Before a release: every folder in docs/results must have been made by the code at HEAD.
+check-published: install
+	$(PY) scripts/check_published.py docs/results README.md
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

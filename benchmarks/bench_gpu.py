@@ -81,7 +81,7 @@ from sharpminima.landscape.eigen import hessian_eigenvalues
 from sharpminima.landscape.sharpness import keskar_sharpness
 from sharpminima.models import build
 from sharpminima.store.checkpoints import atomic_write_text
-from sharpminima.store.db import cpu_model
+from sharpminima.store.provenance import cpu_model
 from sharpminima.train import perf, train
 from sharpminima.train.vectorized import train_vectorized
 

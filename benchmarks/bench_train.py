@@ -74,7 +74,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from sharpminima.config import TrainConfig  # noqa: E402
 from sharpminima.data.base import Dataset  # noqa: E402
 from sharpminima.models import build  # noqa: E402
-from sharpminima.store.db import cpu_model  # noqa: E402
+from sharpminima.store.provenance import cpu_model  # noqa: E402
 from sharpminima.train import batch_indices, make_optimizer, make_step, train  # noqa: E402
 
 SEED = 0

@@ -43,7 +43,7 @@ from sharpminima.landscape import ModelObjective, flatten_params
 from sharpminima.landscape.batched import DEFAULT_GROUP_SIZE
 from sharpminima.landscape.interpolate import interpolate
 from sharpminima.models import build
-from sharpminima.store.db import cpu_model
+from sharpminima.store.provenance import cpu_model
 from sharpminima.train import train
 from sharpminima.train.vectorized import train_vectorized
 

@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sharpminima.errors import ConfigError
+from sharpminima.factories import import_object
 from sharpminima.losses import (
     IGNORE_INDEX,
     CallableLoss,
@@ -13,7 +14,6 @@ from sharpminima.losses import (
     MeanSquaredError,
     ModelOutputLoss,
     OutputLoss,
-    import_object,
     resolve_loss,
 )
 
@@ -22,6 +22,7 @@ D = torch.float64
 
 def _check_output_hvp(loss, outputs, batch):
     """output_hvp against the dense Hessian of the batch's mean loss in the outputs."""
+
     def mean_of(out):
         model = _Fixed(out)
         return loss(model, batch)
@@ -116,12 +117,15 @@ def test_resolve_loss():
         resolve_loss(3)
 
 
-@pytest.mark.parametrize(("spec", "match"), [
-    ("nomodule_xyz:fn", "cannot import loss 'nomodule_xyz:fn'"),
-    ("os:no_such_thing", "module 'os' has no attribute"),
-    (":", "must be written module:attribute"),
-    ("os", "must be written module:attribute"),
-])
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("nomodule_xyz:fn", "cannot import loss 'nomodule_xyz:fn'"),
+        ("os:no_such_thing", "module 'os' has no attribute"),
+        (":", "must be written module:attribute"),
+        ("os", "must be written module:attribute"),
+    ],
+)
 def test_import_object_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
         import_object(spec, "loss")

@@ -15,8 +15,8 @@ measures any network:
 
 Every failure (a factory that does not import, raises, returns the wrong thing; weights
 that do not fit the model) is one :class:`~sharpminima.errors.ConfigError` line. The
-measurement's owner in the store is an ``external`` run keyed by the sha256 of the
-weights, the model and data factories and the loss, so the same measurement is not
+measurement's owner in the store is an ``external`` run keyed by a sha256 of the
+weights themselves, the model and data factories and the loss, so the same measurement is not
 redone and ``runs list`` / ``runs show`` show it.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from sharpminima.errors import ConfigError, DataError
-from sharpminima.losses import import_object
+from sharpminima.factories import call_factory
 
 #: Kind of the store's runs for external checkpoints.
 EXTERNAL_KIND = "external"
 
 #: Largest weights file read (a state dict bigger than this is refused, not read).
 MAX_WEIGHTS_BYTES = 64 << 30
-
-
-def call_factory(spec: str, what: str, check: Callable[[Any], bool], expected: str) -> Any:
-    """Import ``module:function``, call it with no arguments and check what it returns.
-
-    Raises:
-        ConfigError: If it does not import, is not callable, raises, or returns something
-            ``check`` rejects (the message names the factory and what it should return).
-    """
-    factory = import_object(spec, what)
-    if not callable(factory):
-        raise ConfigError(f"{what} {spec!r} is a {type(factory).__name__}, not a function")
-    try:
-        out = factory()
-    except TypeError as exc:
-        raise ConfigError(f"{what} {spec!r} must take no arguments: {exc}") from None
-    except (Exception, SystemExit) as exc:
-        raise ConfigError(f"{what} {spec!r} raised {type(exc).__name__}: {exc}") from None
-    if not check(out):
-        raise ConfigError(f"{what} {spec!r} returned a {type(out).__name__}; it must return {expected}")
-    return out
 
 
 def load_model(spec: str) -> nn.Module:
@@ -87,20 +65,15 @@ def load_data(spec: str) -> Any:
             return True
         return hasattr(out, "__iter__") and not isinstance(out, str | bytes | Tensor)
 
-    data = call_factory(spec, "data factory", usable,
-                        "a DataLoader, an iterable of batches, (inputs, targets) tensors or a Dataset")
+    data = call_factory(
+        spec,
+        "data factory",
+        usable,
+        "a DataLoader, an iterable of batches, (inputs, targets) tensors or a Dataset",
+    )
     if isinstance(data, Dataset):
         return data.x_train, data.y_train
     return data
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -141,8 +114,21 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return obj
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def weights_sha256(state: dict[str, Tensor]) -> str:
+    """A digest of weights themselves (names, dtypes, shapes, values), whatever the file format."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
     """Load a weights file into ``model`` (every key must fit, shapes included).
+
+    Returns:
+        The weights' :func:`weights_sha256`.
 
     Raises:
         ConfigError: If the weights do not fit the model (names or shapes).
@@ -161,19 +147,23 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
             parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
         if wrong:
             k = wrong[0]
-            parts.append(f"shape of {k} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model")
+            parts.append(
+                f"shape of {k} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+            )
         raise ConfigError(f"the weights in {path} do not fit the model: {'; '.join(parts)}")
     model.load_state_dict(state)
+    return weights_sha256(state)
 
 
-def external_identity(model: str, weights: str | os.PathLike[str], data: str, loss: str) -> tuple[dict, str]:
+def external_identity(
+    model: str, weights: str | os.PathLike[str], digest: str, data: str, loss: str
+) -> tuple[dict, str]:
     """The store config and hash of an external checkpoint's run.
 
-    The hash covers the weights' content (sha256), the model and data factories and the
-    loss, so the same file under another name is the same run, and changed weights are a
-    new one.
+    The hash covers the weights themselves (:func:`weights_sha256`: the same weights in a
+    ``.safetensors`` file, a state dict or a training checkpoint are one run; changed
+    weights are a new one), the model and data factories and the loss.
     """
-    digest = file_sha256(Path(weights))
     config = {"model": model, "weights": str(weights), "weights_sha256": digest, "data": data, "loss": loss}
     key = json.dumps({k: v for k, v in config.items() if k != "weights"}, sort_keys=True)
     return config, hashlib.sha256(key.encode()).hexdigest()

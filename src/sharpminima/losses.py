@@ -40,7 +40,6 @@ objective evaluates them at any flat parameter vector through
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -51,6 +50,7 @@ from torch.nn import functional as F
 
 from sharpminima.data.sources import Batch, leading_size, tree_leaves
 from sharpminima.errors import ConfigError
+from sharpminima.factories import import_object
 
 IGNORE_INDEX = -100
 Per = Literal["auto", "sequence", "token"]
@@ -165,7 +165,9 @@ class CrossEntropy(Loss):
     def _mean(self, logits: Tensor, y: Tensor) -> Tensor:
         if logits.ndim == 2 and y.ndim == 1:
             return F.cross_entropy(logits, y)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=self.ignore_index)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=self.ignore_index
+        )
 
     def count(self, batch: Batch) -> int:
         """Samples, or target tokens other than ``ignore_index``."""
@@ -190,8 +192,9 @@ class CrossEntropy(Loss):
         if logits.ndim == 2 and y.ndim == 1:
             return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(dim=1) == y).sum()
         flat_y = y.reshape(-1)
-        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat_y, reduction="sum",
-                                ignore_index=self.ignore_index)
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), flat_y, reduction="sum", ignore_index=self.ignore_index
+        )
         return total, ((logits.argmax(dim=-1) == y) & (y != self.ignore_index)).sum()
 
     def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
@@ -359,7 +362,9 @@ class ModelOutputLoss(Loss):
         if logits is None:
             raise ConfigError("the model's output has no logits; the Gauss-Newton matrix needs them")
         if batch["labels"].is_floating_point():
-            raise ConfigError("float labels (regression or multi-label): the Gauss-Newton form is not known here")
+            raise ConfigError(
+                "float labels (regression or multi-label): the Gauss-Newton form is not known here"
+            )
         return logits
 
     def output_hvp(self, outputs: Tensor, batch: Batch, v: Tensor) -> Tensor:
@@ -399,8 +404,12 @@ class CallableLoss(Loss):
         ConfigError: If ``fn`` or ``weight`` is not callable.
     """
 
-    def __init__(self, fn: Callable[[nn.Module, Batch], Tensor],
-                 weight: Callable[[Batch], int | float] | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[nn.Module, Batch], Tensor],
+        weight: Callable[[Batch], int | float] | None = None,
+        name: str | None = None,
+    ) -> None:
         if not callable(fn) or (weight is not None and not callable(weight)):
             raise ConfigError("loss must be a callable fn(model, batch) and weight a callable weight(batch)")
         self.fn = fn
@@ -465,8 +474,12 @@ def register_loss(name: str, factory: Callable[[], Loss]) -> None:
     LOSSES[name] = factory
 
 
-def resolve_loss(loss: Any = None, *, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 example: Batch | None = None) -> Loss:
+def resolve_loss(
+    loss: Any = None,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    example: Batch | None = None,
+) -> Loss:
     """Turn what a user gives as the loss into a :class:`Loss`.
 
     Args:
@@ -481,7 +494,9 @@ def resolve_loss(loss: Any = None, *, loss_fn: Callable[[Tensor, Tensor], Tensor
         ConfigError: For an unknown name, an unimportable function, or both arguments.
     """
     if loss is not None and loss_fn is not None:
-        raise ConfigError("give either loss (fn(model, batch) or a name) or loss_fn(outputs, targets), not both")
+        raise ConfigError(
+            "give either loss (fn(model, batch) or a name) or loss_fn(outputs, targets), not both"
+        )
     if loss_fn is not None:
         if loss_fn is F.cross_entropy:
             return CrossEntropy()
@@ -500,30 +515,9 @@ def resolve_loss(loss: Any = None, *, loss_fn: Callable[[Tensor, Tensor], Tensor
         raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)} or give module:function")
     if callable(loss):
         return CallableLoss(loss)
-    raise ConfigError(f"loss must be a name, a Loss or a callable fn(model, batch), got {type(loss).__name__}")
-
-
-def import_object(spec: str, what: str) -> Any:
-    """Import ``"package.module:attribute"`` (a factory, a loss), with one clear error.
-
-    Raises:
-        ConfigError: If ``spec`` is malformed, the module fails to import (any exception,
-            a syntax error included) or has no such attribute.
-    """
-    module_name, sep, attr = str(spec).partition(":")
-    if not sep or not module_name.strip() or not attr.strip():
-        raise ConfigError(f"{what} {spec!r} must be written module:attribute (e.g. mypkg.nets:build)")
-    try:
-        module = importlib.import_module(module_name.strip())
-    except (Exception, SystemExit) as exc:  # a user module may raise anything at import
-        raise ConfigError(f"cannot import {what} {spec!r}: {type(exc).__name__}: {exc}") from None
-    try:
-        obj = module
-        for part in attr.strip().split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ConfigError(f"module {module_name!r} has no attribute {attr!r} ({what} {spec!r})") from None
-    return obj
+    raise ConfigError(
+        f"loss must be a name, a Loss or a callable fn(model, batch), got {type(loss).__name__}"
+    )
 
 
 def describe_loss(loss: Loss) -> str:

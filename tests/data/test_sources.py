@@ -48,11 +48,14 @@ def test_tensor_source_of_a_dict_and_its_subsets():
     assert isinstance(sub, TensorSource) and sub.num_samples == 3
 
 
-@pytest.mark.parametrize(("args", "match"), [
-    ((torch.ones(3, 2), torch.ones(4)), "need as many targets as inputs"),
-    ((torch.ones(0, 2), torch.ones(0)), "need as many targets as inputs"),
-    (({"a": torch.ones(3), "b": torch.ones(2)},), "share one non-zero leading size"),
-])
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((torch.ones(3, 2), torch.ones(4)), "need as many targets as inputs"),
+        ((torch.ones(0, 2), torch.ones(0)), "need as many targets as inputs"),
+        (({"a": torch.ones(3), "b": torch.ones(2)},), "share one non-zero leading size"),
+    ],
+)
 def test_tensor_source_rejects_mismatched_data(args, match):
     with pytest.raises(ConfigError, match=match):
         TensorSource(*args)
@@ -92,7 +95,7 @@ def test_a_shuffling_loader_is_refused():
 def test_a_one_shot_iterator_is_refused():
     x, y = _data(10)
     with pytest.raises(ConfigError, match="can be read only once"):
-        LoaderSource(((x[i:i + 2], y[i:i + 2]) for i in range(0, 10, 2)))
+        LoaderSource((x[i : i + 2], y[i : i + 2]) for i in range(0, 10, 2))
 
 
 class _Augmenting:
@@ -104,7 +107,7 @@ class _Augmenting:
     def __iter__(self):
         x, y = _data(8)
         for i in range(0, 8, 4):
-            yield x[i:i + 4] + 0.1 * torch.randn(4, 3, generator=self.g), y[i:i + 4]
+            yield x[i : i + 4] + 0.1 * torch.randn(4, 3, generator=self.g), y[i : i + 4]
 
 
 def test_batches_that_change_between_passes_are_caught():

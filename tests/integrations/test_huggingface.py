@@ -17,15 +17,30 @@ D = torch.float64
 
 def tiny_bert(num_labels=3):
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=16, max_position_embeddings=12, num_labels=num_labels)
+    cfg = transformers.BertConfig(
+        vocab_size=30,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=12,
+        num_labels=num_labels,
+    )
     return transformers.BertForSequenceClassification(cfg)
 
 
 def tiny_gpt2(dtype=torch.float32):
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=8, n_positions=6, n_embd=4, n_layer=1, n_head=2, bos_token_id=0,
-                                  eos_token_id=0, attn_implementation="eager")
+    cfg = transformers.GPT2Config(
+        vocab_size=8,
+        n_positions=6,
+        n_embd=4,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="eager",
+    )
     return transformers.GPT2LMHeadModel(cfg).to(dtype)
 
 
@@ -33,8 +48,14 @@ def _bert_batches(n=24, size=8):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 30, (n, 6), generator=g)
     labels = torch.randint(0, 3, (n,), generator=g)
-    return [{"input_ids": ids[i:i + size], "attention_mask": torch.ones(size, 6, dtype=torch.long),
-             "labels": labels[i:i + size]} for i in range(0, n, size)]
+    return [
+        {
+            "input_ids": ids[i : i + size],
+            "attention_mask": torch.ones(size, 6, dtype=torch.long),
+            "labels": labels[i : i + size],
+        }
+        for i in range(0, n, size)
+    ]
 
 
 def test_bert_classifier_mean_over_sequences():
@@ -87,8 +108,9 @@ def test_causal_lm_is_a_mean_per_predicted_token_and_ties_count_once():
         for b in batches:
             logits = model(input_ids=b["input_ids"]).logits[:, :-1]
             labels = b["labels"][:, 1:]
-            total += float(F.cross_entropy(logits.reshape(-1, 8), labels.reshape(-1), ignore_index=-100,
-                                           reduction="sum"))
+            total += float(
+                F.cross_entropy(logits.reshape(-1, 8), labels.reshape(-1), ignore_index=-100, reduction="sum")
+            )
             count += int((labels != -100).sum())
     assert land.objective.total_weight == count == 3 * 4 + 2 * 2  # labels shifted by one inside
     # Hugging Face computes its loss in float32 whatever the model's dtype
@@ -107,8 +129,9 @@ def _dense_lm(model, batches):
         for b in batches:
             logits = torch.func.functional_call(model, params, (), {"input_ids": b["input_ids"]}).logits
             labels = b["labels"][:, 1:]
-            total = total + F.cross_entropy(logits[:, :-1].reshape(-1, 8), labels.reshape(-1),
-                                            ignore_index=-100, reduction="sum")
+            total = total + F.cross_entropy(
+                logits[:, :-1].reshape(-1, 8), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            )
             count += int((labels != -100).sum())
         return total / count
 
@@ -144,6 +167,7 @@ def test_causal_lm_gauss_newton_is_per_token():
     ref = torch.zeros_like(got)
     model.eval()
     for b in batches:
+
         def logits_of(flat, b=b):
             params = {n: t.view(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes, strict=True)}
             return torch.func.functional_call(model, params, (), {"input_ids": b["input_ids"]}).logits[:, :-1]
@@ -166,15 +190,26 @@ def test_trainer_callback_measures_each_epoch_and_logs_through_the_trainer(tmp_p
     model = tiny_bert()
     batches = _bert_batches()
     rows = [{k: b[k][i] for k in b} for b in batches for i in range(8)]
-    callback = SharpnessTrainerCallback(batches[:2], [("keskar_sharpness", {"max_iters": 2})], every_n_epochs=1)
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8,
-                                          report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
-                                          disable_tqdm=True)
+    callback = SharpnessTrainerCallback(
+        batches[:2], [("keskar_sharpness", {"max_iters": 2})], every_n_epochs=1
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback])
     callback.bind(trainer)
     trainer.train()
     assert [epoch for epoch, _ in callback.history] == [1.0, 2.0]
     logged = [row for row in trainer.state.log_history if "sharpminima/keskar_sharpness.max_iters_2" in row]
     assert len(logged) == 2
-    assert logged[-1]["sharpminima/keskar_sharpness.max_iters_2"] == callback.history[-1][1][
-        "keskar_sharpness.max_iters_2"].value
+    assert (
+        logged[-1]["sharpminima/keskar_sharpness.max_iters_2"]
+        == callback.history[-1][1]["keskar_sharpness.max_iters_2"].value
+    )

@@ -55,13 +55,28 @@ def test_measuring_mid_training_changes_nothing(bn_mode):
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     before = _state(model, opt)
-    results = measure_model(model, [(x[:32], y[:32]), (x[32:], y[32:])],
-                            ["keskar_sharpness", ("hessian_eigenvalues", {"k": 2}), "hessian_trace",
-                             "gradient_noise_scale", "average_sharpness", "relative_flatness"],
-                            bn_mode=bn_mode)
+    results = measure_model(
+        model,
+        [(x[:32], y[:32]), (x[32:], y[32:])],
+        [
+            "keskar_sharpness",
+            ("hessian_eigenvalues", {"k": 2}),
+            "hessian_trace",
+            "gradient_noise_scale",
+            "average_sharpness",
+            "relative_flatness",
+        ],
+        bn_mode=bn_mode,
+    )
     _assert_same(before, _state(model, opt))
-    assert set(results) == {"keskar_sharpness", "hessian_eigenvalues.k_2", "hessian_trace",
-                            "gradient_noise_scale", "average_sharpness", "relative_flatness"}
+    assert set(results) == {
+        "keskar_sharpness",
+        "hessian_eigenvalues.k_2",
+        "hessian_trace",
+        "gradient_noise_scale",
+        "average_sharpness",
+        "relative_flatness",
+    }
     assert results["hessian_eigenvalues.k_2"].settings["bn_mode"] == bn_mode
     assert results["gradient_noise_scale"].settings["bn_mode"] == "eval"  # needs running statistics
 

@@ -13,7 +13,9 @@ def results():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g)
-    return measure_model(model, (x, y), [("keskar_sharpness", {"max_iters": 2}), ("hessian_trace", {"num_probes": 4})])
+    return measure_model(
+        model, (x, y), [("keskar_sharpness", {"max_iters": 2}), ("hessian_trace", {"num_probes": 4})]
+    )
 
 
 def test_tensorboard(results, tmp_path):
@@ -26,7 +28,9 @@ def test_tensorboard(results, tmp_path):
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     (scalar,) = events.Scalars("sharpminima/keskar_sharpness.max_iters_2")
-    assert scalar.step == 3 and scalar.value == pytest.approx(results["keskar_sharpness.max_iters_2"].value, rel=1e-6)
+    assert scalar.step == 3 and scalar.value == pytest.approx(
+        results["keskar_sharpness.max_iters_2"].value, rel=1e-6
+    )
 
 
 def test_weights_and_biases_offline(results, tmp_path, monkeypatch):
@@ -38,7 +42,8 @@ def test_weights_and_biases_offline(results, tmp_path, monkeypatch):
     try:
         log_results(results, run, step=2)
         assert run.summary["sharpminima/hessian_trace.num_probes_4"] == pytest.approx(
-            results["hessian_trace.num_probes_4"].value)
+            results["hessian_trace.num_probes_4"].value
+        )
     finally:
         run.finish()
     assert list(tmp_path.rglob("*.wandb"))  # the offline run file, ready for `wandb sync`
@@ -51,5 +56,9 @@ def test_mlflow_local_store(results, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"file://{tmp_path}/mlruns")
     with mlflow.start_run() as run:
         log_results(results, mlflow, step=5)
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "sharpminima/keskar_sharpness.max_iters_2")
-    assert [(m.step, m.value) for m in history] == [(5, pytest.approx(results["keskar_sharpness.max_iters_2"].value))]
+    history = mlflow.MlflowClient().get_metric_history(
+        run.info.run_id, "sharpminima/keskar_sharpness.max_iters_2"
+    )
+    assert [(m.step, m.value) for m in history] == [
+        (5, pytest.approx(results["keskar_sharpness.max_iters_2"].value))
+    ]

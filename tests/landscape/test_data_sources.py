@@ -31,8 +31,15 @@ class _Block(nn.Module):
 
 def tiny_resnet(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), _Block(4),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).double()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        _Block(4),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    ).double()
 
 
 def _images(n=48, seed=0):
@@ -42,15 +49,23 @@ def _images(n=48, seed=0):
 
 #: Small settings so that every measure runs in well under a second here.
 SMALL = {
-    "keskar_sharpness": {"max_iters": 3}, "keskar_sharpness_multistart": {"max_iters": 2, "num_starts": 2},
-    "adaptive_sharpness": {"max_iters": 2}, "epsilon_study": {"eps": (1e-3, 1e-2), "max_iters": 2},
-    "hessian_eigenvalues": {"max_iters": 6}, "ggn_eigenvalues": {"max_iters": 6},
-    "hessian_trace": {"num_probes": 3}, "ggn_trace": {"num_probes": 3},
-    "spectral_density": {"num_probes": 2, "lanczos_steps": 4}, "subspace_ritz_values": {"p": 3},
-    "layer_eigenvalues": {"max_iters": 4}, "layer_traces": {"num_probes": 2},
-    "average_sharpness": {"num_draws": 3}, "loss_surface": {"num_points": 3},
+    "keskar_sharpness": {"max_iters": 3},
+    "keskar_sharpness_multistart": {"max_iters": 2, "num_starts": 2},
+    "adaptive_sharpness": {"max_iters": 2},
+    "epsilon_study": {"eps": (1e-3, 1e-2), "max_iters": 2},
+    "hessian_eigenvalues": {"max_iters": 6},
+    "ggn_eigenvalues": {"max_iters": 6},
+    "hessian_trace": {"num_probes": 3},
+    "ggn_trace": {"num_probes": 3},
+    "spectral_density": {"num_probes": 2, "lanczos_steps": 4},
+    "subspace_ritz_values": {"p": 3},
+    "layer_eigenvalues": {"max_iters": 4},
+    "layer_traces": {"num_probes": 2},
+    "average_sharpness": {"num_draws": 3},
+    "loss_surface": {"num_points": 3},
     "gradient_noise_scale": {"num_examples": 24, "num_groups": 3},
-    "pacbayes_flatness": {"num_draws": 1, "steps": 2}, "interpolation": {"num_points": 3},
+    "pacbayes_flatness": {"num_draws": 1, "steps": 2},
+    "interpolation": {"num_points": 3},
     "relative_flatness": {"num_probes": 3},
 }
 
@@ -68,8 +83,9 @@ def test_every_measure_gives_the_tensor_paths_number_from_a_loader(bn_mode):
     x0 = flatten_params(tiny_resnet(seed=2))
     tensors = ModelObjective(model, x_in, y_in, bn_mode=bn_mode, chunk_size=16)
     loader = ModelObjective(model, DataLoader(TensorDataset(x_in, y_in), batch_size=16), bn_mode=bn_mode)
-    listed = ModelObjective(model, [(x_in[i:i + 16], y_in[i:i + 16]) for i in range(0, 48, 16)],
-                            bn_mode=bn_mode)
+    listed = ModelObjective(
+        model, [(x_in[i : i + 16], y_in[i : i + 16]) for i in range(0, 48, 16)], bn_mode=bn_mode
+    )
     names = [m.name for m in all_measures()]
     assert len(names) >= 20
     for name in names:
@@ -147,7 +163,7 @@ def test_a_user_loss_function_of_model_and_batch():
     def loss(m, batch):  # any function of the model and a batch: here a dict batch
         return ((m(batch["features"]) - batch["target"]) ** 2).mean()
 
-    batches = [{"features": x_in[i:i + 10], "target": y_in[i:i + 10]} for i in range(0, 40, 10)]
+    batches = [{"features": x_in[i : i + 10], "target": y_in[i : i + 10]} for i in range(0, 40, 10)]
     land = Landscape(model, batches, loss=loss)
     assert land.loss() == pytest.approx(float(f(x0)), rel=1e-12)
     assert land.objective.settings()["loss"].endswith("loss")

@@ -8,7 +8,7 @@ from cases import DTYPE, mlp_case, quadratic
 
 from sharpminima.errors import ConfigError
 from sharpminima.landscape.epsilon import epsilon_study, plot_epsilon_study
-from sharpminima.landscape.sharpness import random_subspace
+from sharpminima.landscape.subspace import random_subspace
 
 EPS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 

@@ -83,7 +83,9 @@ def test_user_factory(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert count_parameters(build("mynets:tiny", (4,), 3)) == 15
-    with pytest.raises(ConfigError, match="returned int, not nn.Module"):
+    with pytest.raises(ConfigError, match="returned a int; it must return a torch.nn.Module"):
         build("mynets:bad", (4,), 3)
-    with pytest.raises(ConfigError, match="cannot import network factory"):
+    with pytest.raises(ConfigError, match="module 'mynets' has no attribute 'missing'"):
         build("mynets:missing", (4,), 3)
+    with pytest.raises(ConfigError, match="cannot import network factory 'nosuchmodule_q:f'"):
+        build("nosuchmodule_q:f", (4,), 3)

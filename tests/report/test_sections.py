@@ -81,3 +81,48 @@ def test_figure_verdicts_follow_the_numbers(tmp_path: Path):
         "fig6": {"f1": {"sb": along["lb"], "lb": along["sb"]}},
     })
     assert len(no) == 3 and all(line.endswith("| no |") for line in no)
+
+
+def _sharpness_row(sb_values, lb_values):
+    from sharpminima.reproduce.common import ratio, stats
+
+    sb, lb = stats(sb_values), stats(lb_values)
+    return {"subspace": "full", "eps": 1e-3, "bn_mode": "batch", "sb": sb, "lb": lb, "ratio": ratio(sb, lb)}
+
+
+@pytest.mark.parametrize(
+    ("sb", "lb", "held"),
+    [
+        ([10.0, 12.0, 11.0], [300.0, 320.0, 290.0], "| yes |"),  # interval well above 10x
+        ([10.0, 12.0, 11.0], [30.0, 33.0, 31.0], "| partly (sharper, but < 10x) |"),
+        ([5.0, 30.0, 12.0], [150.0, 120.0, 100.0], "whether by >= 10x is not settled"),
+        ([10.0, 40.0, 12.0], [15.0, 8.0, 30.0], "not settled: the 95% interval includes 1"),
+        ([100.0, 120.0, 110.0], [10.0, 12.0, 11.0], "| no (SB sharper) |"),
+    ],
+)
+def test_the_sharpness_verdict_reads_the_interval_not_the_point(tmp_path: Path, sb, lb, held):
+    (line,) = [x for x in _verdict_lines(tmp_path, {"sharpness": {"f1": [_sharpness_row(sb, lb)]}})
+               if "sharper" in x.split("|")[1]]
+    assert held in line and "x [" in line  # the ratio and its interval
+
+
+def _table2_row(sb_test, lb_test, sb_train=(99.0, 99.2, 99.1), lb_train=(99.0, 99.1, 99.2)):
+    from sharpminima.reproduce.common import gap, stats
+
+    sb = {"test_acc": stats(list(sb_test)), "train_acc": stats(list(sb_train))}
+    lb = {"test_acc": stats(list(lb_test)), "train_acc": stats(list(lb_train))}
+    return {"sb": sb, "lb": lb, "gap": gap(sb["test_acc"], lb["test_acc"])}
+
+
+@pytest.mark.parametrize(
+    ("sb", "lb", "held"),
+    [
+        ((98.0, 98.1, 98.2), (97.0, 97.1, 97.2), "| yes |"),
+        ((97.0, 97.1, 97.2), (98.0, 98.1, 98.2), "| no (LB tested better) |"),
+        ((98.0, 97.0, 98.5), (97.8, 98.1, 97.5), "not settled"),
+    ],
+)
+def test_the_gap_verdict_reads_welchs_interval(tmp_path: Path, sb, lb, held):
+    lines = _verdict_lines(tmp_path, {"table2": {"f1": _table2_row(sb, lb)}})
+    line = next(x for x in lines if "LB tests worse" in x)
+    assert held in line and "95% interval" in line and "3+3 trials" in line

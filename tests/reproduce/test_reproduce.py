@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-
+import torch
 from repro_cases import TINY
 
 from sharpminima.errors import ConfigError
@@ -163,6 +163,15 @@ def test_killed_reproduction_finishes_the_same(done, tmp_path):
     after = {r.id: r for r in store.list_runs()}
     for run_id in finished_before:  # finished runs were not trained again
         assert after[run_id].status == "done"
+    # bit-reproducible: same seeds, machine and versions give the same weights in both stores
+    from sharpminima.landscape.objective import flatten_params
+    from sharpminima.train.checkpointing import load_run
+
+    first = done[1]
+    for run_id in after:
+        a, _ = load_run(first, run_id)
+        b, _ = load_run(store, run_id)
+        assert torch.equal(flatten_params(a.model), flatten_params(b.model))
 
 
 def test_single_experiment_and_aliases(tmp_path):
@@ -228,3 +237,77 @@ def test_vectorised_trials_are_the_runs_a_sequential_reproduction_reuses(tmp_pat
     seq = reproduce(preset, store=store, out=tmp_path / "q", vectorize=False)
     assert len(store.list_runs()) == len(runs)
     assert seq["experiments"]["table2"] == vec["experiments"]["table2"]
+
+
+def test_the_cli_reuses_the_reproductions_measurement(done, capsys):
+    from sharpminima.cli.app import main
+
+    root, store, results, _ = done
+    run_id = results["experiments"]["table2"]["f1"]["sb"]["runs"][0]
+    before = len(store.measurements(run_id=run_id))
+    with pytest.raises(SystemExit) as exc:
+        main(["measure", run_id, "--what", "keskar_sharpness", "--num-samples", str(TINY.sharpness_samples),
+              "--chunk-size", str(TINY.chunk_size), "--eps", "1e-3", "--max-iters", str(TINY.max_iters),
+              "--bn", "both", "--store", str(root / "store"), "--json"])
+    rows = json.loads(capsys.readouterr().out)["measurements"]
+    assert exc.value.code == 0 and len(rows) == 2 and all(r["reused"] for r in rows)
+    assert len(store.measurements(run_id=run_id)) == before
+    sharp = results["experiments"]["sharpness"]["f1"]
+    table = {(r["bn_mode"], r["eps"]): r for r in sharp if r["subspace"] == "full"}
+    for row in rows:
+        assert row["value"] == table[(row["settings"]["bn_mode"], 1e-3)]["sb"]["values"][0]
+
+
+def test_headlines_carry_intervals_over_trials(done):
+    from sharpminima import intervals
+
+    ex = done[2]["experiments"]
+    t2 = ex["table2"]["f1"]
+    sb, lb = t2["sb"]["test_acc"], t2["lb"]["test_acc"]
+    assert len(sb["values"]) == 2 and sb["ci"][0] <= sb["mean"] <= sb["ci"][1]
+    assert t2["gap"] == intervals.difference(sb["values"], lb["values"])
+    for row in ex["sharpness"]["f1"]:
+        r = row["ratio"]
+        assert r == intervals.ratio(row["sb"]["values"], row["lb"]["values"])
+        assert r["ci"][0] <= r["value"] <= r["ci"][1]
+        # one search record per trial, saying which path ran
+        assert [s["run"] for s in row["sb"]["search"]] == row["sb"]["runs"]
+        assert all(s["search"] in ("lbfgsb", "lbfgsb+restarts") for s in row["lb"]["search"])
+
+
+def test_the_report_lists_per_trial_values_and_intervals(done):
+    root, _, results, _ = done
+    md, _ = write_report(root / "report-intervals", results)
+    text = Path(md).read_text()
+    assert "95% interval" in text and "Per trial" in text
+    for v in results["experiments"]["sharpness"]["f1"][0]["sb"]["values"]:
+        assert f"{v:.4g}" in text
+
+
+def test_trials_start_at_the_presets_seed(tmp_path):
+    from sharpminima.reproduce.common import trial_runs
+    from sharpminima.reproduce.context import Context
+
+    p = dataclasses.replace(TINY, seed=5, trials=2, sb_epochs=1, lb_epochs=1)
+    ctx = Context(store=Store(tmp_path / "s"), preset=p, device=__import__("torch").device("cpu"))
+    runs = trial_runs(ctx, "f1")
+    assert [r.config.seed for r in runs["sb"]] == [5, 6]
+
+
+def test_a_logged_reproduction_prints_stage_lines(done, capsys):
+    from sharpminima.cli.app import main
+
+    root, _, _, _ = done
+    sets = [f"--set={k}={v}" for k, v in (
+        ("dataset", "synthetic"), ("sb_epochs", 2), ("lb_epochs", 3), ("sharpness_samples", 300),
+        ("hessian_samples", 300), ("trace_probes", 4), ("interp_points", 7), ("interp_samples", 300),
+        ("max_iters", 3), ("chunk_size", 150), ("eps", "0.001,0.0005"))]
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "table2", "sharpness", "--trials", "2", *sets, "--store", str(root / "store"),
+              "--out", str(root / "logged")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 0
+    lines = [ln for ln in err.splitlines() if ln.startswith("reproduce quick:")]
+    assert any("[1/2 table2]" in ln for ln in lines) and any("[2/2 sharpness]" in ln for ln in lines)
+    assert all("% of the work" in ln and "elapsed" in ln for ln in lines[:-1])
+    assert lines[-1].startswith("reproduce quick: done in")

@@ -16,8 +16,7 @@ import torch
 
 import sharpminima
 from sharpminima.errors import StoreError
-from sharpminima.store import RunRecord, Store
-from sharpminima.store import db as store_db
+from sharpminima.store import RunRecord, Store, provenance
 
 H1 = "a1" * 32  # config hashes: 64 hex digits, like sha256
 H2 = "b2" * 32
@@ -385,11 +384,11 @@ def test_forked_child_opens_its_own_connection(store, run):
 
 @pytest.fixture
 def fresh_caches():
-    store_db.code_version.cache_clear()
-    store_db.machine_info.cache_clear()
+    provenance.code_version.cache_clear()
+    provenance.machine_info.cache_clear()
     yield
-    store_db.code_version.cache_clear()
-    store_db.machine_info.cache_clear()
+    provenance.code_version.cache_clear()
+    provenance.machine_info.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -408,8 +407,8 @@ def test_code_version(monkeypatch, fresh_caches, answers, expected):
             raise FileNotFoundError("git")
         return subprocess.CompletedProcess(args, 0, stdout=answers[args[1]] + "\n")
 
-    monkeypatch.setattr(store_db.subprocess, "run", fake_run)
-    assert store_db.code_version() == expected
+    monkeypatch.setattr(provenance.subprocess, "run", fake_run)
+    assert provenance.code_version() == expected
 
 
 def test_machine_info_survives_a_cuda_failure(monkeypatch, fresh_caches, caplog):
@@ -417,8 +416,8 @@ def test_machine_info_survives_a_cuda_failure(monkeypatch, fresh_caches, caplog)
         raise RuntimeError("Cannot re-initialize CUDA in forked subprocess")
 
     monkeypatch.setattr(torch.cuda, "is_available", broken)
-    with caplog.at_level(logging.WARNING, logger="sharpminima.store.db"):
-        info = store_db.machine_info()
+    with caplog.at_level(logging.WARNING, logger="sharpminima.store.provenance"):
+        info = provenance.machine_info()
     assert info["cuda"] is None and info["cpu_count"] >= 1
     assert "could not query CUDA" in caplog.text
 

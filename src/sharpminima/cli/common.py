@@ -59,6 +59,69 @@ def progress_enabled(json_output: bool = False) -> bool:
     return not STATE.quiet and sys.stderr.isatty() and is_root_process()
 
 
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class WorkProgress:
+    """Progress over planned work units: a tqdm bar on a terminal, stage lines otherwise.
+
+    Called as ``progress(units, label)`` by the reproduction and the study. On a terminal
+    (:func:`progress_enabled`) it drives a tqdm bar. When stderr is not a terminal (a log
+    file, CI) a bar would print nothing useful, so it writes one line per stage to stderr:
+    the label (what runs, ``n/m`` of the experiments), the share of the work done, the
+    elapsed time and an estimate of the time left; and a line every ``heartbeat`` seconds
+    within a long stage. ``--quiet`` silences both.
+    """
+
+    def __init__(self, desc: str, total: float, *, heartbeat: float = 60.0) -> None:
+        import time
+
+        self.desc = desc
+        self.total = max(float(total), 0.0)
+        self.done = 0.0
+        self.heartbeat = heartbeat
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+        self._last_line = -math.inf
+        self._last_label: str | None = None
+        self.lines = not STATE.quiet and is_root_process() and not sys.stderr.isatty()
+        self.bar = tqdm(
+            total=round(self.total, 1), desc=desc, unit="work", file=sys.stderr,
+            disable=not progress_enabled(), dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {percentage:.0f}% [{elapsed}<{remaining}] {postfix}",
+        )
+
+    def __call__(self, units: float, label: str) -> None:
+        """Record ``units`` of work done, now running ``label``."""
+        step = min(units, self.total - self.done) if self.total else units
+        self.done += max(step, 0.0)
+        self.bar.update(step)
+        self.bar.set_postfix_str(label[:60], refresh=False)
+        if not self.lines:
+            return
+        now = self._clock()
+        if label != self._last_label or now - self._last_line >= self.heartbeat:
+            self._last_label, self._last_line = label, now
+            print(self.stage_line(label, now - self._t0), file=sys.stderr, flush=True)
+
+    def stage_line(self, label: str, elapsed: float) -> str:
+        """``desc: label | 34% of the work, 2m10s elapsed, about 4m12s left``."""
+        share = self.done / self.total if self.total else 0.0
+        left = f", about {_clock(elapsed * (1 - share) / share)} left" if 0 < share < 1 else ""
+        return f"{self.desc}: {label} | {share:.0%} of the work, {_clock(elapsed)} elapsed{left}"
+
+    def close(self) -> None:
+        """Close the bar; in line mode, say how long it all took."""
+        self.bar.close()
+        if self.lines:
+            print(f"{self.desc}: done in {_clock(self._clock() - self._t0)}", file=sys.stderr,
+                  flush=True)
+
+
 def open_store(path: Path | None) -> Any:
     """Open the run store at ``path``, ``$SHARPMINIMA_STORE`` or ``./runs``."""
     from sharpminima.store import Store

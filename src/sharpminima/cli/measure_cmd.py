@@ -58,7 +58,9 @@ def _deprecated(flag: str, new: str, value: Any, current: Any) -> Any:
 
 def measure(
     run_id: Annotated[str | None, typer.Argument(help="Run id or unique prefix (or use --model).")] = None,
-    what: Annotated[str, typer.Option(help="Comma-separated measure names (listed below).")] = "keskar_sharpness",
+    what: Annotated[
+        str, typer.Option(help="Comma-separated measure names (listed below).")
+    ] = "keskar_sharpness",
     eps: Annotated[list[float] | None, typer.Option(help="Box size(s) eps (repeatable).")] = None,
     subspace: Annotated[str | None, typer.Option(help="Keskar sharpness: full, random or both.")] = None,
     p: Annotated[int | None, typer.Option(help="Random subspace dimension.")] = None,
@@ -72,8 +74,12 @@ def measure(
     ] = None,
     chunk_size: Annotated[int, typer.Option(help="Samples per forward pass (tensor data).")] = 1000,
     k: Annotated[int | None, typer.Option(help="Number of top eigenvalues.")] = None,
-    num_probes: Annotated[int | None, typer.Option(help="Random probes (trace, density, layer traces).")] = None,
-    lanczos_steps: Annotated[int | None, typer.Option(help="Spectral density: Lanczos steps per probe.")] = None,
+    num_probes: Annotated[
+        int | None, typer.Option(help="Random probes (trace, density, layer traces).")
+    ] = None,
+    lanczos_steps: Annotated[
+        int | None, typer.Option(help="Spectral density: Lanczos steps per probe.")
+    ] = None,
     sigma: Annotated[float | None, typer.Option(help="Average sharpness: perturbation scale.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of random subspaces, probes and draws.")] = None,
     param: Annotated[
@@ -127,8 +133,17 @@ def measure(
     bn_modes = _choices("bn", bn, ("batch", "eval"))
     if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--plot must end in .png, .pdf or .svg, got {plot}")
-    options = {"eps": eps, "p": p, "distribution": distribution, "max_iters": max_iters, "k": k,
-               "num_probes": num_probes, "lanczos_steps": lanczos_steps, "sigma": sigma, "seed": seed}
+    options = {
+        "eps": eps,
+        "p": p,
+        "distribution": distribution,
+        "max_iters": max_iters,
+        "k": k,
+        "num_probes": num_probes,
+        "lanczos_steps": lanczos_steps,
+        "sigma": sigma,
+        "seed": seed,
+    }
     extra = dict(parse_options("--param", param))
     plan = _plan([w.strip() for w in what.split(",") if w.strip()], options, extra, subspace)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -137,17 +152,27 @@ def measure(
     st = open_store(store)
     if external:
         assert model is not None and weights is not None and data is not None
-        owner, net, source, loss_spec = _external(st, model, weights, data, loss, dev)
-        x0 = None
         needs_x0 = [req.measure for req, _ in plan if _needs(req.measure).initial]
         if needs_x0:
-            raise ConfigError(f"{', '.join(needs_x0)} needs the initial weights, which an external checkpoint lacks")
-        spec_base = DataSpec(split="data", num_samples=num_samples, bn_mode="batch", loss=loss_spec, source=data)
+            raise ConfigError(
+                f"{', '.join(needs_x0)} needs the initial weights, which an external checkpoint lacks"
+            )
+        owner, net, source, loss_spec = _external(st, model, weights, data, loss, dev)
+        x0 = None
+        spec_base = DataSpec(
+            split="data", num_samples=num_samples, bn_mode="batch", loss=loss_spec, source=data
+        )
 
         def objective(bn_mode: str) -> Any:
             tensors = isinstance(source, tuple)
-            return ModelObjective(net, *(source if tensors else (source,)), loss=loss_spec, bn_mode=bn_mode,
-                                  chunk_size=chunk_size, max_samples=num_samples)
+            return ModelObjective(
+                net,
+                *(source if tensors else (source,)),
+                loss=loss_spec,
+                bn_mode=bn_mode,
+                chunk_size=chunk_size,
+                max_samples=num_samples,
+            )
     else:
         from sharpminima.train.checkpointing import load_run
 
@@ -158,8 +183,9 @@ def measure(
         if num_samples is not None:
             x_in, y_in = x_in[:num_samples], y_in[:num_samples]
         x0 = run.initial_vector()
-        spec_base = DataSpec(split="train", num_samples=len(y_in), chunk_size=chunk_size, bn_mode="batch",
-                             loss="cross_entropy")
+        spec_base = DataSpec(
+            split="train", num_samples=len(y_in), chunk_size=chunk_size, bn_mode="batch", loss="cross_entropy"
+        )
 
         def objective(bn_mode: str) -> Any:
             return ModelObjective(net, x_in, y_in, bn_mode=bn_mode, chunk_size=chunk_size)
@@ -168,8 +194,11 @@ def measure(
     requests = []
     for bn_mode in bn_modes:
         for request, _ in plan:
-            requests.append(Request.of(request.measure, dataclasses.replace(spec_base, bn_mode=bn_mode),
-                                       params=request.params))
+            requests.append(
+                Request.of(
+                    request.measure, dataclasses.replace(spec_base, bn_mode=bn_mode), params=request.params
+                )
+            )
     unique = list({(r.measure, str(sorted(r.key().items()))): r for r in requests}.values())
     rows: list[dict[str, Any]] = []
     if not json_output:
@@ -199,8 +228,9 @@ def _needs(name: str) -> Any:
     return get_measure(name).needs
 
 
-def _plan(names: list[str], options: dict[str, Any], extra: dict[str, Any],
-          subspace: str | None) -> list[tuple[Any, Any]]:
+def _plan(
+    names: list[str], options: dict[str, Any], extra: dict[str, Any], subspace: str | None
+) -> list[tuple[Any, Any]]:
     """One request per measure and per value of the expanded options (eps, subspace).
 
     Raises:
@@ -216,7 +246,9 @@ def _plan(names: list[str], options: dict[str, Any], extra: dict[str, Any],
     taken = {f.name for m in measures for f in dataclasses.fields(m.params)}
     unused = sorted(set(extra) - taken)
     if unused:
-        raise ConfigError(f"--param {', '.join(unused)}: no chosen measure takes it ({', '.join(sorted(taken))})")
+        raise ConfigError(
+            f"--param {', '.join(unused)}: no chosen measure takes it ({', '.join(sorted(taken))})"
+        )
     subspaces = _choices("subspace", subspace, ("full", "random")) if subspace is not None else [None]
     plan = []
     for m in measures:
@@ -245,20 +277,16 @@ def _plan(names: list[str], options: dict[str, Any], extra: dict[str, Any],
 def _external(st: Any, model: str, weights: Path, data: str, loss: str | None, dev: Any) -> tuple:
     """Load an external checkpoint and give it its run in the store (created once)."""
     from sharpminima.external import EXTERNAL_KIND, external_identity, load_data, load_model, load_weights
-    from sharpminima.losses import resolve_loss
+    from sharpminima.landscape.model_objective import ModelObjective
 
-    loss_spec = resolve_loss(loss).spec() if loss is not None else None
     net = load_model(model)
-    load_weights(net, weights)
+    digest = load_weights(net, weights)
     source = load_data(data)
-    if loss_spec is None:
-        from sharpminima.data.sources import as_source
-
-        first = next(iter(as_source(*source).batches() if isinstance(source, tuple) else
-                          as_source(source).batches()), None)
-        loss_spec = resolve_loss(None, example=first).spec()
     net = net.to(dev)
-    config, digest = external_identity(model, weights, data, loss_spec)
+    probe = ModelObjective(net, *(source if isinstance(source, tuple) else (source,)), loss=loss)
+    probe.check()  # data, model and loss fit together, before anything is stored
+    loss_spec = probe.criterion.spec()
+    config, digest = external_identity(model, weights, digest, data, loss_spec)
     record, _ = st.get_or_create_run(config, digest, kind=EXTERNAL_KIND)
     if record.status != "done":
         st.set_status(record.id, "done", summary={"external": True})
@@ -266,9 +294,16 @@ def _external(st: Any, model: str, weights: Path, data: str, loss: str | None, d
 
 
 def _row(owner: str, record: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"run_id": owner, "kind": record.request.measure, "value": record.value,
-                           "settings": record.request.key(), "cost": record.cost, "reused": record.reused}
-    for name in ("stderr", "values", "f0", "fmax"):
+    out: dict[str, Any] = {
+        "run_id": owner,
+        "kind": record.request.measure,
+        "value": record.value,
+        "settings": record.request.key(),
+        "cost": record.cost,
+        "reused": record.reused,
+    }
+    for name in ("stderr", "values", "f0", "fmax", "search", "num_starts", "start_values",
+                 "spread", "disagree", "escalation"):
         if name in record.result:
             out[name] = record.result[name]
     return out
@@ -276,15 +311,25 @@ def _row(owner: str, record: Any) -> dict[str, Any]:
 
 def _line(row: dict[str, Any]) -> str:
     s = row["settings"]
-    shown = ", ".join(f"{a}={b}" for a, b in s.items() if a not in ("chunk_size", "point", "split", "loss")
-                      and b is not None)
+    shown = ", ".join(
+        f"{a}={b}"
+        for a, b in s.items()
+        if a not in ("chunk_size", "point", "split", "loss") and b is not None
+    )
     stderr = f" +- {row['stderr']:.3g}" if isinstance(row.get("stderr"), float) else ""
     cached = " (stored)" if row["reused"] else ""
     seconds = (row["cost"] or {}).get("seconds")
     time_text = f", {seconds:.1f} s" if isinstance(seconds, float) and not row["reused"] else ""
     value = row["value"]
-    return f"{row['kind']}: {value:.6g}{stderr}{cached}{time_text}  [{shown}]" if isinstance(value, float) else (
-        f"{row['kind']}: {value}  [{shown}]")
+    line = (
+        f"{row['kind']}: {value:.6g}{stderr}{cached}{time_text}  [{shown}]"
+        if isinstance(value, float)
+        else (f"{row['kind']}: {value}  [{shown}]")
+    )
+    from sharpminima.landscape.sharpness import search_note
+
+    note = search_note(row)
+    return f"{line}\n  search: {note}" if note else line
 
 
 def _choices(name: str, value: str, allowed: tuple[str, ...]) -> list[str]:
@@ -331,7 +376,9 @@ def interpolate(
     if bn not in ("batch", "interpolate", "recompute"):
         raise ConfigError(f"--bn must be batch, interpolate or recompute, got {bn!r}")
     if points < 2 or not alpha_max > alpha_min:
-        raise ConfigError(f"need --points >= 2 and --alpha-max > --alpha-min, got {points}, {alpha_min}, {alpha_max}")
+        raise ConfigError(
+            f"need --points >= 2 and --alpha-max > --alpha-min, got {points}, {alpha_min}, {alpha_max}"
+        )
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--out must end in .png, .pdf or .svg, got {out}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from tqdm import tqdm
 
-from sharpminima.cli.common import echo, echo_json, is_root_process, open_store, progress_enabled
+from sharpminima.cli.common import WorkProgress, echo, echo_json, is_root_process, open_store
 
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")
@@ -37,6 +35,9 @@ def reproduce(
     ] = "quick",
     nets: Annotated[str | None, typer.Option(help="Comma-separated networks, e.g. f1,c1.")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials per regime.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the first trial (trial k uses seed + k; default 0).")
+    ] = None,
     sb_epochs: Annotated[int | None, typer.Option(help="Override the SB epochs (cap).")] = None,
     lb_epochs: Annotated[int | None, typer.Option(help="Override the LB epochs (cap).")] = None,
     train_limit: Annotated[int | None, typer.Option(help="Use the first N training samples.")] = None,
@@ -74,6 +75,7 @@ def reproduce(
     overrides: dict[str, Any] = {
         "nets": tuple(n.strip().lower() for n in nets.split(",")) if nets else None,
         "trials": trials,
+        "seed": seed,
         "sb_epochs": sb_epochs,
         "lb_epochs": lb_epochs,
         "train_limit": train_limit,
@@ -85,25 +87,11 @@ def reproduce(
     overrides.update(coerce_overrides(dict(parse_options("--set", set_))))
     p = get_preset(preset, **overrides)
     sources = {k: v for k, v in (("cifar10", cifar10), ("cifar100", cifar100), ("timit", timit)) if v}
-    bars: list[tqdm] = []
+    bars: list[WorkProgress] = []
 
     def factory(total: float) -> Any:
-        bar = tqdm(
-            total=round(total, 1),
-            desc=f"reproduce {p.name}",
-            unit="work",
-            file=sys.stderr,
-            disable=not progress_enabled(),
-            dynamic_ncols=True,
-            bar_format="{l_bar}{bar}| {percentage:.0f}% [{elapsed}<{remaining}] {postfix}",
-        )
-        bars.append(bar)
-
-        def advance(units: float, label: str) -> None:
-            bar.update(min(units, bar.total - bar.n) if bar.total else units)
-            bar.set_postfix_str(label, refresh=False)
-
-        return advance
+        bars.append(WorkProgress(f"reproduce {p.name}", total))
+        return bars[-1]
 
     from sharpminima.train.parallel import follower_store
 

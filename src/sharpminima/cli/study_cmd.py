@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from tqdm import tqdm
 
-from sharpminima.cli.common import echo, echo_json, open_store, progress_enabled, table
+from sharpminima.cli.common import WorkProgress, echo, echo_json, open_store, table
 
 app = typer.Typer(help="Studies over many runs: which landscape measure predicts the generalization gap.",
                   no_args_is_help=True)
@@ -95,16 +93,10 @@ def correlation(
         echo("measures: " + "; ".join(s.name for s in specs))
         echo(f"families available: {', '.join(FAMILIES)}")
         return
-    bar = tqdm(total=round(total, 1), desc=f"study {p.name}", unit="work", file=sys.stderr,
-               disable=not progress_enabled(), dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {percentage:.0f}% [{elapsed}<{remaining}] {postfix}")
-
-    def advance(units: float, label: str) -> None:
-        bar.update(min(units, bar.total - bar.n) if bar.total else units)
-        bar.set_postfix_str(label[:40], refresh=False)
+    bar = WorkProgress(f"study {p.name}", total)
 
     try:
-        results = run_study(p, store=open_store(store), dataset=data, device=device, progress=advance)
+        results = run_study(p, store=open_store(store), dataset=data, device=device, progress=bar)
     finally:
         bar.close()
     save_study(out, results)

@@ -29,8 +29,18 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    net: Annotated[str, typer.Option(help="f1, f2, c1, c2, c3, c4 or module:function.")] = "f1",
-    dataset: Annotated[str, typer.Option(help="mnist, cifar10, cifar100, timit, synthetic.")] = "mnist",
+    net: Annotated[
+        str, typer.Option(help="f1, f2, c1, c2, c3, c4 or module:function(input_shape, num_classes).")
+    ] = "f1",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset", "--data", help="mnist, cifar10, cifar100, timit, synthetic or module:function."
+        ),
+    ] = "mnist",
+    loss: Annotated[
+        str, typer.Option(help="cross_entropy (also per token), mse, or module:function fn(model, batch).")
+    ] = "cross_entropy",
     batch_size: Annotated[int | None, typer.Option(help="Samples per step.")] = None,
     regime: Annotated[
         str | None,
@@ -139,6 +149,7 @@ def train(
         data_source=source,
         save_every_epoch=save_every_epoch,
         init_from=init_from,
+        loss=loss,
     )
     if profile is not None:
         from sharpminima.train.profile import profile_training

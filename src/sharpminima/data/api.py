@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
+
+from torch import Tensor
 
 from sharpminima.data.base import Dataset
 from sharpminima.data.cache import (
@@ -157,7 +160,8 @@ def load(
 
     Args:
         name: ``"mnist"``, ``"cifar10"``, ``"cifar100"``, ``"timit"`` or ``"synthetic"``
-            (case, ``-`` and ``_`` are ignored: ``"CIFAR-10"`` works).
+            (case, ``-`` and ``_`` are ignored: ``"CIFAR-10"`` works), or
+            ``"module:function"`` naming a data factory (see :func:`from_factory`).
         root: Cache folder; default :func:`~sharpminima.data.data_dir`.
         source: Where to read the data from (see :func:`fetch`).
         train_limit: Keep only the first this many training samples.
@@ -175,10 +179,14 @@ def load(
             cache file.
 
     """
-    key = _canonical(name)
     for label, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise DataError(f"{label} must be a positive integer, got {limit!r}")
+    if ":" in str(name):
+        if options or source is not None:
+            raise DataError(f"data factory {name!r} takes no source or options; its function builds the data")
+        return from_factory(name).subset(train_limit, test_limit)
+    key = _canonical(name)
     if key == "synthetic":
         dataset = synthetic(**options)
     else:
@@ -189,6 +197,47 @@ def load(
             path = fetch(key, root=root, source=source, **options)
             dataset = read_cache(path).to_dataset({"cache": str(path)})
     return dataset.subset(train_limit, test_limit)
+
+
+def from_factory(spec: str) -> Dataset:
+    """The dataset a user function ``module:function`` builds (called with no arguments).
+
+    It returns a :class:`Dataset`, or the four tensors ``(x_train, y_train, x_test,
+    y_test)`` (a tuple, or a dict with those keys). Targets may be integer class labels
+    ``(N,)``, integer token ids ``(N, T)`` (next-token prediction; the loss is per token) or
+    float regression targets ``(N,)`` / ``(N, D)``. ``num_classes`` is the number of
+    classes (the largest label + 1) for integer targets and the number of outputs ``D``
+    for float ones: the ``num_classes`` argument a network factory receives.
+
+    Raises:
+        ConfigError: If the factory does not import, raises or returns something else.
+        DataError: For empty data, mismatched sizes or non-tensor parts.
+    """
+    from sharpminima.factories import call_factory
+
+    names = ("x_train", "y_train", "x_test", "y_test")
+
+    def usable(out: Any) -> bool:
+        return isinstance(out, Dataset) or (isinstance(out, tuple) and len(out) == 4) or (
+            isinstance(out, dict) and set(names) <= set(out))
+
+    out = call_factory(spec, "data factory", usable, "a Dataset or (x_train, y_train, x_test, y_test)")
+    if isinstance(out, Dataset):
+        return out
+    parts = [out[k] for k in names] if isinstance(out, dict) else list(out)
+    if not all(isinstance(t, Tensor) for t in parts):
+        raise DataError(f"data factory {spec!r} must return four tensors (x_train, y_train, x_test, y_test)")
+    x_train, y_train, x_test, y_test = parts
+    for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
+            raise DataError(f"data factory {spec!r}: the {split} split has {x.shape[0]} inputs and "
+                            f"{y.shape[0]} targets; give as many (and at least one)")
+    if y_train.is_floating_point():
+        num_classes = 1 if y_train.ndim == 1 else int(math.prod(y_train.shape[1:]))
+    else:
+        num_classes = int(max(int(y_train.max()), int(y_test.max()))) + 1
+    return Dataset(spec, x_train.float() if x_train.is_floating_point() else x_train, y_train,
+                   x_test.float() if x_test.is_floating_point() else x_test, y_test, num_classes, source=spec)
 
 
 def info(root: PathLike | None = None) -> list[dict[str, Any]]:

@@ -10,16 +10,18 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification dataset held in memory as tensors.
+    """A dataset held in memory as tensors (classification by default).
 
     Attributes:
         name: Short name (``"mnist"``, ``"cifar10"``, ``"synthetic"``...).
-        x_train: Float32 inputs, shape ``(N, *input_shape)``; images are ``(N, C, H, W)``
-            scaled to [0, 1], feature data is ``(N, d)``.
-        y_train: Int64 labels in ``[0, num_classes)``, shape ``(N,)``.
-        x_test: Float32 test inputs, shape ``(M, *input_shape)``.
-        y_test: Int64 test labels, shape ``(M,)``.
-        num_classes: Number of classes.
+        x_train: Inputs, shape ``(N, *input_shape)``: float32 images ``(N, C, H, W)``
+            scaled to [0, 1], features ``(N, d)``, or token ids ``(N, T)``.
+        y_train: Targets, shape ``(N, ...)``: int64 labels in ``[0, num_classes)`` (the
+            paper's datasets), token ids ``(N, T)`` or float regression targets.
+        x_test: Test inputs, shape ``(M, *input_shape)``.
+        y_test: Test targets, shape ``(M, ...)``.
+        num_classes: Number of classes (or of outputs for a regression): what a network
+            factory is given.
         source: Where the data came from (file, package, seed), for reports.
         meta: Free-form extra facts (checksums, class names).
 

@@ -118,7 +118,9 @@ def fingerprint(batch: Batch) -> str:
         if t.numel():
             flat = t.detach().reshape(-1)
             weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
-            values = flat.double() if (flat.is_floating_point() or not flat.is_complex()) else flat.abs().double()
+            values = (
+                flat.double() if (flat.is_floating_point() or not flat.is_complex()) else flat.abs().double()
+            )
             h.update(f"{float(values.sum()):.17g},{float((values * weights).sum()):.17g}".encode())
     return h.hexdigest()[:16]
 
@@ -254,7 +256,9 @@ class TensorSource(DataSource):
                     f"need as many targets as inputs (and at least one), got {data.shape[0]} "
                     f"inputs and {targets.shape[0]} targets"
                 )
-            raise ConfigError(f"the tensors of a source must share one non-zero leading size, got {sorted(sizes)}")
+            raise ConfigError(
+                f"the tensors of a source must share one non-zero leading size, got {sorted(sizes)}"
+            )
         if not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1):
             raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size}")
         self.tree = tree
@@ -324,8 +328,9 @@ class LoaderSource(DataSource):
 
     kind = "loader"
 
-    def __init__(self, data: Iterable[Batch], *, max_batches: int | None = None,
-                 max_samples: int | None = None) -> None:
+    def __init__(
+        self, data: Iterable[Batch], *, max_batches: int | None = None, max_samples: int | None = None
+    ) -> None:
         if isinstance(data, Iterator) or iter(data) is data:  # type: ignore[comparison-overlap]
             raise ConfigError(
                 f"a {type(data).__name__} can be read only once, but a measure reads its data "
@@ -375,7 +380,11 @@ class LoaderSource(DataSource):
             self._seen = (count, first)
             return
         if (count, first) != self._seen:
-            what = "a different first batch" if first != self._seen[1] else f"{count} batches, not {self._seen[0]}"
+            what = (
+                "a different first batch"
+                if first != self._seen[1]
+                else f"{count} batches, not {self._seen[0]}"
+            )
             raise DataError(
                 f"the data source gave {what} on a later pass; its batches must be the same on "
                 "every pass (no shuffling, no random augmentation): fix them with "
@@ -422,8 +431,13 @@ class PinnedSource(DataSource):
 
     def describe(self) -> dict[str, Any]:
         """Kind, number of batches and samples, bytes held."""
-        return {"source": self.kind, "origin": self.origin, "num_batches": len(self._batches),
-                "num_samples": self.num_samples, "bytes": self.nbytes}
+        return {
+            "source": self.kind,
+            "origin": self.origin,
+            "num_batches": len(self._batches),
+            "num_samples": self.num_samples,
+            "bytes": self.nbytes,
+        }
 
     def held_tensors(self) -> list[Tensor]:
         """Every held tensor."""
@@ -537,7 +551,10 @@ def _refuse_shuffling(data: Any) -> None:
 
     if not isinstance(data, DataLoader):
         return
-    samplers = [getattr(data, "sampler", None), getattr(getattr(data, "batch_sampler", None), "sampler", None)]
+    samplers = [
+        getattr(data, "sampler", None),
+        getattr(getattr(data, "batch_sampler", None), "sampler", None),
+    ]
     random = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
     if any(isinstance(s, random) for s in samplers):
         raise ConfigError(

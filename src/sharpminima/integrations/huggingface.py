@@ -62,7 +62,13 @@ class SharpnessTrainerCallback(TrainerCallback):
         bn_mode: str = "eval",
         prefix: str = "sharpminima/",
     ) -> None:
-        self.data, self.measures, self.loss, self.bn_mode, self.prefix = data, list(measures), loss, bn_mode, prefix
+        self.data, self.measures, self.loss, self.bn_mode, self.prefix = (
+            data,
+            list(measures),
+            loss,
+            bn_mode,
+            prefix,
+        )
         self.due = every(every_n_epochs) if every_n_epochs else (lambda epoch: False)
         self.at_end = at_end
         self.trainer: Any = None

@@ -63,7 +63,13 @@ class SharpnessCallback(pl.Callback):
         prefix: str = "sharpminima/",
     ) -> None:
         super().__init__()
-        self.data, self.measures, self.loss, self.bn_mode, self.prefix = data, list(measures), loss, bn_mode, prefix
+        self.data, self.measures, self.loss, self.bn_mode, self.prefix = (
+            data,
+            list(measures),
+            loss,
+            bn_mode,
+            prefix,
+        )
         self.due = every(every_n_epochs) if every_n_epochs else (lambda epoch: False)
         self.at_end = at_end
         self.history: list[tuple[int, dict[str, Result]]] = []

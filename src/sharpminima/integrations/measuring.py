@@ -102,9 +102,18 @@ def measure_model(
     requests = _requests(measures)
     pair = isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
     inputs, targets = data if pair else (data, None)
-    objective = ModelObjective(model, inputs, targets, loss=loss, bn_mode=bn_mode,  # type: ignore[arg-type]
-                               chunk_size=chunk_size, max_batches=max_batches)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    objective = ModelObjective(
+        model,
+        inputs,
+        targets,
+        loss=loss,
+        bn_mode=bn_mode,  # type: ignore[arg-type]
+        chunk_size=chunk_size,
+        max_batches=max_batches,
+    )
+    devices = (
+        [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    )
     out: dict[str, Result] = {}
     with torch.random.fork_rng(devices=devices):
         x = flatten_params(model)

@@ -102,14 +102,12 @@ class BoxSearch:
         """
         self.num_evals += 1
         if self._cache_y is not None and np.array_equal(y, self._cache_y):
-            self.cache_hits += 1
-            return self._cache_fg
+            return self._cached()
         y = np.clip(y, self.lower, self.halfwidth)  # feasible by construction; guards rounding
         point = self.point(y)
         if self._cache_point is not None and torch.equal(point, self._cache_point):
-            self.cache_hits += 1
             self._cache_y = y.copy()
-            return self._cache_fg
+            return self._cached()
         t0 = time.perf_counter()
         f_t, g_t = self.objective.loss_and_grad(point)
         self.objective_seconds += time.perf_counter() - t0
@@ -128,6 +126,11 @@ class BoxSearch:
         self._cache_point = point
         self._cache_fg = (f, g)
         return f, g
+
+    def _cached(self) -> tuple[float, np.ndarray]:
+        self.cache_hits += 1
+        self.segment_best = max(self.segment_best, self._cache_fg[0])
+        return self._cache_fg
 
     def negated(self, y: np.ndarray) -> tuple[float, np.ndarray]:
         """``(-f, -grad)``: the minimisation problem handed to L-BFGS-B (signs consistent)."""
@@ -303,8 +306,6 @@ def run_pga(search: BoxSearch, y0: np.ndarray, *, num_steps: int, step: float) -
     search.value_and_grad(y)
 
 
-
-
 def check_box_args(eps: float, max_iters: int) -> None:
     """Raise a clear error unless ``eps`` is positive and finite and ``max_iters >= 1``.
 
@@ -315,3 +316,132 @@ def check_box_args(eps: float, max_iters: int) -> None:
         raise ConfigError(f"eps must be a positive finite number, got {eps!r}")
     if not (isinstance(max_iters, int) and not isinstance(max_iters, bool) and max_iters >= 1):
         raise ConfigError(f"max_iters must be a positive integer, got {max_iters!r}")
+
+
+# ------------------------------------------------------------------------- escalation
+#: Smallest increase, relative to ``1 + |f(x)|``, that counts as an ascent: float32's
+#: resolution (an increase below it is rounding, not a direction).
+ASCENT_FLOOR = 1e-7
+
+
+def stuck_reason(search: BoxSearch, f0: float, run: LBFGSBRun, max_iters: int) -> str | None:
+    """Why the search from ``y = 0`` found no ascent (a stationary start), or None.
+
+    * no measurable increase: ``max f - f(x) <= ASCENT_FLOOR * (1 + |f(x)|)`` (at a
+      stationary point the projected gradient is 0 and L-BFGS-B cannot take a first step);
+    * L-BFGS-B converged before ``max_iters`` iterations with the best point still inside
+      half of the box in every coordinate (the box unexplored: it climbed to a local
+      maximum of the loss next to the start, which need not be the box's maximum).
+    """
+    if search.best_f - f0 <= ASCENT_FLOOR * (1.0 + abs(f0)):
+        return "no ascent from y = 0 (a stationary start: the gradient gives no direction)"
+    assert search.best_y is not None
+    reach = np.abs(search.best_y) / np.maximum(search.halfwidth, np.finfo(np.float64).tiny)
+    if run.success and run.num_iters < max_iters and float(reach.max(initial=0.0)) < 0.5:
+        return f"L-BFGS-B converged after {run.num_iters} iteration(s) with the box unexplored"
+    return None
+
+
+def restarts(
+    search: BoxSearch,
+    *,
+    num_starts: int,
+    seed: int,
+    max_iters: int,
+    maxcor: int = 10,
+    driver: str = "setulb",
+) -> list[float]:
+    """L-BFGS-B from ``num_starts`` new points of the box; each start's best ``f``.
+
+    Starts alternate between random vertices (every coordinate at ``+-halfwidth``, where a
+    convex function's box maximum lies) and uniform random points of the box, drawn with
+    ``numpy.random.default_rng(seed)``. The search keeps the best point over all of them.
+    """
+    rng = np.random.default_rng(seed)
+    found = []
+    for k in range(num_starts):
+        search.segment_best = -math.inf
+        if k % 2 == 0:
+            start = search.halfwidth * rng.choice([-1.0, 1.0], size=search.dim)
+        else:
+            start = rng.uniform(search.lower, search.halfwidth)
+        run_lbfgsb(search, start, max_iters=max_iters, maxcor=maxcor, driver=driver)
+        found.append(search.segment_best)
+    return found
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """How a box search was escalated past a stuck start (see :func:`escalate`).
+
+    Attributes:
+        search: ``"lbfgsb"`` (the search from ``y = 0`` alone) or ``"lbfgsb+restarts"``.
+        num_starts: Searches run: 1, or 1 + the extra starts.
+        start_values: The metric each search reached, the one from ``y = 0`` first (empty
+            when it was not escalated).
+        spread: Largest minus smallest metric over the extra starts (0 if none ran).
+        disagree: Whether ``spread`` exceeds ``agree_tol`` times the best metric: the
+            starts found different local maxima, so the value is a lower bound.
+        reason: Why it was escalated ("" if it was not).
+    """
+
+    search: str = "lbfgsb"
+    num_starts: int = 1
+    start_values: tuple[float, ...] = ()
+    spread: float = 0.0
+    disagree: bool = False
+    reason: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        """The result fields it fills (``escalation`` holds the reason)."""
+        return {"search": self.search, "num_starts": self.num_starts,
+                "start_values": self.start_values, "spread": self.spread,
+                "disagree": self.disagree, "escalation": self.reason}
+
+
+def check_escalation_args(extra_starts: int, agree_tol: float) -> None:
+    """Raise a clear error unless ``extra_starts >= 0`` and ``agree_tol >= 0``.
+
+    Raises:
+        ConfigError: Otherwise.
+    """
+    if not (isinstance(extra_starts, int) and not isinstance(extra_starts, bool)
+            and extra_starts >= 0):
+        raise ConfigError(f"extra_starts must be a nonnegative integer, got {extra_starts!r}")
+    if not (isinstance(agree_tol, int | float) and agree_tol >= 0):
+        raise ConfigError(f"agree_tol must be a nonnegative number, got {agree_tol!r}")
+
+
+def escalate(
+    search: BoxSearch,
+    f0: float,
+    run: LBFGSBRun,
+    metric: Callable[[float], float],
+    *,
+    enabled: bool,
+    extra_starts: int,
+    agree_tol: float,
+    seed: int,
+    max_iters: int,
+    maxcor: int,
+    driver: str,
+) -> Escalation:
+    """Search more when the start from ``y = 0`` was stuck (:func:`stuck_reason`).
+
+    With ``enabled`` and a stuck start, runs :func:`restarts` (``extra_starts`` L-BFGS-B
+    searches of ``max_iters`` iterations from random vertices and points of the box) and
+    records the metric each reached. A start that ascended costs nothing more.
+    """
+    reason = stuck_reason(search, f0, run, max_iters) if enabled and extra_starts > 0 else None
+    if reason is None:
+        return Escalation()
+    first = metric(search.best_f)
+    found = [metric(f) for f in restarts(search, num_starts=extra_starts, seed=seed,
+                                         max_iters=max_iters, maxcor=maxcor, driver=driver)]
+    best = metric(search.best_f)
+    spread = max(found) - min(found)
+    return Escalation(
+        search="lbfgsb+restarts", num_starts=1 + extra_starts,
+        start_values=(first, *found), spread=spread,
+        disagree=bool(spread > agree_tol * abs(best)), reason=reason,
+    )

@@ -278,7 +278,7 @@ class LayerTraceParams(MeasureParams):
 
 
 def _ritz(inputs: Inputs, p: RitzParams) -> RitzResult:
-    from sharpminima.landscape.sharpness import drawn_subspace
+    from sharpminima.landscape.subspace import drawn_subspace
 
     obj = inputs.objective
     a = drawn_subspace(obj.dim, p.p, p.seed, p.distribution, obj.dtype, obj.device)

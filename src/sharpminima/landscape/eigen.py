@@ -123,6 +123,7 @@ class LanczosProcess:
 
     @property
     def size(self) -> int:
+        """Number of basis vectors so far."""
         return len(self.alphas)
 
     def step(self) -> float:
@@ -156,6 +157,7 @@ class LanczosProcess:
         return beta <= 100 * torch.finfo(self.op.dtype).eps * self.scale
 
     def advance(self, beta: float) -> None:
+        """Accept ``beta`` and normalise the next basis vector."""
         self.betas.append(beta)
         self.q = self.w / beta
 
@@ -169,6 +171,7 @@ class LanczosProcess:
         self.q = v / v.norm()
 
     def tridiagonal(self, start: int = 0) -> np.ndarray:
+        """The tridiagonal ``T`` of the steps from ``start`` on (float64)."""
         m = self.size
         t = np.diag(np.asarray(self.alphas[start:m], dtype=np.float64))
         off = np.asarray(self.betas[start : m - 1], dtype=np.float64)

@@ -37,8 +37,13 @@ def _accuracy(inputs: Inputs, p: EvaluationParams) -> EvaluationResult:
     return EvaluationResult(value=acc, settings=obj.settings(), cost=meter.cost, loss=loss)
 
 
-register_measure(Measure(
-    "accuracy", EvaluationParams, _accuracy,
-    "Accuracy (percent) and mean loss over the data, in the given BatchNorm mode",
-    needs=Needs(network=True), passes=lambda p: 1 / 3,
-))
+register_measure(
+    Measure(
+        "accuracy",
+        EvaluationParams,
+        _accuracy,
+        "Accuracy (percent) and mean loss over the data, in the given BatchNorm mode",
+        needs=Needs(network=True),
+        passes=lambda p: 1 / 3,
+    )
+)

@@ -161,7 +161,9 @@ class Landscape:
         if subspace not in ("full", "random"):
             raise ConfigError(f"subspace must be 'full' or 'random', got {subspace!r}")
         extra = {"p": p, "seed": seed, "distribution": distribution} if subspace == "random" else {}
-        return keskar_sharpness(self.objective, self.point(x), eps=eps, max_iters=max_iters, **extra, **kwargs)
+        return keskar_sharpness(
+            self.objective, self.point(x), eps=eps, max_iters=max_iters, **extra, **kwargs
+        )
 
     def keskar_sharpness_multistart(
         self, eps: float = 1e-3, *, x: Tensor | None = None, **kwargs: Any
@@ -215,7 +217,9 @@ class Landscape:
 
         return subspace_ritz_values(self.objective, self.point(x), A)
 
-    def layer_eigenvalues(self, k: int = 1, *, x: Tensor | None = None, **kwargs: Any) -> dict[str, EigenResult]:
+    def layer_eigenvalues(
+        self, k: int = 1, *, x: Tensor | None = None, **kwargs: Any
+    ) -> dict[str, EigenResult]:
         """Top eigenvalues of each layer's diagonal Hessian block."""
         from sharpminima.landscape.curvature import layer_eigenvalues
 
@@ -242,7 +246,9 @@ class Landscape:
 
         return average_sharpness(self.objective, self.point(x), sigma=sigma, **kwargs)
 
-    def adaptive_sharpness(self, eps: float = 1e-3, *, x: Tensor | None = None, **kwargs: Any) -> SharpnessResult:
+    def adaptive_sharpness(
+        self, eps: float = 1e-3, *, x: Tensor | None = None, **kwargs: Any
+    ) -> SharpnessResult:
         """Worst-case loss increase in a box scaled by |x| (ASAM-style)."""
         from sharpminima.landscape.flatness import adaptive_sharpness
 

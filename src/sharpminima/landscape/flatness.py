@@ -26,6 +26,8 @@ from sharpminima.landscape.box_search import (
     BoxSearch,
     Driver,
     check_box_args,
+    check_escalation_args,
+    escalate,
     resolve_driver,
     run_lbfgsb,
 )
@@ -185,6 +187,9 @@ def adaptive_sharpness(
     ftol: float = 0.0,
     gtol: float = 0.0,
     driver: Driver = "auto",
+    escalate_stuck: bool = True,
+    extra_starts: int = 8,
+    agree_tol: float = 0.05,
 ) -> SharpnessResult:
     """Adaptive worst-case sharpness: ``max_{|z_i| <= eps (|x_i| + eta)} f(x + z) - f(x)``.
 
@@ -194,7 +199,8 @@ def adaptive_sharpness(
     function unchanged (Dinh et al. 2017), which Keskar's ``+1`` is not; parameters that are
     exactly zero are then not perturbed. The maximum is computed as in
     :func:`~sharpminima.landscape.sharpness.keskar_sharpness` (``max_iters`` L-BFGS-B
-    iterations from ``z = 0``; the best point evaluated; never below ``f(x)``).
+    iterations from ``z = 0``; the best point evaluated; never below ``f(x)``; a stuck start
+    escalated to ``extra_starts`` more starts, recorded in the result).
 
     Args:
         loss: A callable of the flat parameter vector, or an Objective.
@@ -206,6 +212,9 @@ def adaptive_sharpness(
         ftol: L-BFGS-B relative-reduction tolerance (0: off).
         gtol: L-BFGS-B projected-gradient tolerance (0: off).
         driver: L-BFGS-B driver (see ``keskar_sharpness``).
+        escalate_stuck: Search from more starts when the start from ``z = 0`` is stuck.
+        extra_starts: Starts added by an escalation (seeded with 0).
+        agree_tol: Relative spread of the extra starts above which they disagree.
 
     Returns:
         :class:`~sharpminima.landscape.sharpness.SharpnessResult` with
@@ -216,6 +225,7 @@ def adaptive_sharpness(
             loss that is not finite in the box.
     """
     check_box_args(eps, max_iters)
+    check_escalation_args(extra_starts, agree_tol)
     if not eta >= 0:
         raise ConfigError(f"eta must be nonnegative, got {eta!r}")
     drv = resolve_driver(driver)
@@ -228,19 +238,25 @@ def adaptive_sharpness(
         f0, _ = search.value_and_grad(y0)
         run = run_lbfgsb(search, y0, max_iters=max_iters, maxcor=maxcor, ftol=ftol, gtol=gtol,
                          driver=drv)
+        esc = escalate(search, f0, run, lambda f: f - f0, enabled=escalate_stuck,
+                       extra_starts=extra_starts, agree_tol=agree_tol, seed=0,
+                       max_iters=max_iters, maxcor=maxcor, driver=drv)
     fields = search.result_fields(f0)
     return SharpnessResult(
         value=fields["fmax"] - f0,
         settings={"metric": "adaptive", "eps": float(eps), "eta": float(eta), "space": "full",
                   "p": obj.dim, "max_iters": max_iters, "maxcor": maxcor, "ftol": ftol,
                   "gtol": gtol, "optimizer": "L-BFGS-B", "driver": drv,
-                  "dtype": str(obj.dtype), **objective_settings(obj)},
+                  "escalate": bool(escalate_stuck), "extra_starts": extra_starts,
+                  "agree_tol": float(agree_tol), "dtype": str(obj.dtype),
+                  **objective_settings(obj)},
         cost=meter.cost,
         converged=run.success,
         final_f=run.final_f,
         num_iters=run.num_iters,
         message=run.message,
         **fields,
+        **esc.fields(),
     )
 
 
@@ -270,10 +286,14 @@ class AdaptiveParams(MeasureParams):
     eps: float = 1e-3
     eta: float = 0.0
     max_iters: int = 10
+    escalate: bool = True
+    extra_starts: int = 8
+    agree_tol: float = 0.05
 
     def validate(self) -> None:
-        """Eps > 0, eta >= 0, max_iters >= 1."""
+        """Eps > 0, eta >= 0, max_iters >= 1, extra_starts >= 0, agree_tol >= 0."""
         check_box_args(self.eps, self.max_iters)
+        check_escalation_args(self.extra_starts, self.agree_tol)
         if self.eta < 0:
             raise ConfigError(f"eta must be nonnegative, got {self.eta}")
 
@@ -284,7 +304,9 @@ def _average(inputs: Inputs, p: AverageParams) -> AverageSharpnessResult:
 
 
 def _adaptive(inputs: Inputs, p: AdaptiveParams) -> SharpnessResult:
-    return adaptive_sharpness(inputs.objective, inputs.x, eps=p.eps, eta=p.eta, max_iters=p.max_iters)
+    return adaptive_sharpness(inputs.objective, inputs.x, eps=p.eps, eta=p.eta,
+                              max_iters=p.max_iters, escalate_stuck=p.escalate,
+                              extra_starts=p.extra_starts, agree_tol=p.agree_tol)
 
 
 register_measure(Measure(

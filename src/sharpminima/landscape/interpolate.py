@@ -365,7 +365,8 @@ def interpolate(
         train_loss=table[:, 0],
         train_acc=table[:, 1] if is_model and bool(getattr(train, "has_accuracy", False)) else None,
         test_loss=table[:, 2] if test is not None else None,
-        test_acc=table[:, 3] if test is not None and is_model and bool(getattr(test, "has_accuracy", False)) else None,
+        test_acc=(table[:, 3] if test is not None and is_model and bool(getattr(test, "has_accuracy", False))
+                  else None),
         path=path,
         bn=bn if is_model else "",
         num_clamped_var=num_clamped,

@@ -126,8 +126,9 @@ class ModelObjective(CountedObjective):
             raise ConfigError(f"BatchNorm mode must be 'batch' or 'eval', got {bn_mode!r}")
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.source: DataSource = as_source(data, targets, chunk_size=chunk_size, max_batches=max_batches,
-                                            max_samples=max_samples)
+        self.source: DataSource = as_source(
+            data, targets, chunk_size=chunk_size, max_batches=max_batches, max_samples=max_samples
+        )
         self.model = model
         self.bn_mode: BNMode = bn_mode
         self.chunk_size = int(getattr(self.source, "chunk_size", chunk_size))
@@ -141,8 +142,9 @@ class ModelObjective(CountedObjective):
         self.dim = int(sum(self.numels))
         self.dtype = first.dtype
         self.device = first.device
-        self._criterion: Loss | None = resolve_loss(loss, loss_fn=loss_fn) if (
-            loss is not None or loss_fn is not None) else None
+        self._criterion: Loss | None = (
+            resolve_loss(loss, loss_fn=loss_fn) if (loss is not None or loss_fn is not None) else None
+        )
         self._wrapper: _Evaluation | None = None
         self._weights: list[float] | None = None
         self._sizes: list[int] | None = None
@@ -266,8 +268,11 @@ class ModelObjective(CountedObjective):
     # -- parameters ------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """Describe how the loss is evaluated (recorded in every result)."""
-        out: dict[str, Any] = {"bn_mode": self.bn_mode, "num_samples": self.num_samples,
-                               "loss": self.criterion.spec()}
+        out: dict[str, Any] = {
+            "bn_mode": self.bn_mode,
+            "num_samples": self.num_samples,
+            "loss": self.criterion.spec(),
+        }
         described = self.source.describe()
         described.pop("num_samples", None)
         out.update(described)
@@ -282,8 +287,7 @@ class ModelObjective(CountedObjective):
     def unflatten(self, x: Tensor) -> dict[str, Tensor]:
         """Split a flat vector into named parameter views (no copy)."""
         return {
-            n: t.view(s)
-            for n, t, s in zip(self.names, torch.split(x, self.numels), self.shapes, strict=True)
+            n: t.view(s) for n, t, s in zip(self.names, torch.split(x, self.numels), self.shapes, strict=True)
         }
 
     def _params(self, x: Tensor) -> dict[str, Tensor]:
@@ -307,8 +311,11 @@ class ModelObjective(CountedObjective):
         except ConfigError:
             raise
         except (RuntimeError, TypeError, KeyError, ValueError, IndexError, AttributeError) as exc:
-            hint = " (keep every model tensor on one device; batches are moved to it)" if "device" in str(
-                exc) else ""
+            hint = (
+                " (keep every model tensor on one device; batches are moved to it)"
+                if "device" in str(exc)
+                else ""
+            )
             raise ConfigError(
                 f"evaluating the loss {self.criterion.spec()!r} on the first batch failed: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{hint}; check "
@@ -320,9 +327,31 @@ class ModelObjective(CountedObjective):
             self._validate(value)
         return out
 
+    @torch.no_grad()
+    def check(self, x: Tensor | None = None) -> float:
+        """Evaluate the loss on the first batch only: a cheap test that data, model and loss fit.
+
+        Returns:
+            The first batch's mean loss.
+
+        Raises:
+            ConfigError: If the loss cannot read the batch, returns a non-scalar or a
+                non-finite value.
+            DataError: If the source yields no batch.
+        """
+        point = self.base_point() if x is None else x
+        batch = to_device(self._first_batch(), self.device)
+        with bn_mode(self.model, self.bn_mode):
+            self._validated = False
+            return float(self._batch_loss(self._params(point.detach()), batch))
+
     def _validate(self, value: Any) -> None:
         if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
-            got = f"shape {tuple(value.shape)}, {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+            got = (
+                f"shape {tuple(value.shape)}, {value.dtype}"
+                if isinstance(value, Tensor)
+                else type(value).__name__
+            )
             raise ConfigError(
                 f"the loss must return the batch's mean loss as a scalar floating tensor, got {got}"
             )
@@ -457,8 +486,10 @@ class ModelObjective(CountedObjective):
         """Loss and accuracy at the rows of ``xs`` ``(G, n)``, one ``vmap``-ed pass per batch."""
         self.counters.num_loss += xs.shape[0]
         xs = xs.detach().to(device=self.device, dtype=self.dtype)
-        params = {"model." + n: t.reshape(xs.shape[0], *s)
-                  for n, t, s in zip(self.names, torch.split(xs, self.numels, dim=1), self.shapes, strict=True)}
+        params = {
+            "model." + n: t.reshape(xs.shape[0], *s)
+            for n, t, s in zip(self.names, torch.split(xs, self.numels, dim=1), self.shapes, strict=True)
+        }
         evaluator = self._evaluator()
         undefined = [not self.has_accuracy]
 
@@ -561,8 +592,13 @@ class ModelObjective(CountedObjective):
 
     def subset(self, indices: Tensor) -> ModelObjective:
         """The same loss over the samples ``indices`` only (a new objective)."""
-        return ModelObjective(self.model, self.source.subset(indices), loss=self.criterion, bn_mode=self.bn_mode,
-                              chunk_size=self.chunk_size)
+        return ModelObjective(
+            self.model,
+            self.source.subset(indices),
+            loss=self.criterion,
+            bn_mode=self.bn_mode,
+            chunk_size=self.chunk_size,
+        )
 
     # -- twins -----------------------------------------------------------------------------------
     def with_bn_mode(self, mode: BNMode) -> ModelObjective:
@@ -571,8 +607,13 @@ class ModelObjective(CountedObjective):
 
     def with_model(self, model: nn.Module, mode: BNMode | None = None) -> ModelObjective:
         """The same data and loss on another module of the same architecture."""
-        twin = ModelObjective(model, self.source, loss=self.criterion,
-                              bn_mode=self.bn_mode if mode is None else mode, chunk_size=self.chunk_size)
+        twin = ModelObjective(
+            model,
+            self.source,
+            loss=self.criterion,
+            bn_mode=self.bn_mode if mode is None else mode,
+            chunk_size=self.chunk_size,
+        )
         twin._weights, twin._sizes = self._weights, self._sizes
         if self._weights is not None:
             twin._total = self._total
@@ -580,12 +621,14 @@ class ModelObjective(CountedObjective):
 
     def with_source(self, data: Any, targets: Tensor | None = None) -> ModelObjective:
         """The same model, loss and BN mode on other data (e.g. the test set)."""
-        return ModelObjective(self.model, data, targets, loss=self.criterion, bn_mode=self.bn_mode,
-                              chunk_size=self.chunk_size)
+        return ModelObjective(
+            self.model, data, targets, loss=self.criterion, bn_mode=self.bn_mode, chunk_size=self.chunk_size
+        )
 
     @torch.no_grad()
-    def recompute_bn_statistics(self, x: Tensor, *, num_samples: int | None = None,
-                                batch_size: int | None = None) -> int:
+    def recompute_bn_statistics(
+        self, x: Tensor, *, num_samples: int | None = None, batch_size: int | None = None
+    ) -> int:
         """Re-estimate this objective's model's BatchNorm running statistics at ``x``, in place.
 
         The model must be a private copy (this mutates its buffers). Running statistics are

@@ -271,7 +271,9 @@ def as_objective(loss: LossFn | Objective, x: Tensor) -> Objective:
             )
         return loss
     if not callable(loss):
-        raise ConfigError(f"loss must be a callable of a flat vector or an Objective, got {type(loss).__name__}")
+        raise ConfigError(
+            f"loss must be a callable of a flat vector or an Objective, got {type(loss).__name__}"
+        )
     return FunctionObjective(loss, x)
 
 

@@ -86,7 +86,9 @@ def pacbayes_flatness(
     """
     obj = require_network(objective, "PAC-Bayesian flatness")
     if not obj.has_accuracy:
-        raise ConfigError("PAC-Bayesian flatness is defined by the training error: the loss must define accuracy")
+        raise ConfigError(
+            "PAC-Bayesian flatness is defined by the training error: the loss must define accuracy"
+        )
     gen = torch.Generator().manual_seed(int(seed))
     x = x.detach()
     draws = [torch.randn(x.shape[0], generator=gen, dtype=x.dtype).to(x.device) for _ in range(num_draws)]
@@ -116,9 +118,20 @@ def pacbayes_flatness(
                     hi = mid
             sigma = math.exp(lo)
     return FlatnessResult(
-        value=1.0 / sigma**2, settings={"metric": "pacbayes_flatness", "floor": floor, "steps": steps,
-                                        "sigma_range": [sigma_min, sigma_max], **obj.settings()},
-        cost=meter.cost, seed=seed, sigma=sigma, err0=err0, magnitude=magnitude, target=target,
+        value=1.0 / sigma**2,
+        settings={
+            "metric": "pacbayes_flatness",
+            "floor": floor,
+            "steps": steps,
+            "sigma_range": [sigma_min, sigma_max],
+            **obj.settings(),
+        },
+        cost=meter.cost,
+        seed=seed,
+        sigma=sigma,
+        err0=err0,
+        magnitude=magnitude,
+        target=target,
         num_draws=num_draws,
     )
 
@@ -146,13 +159,27 @@ class PacBayesParams(MeasureParams):
 
 
 def _pacbayes(inputs: Inputs, p: PacBayesParams) -> FlatnessResult:
-    return pacbayes_flatness(inputs.objective, inputs.x, magnitude=p.magnitude, target=p.target,
-                             num_draws=p.num_draws, floor=p.floor, sigma_min=p.sigma_min,
-                             sigma_max=p.sigma_max, steps=p.steps, seed=p.seed)
+    return pacbayes_flatness(
+        inputs.objective,
+        inputs.x,
+        magnitude=p.magnitude,
+        target=p.target,
+        num_draws=p.num_draws,
+        floor=p.floor,
+        sigma_min=p.sigma_min,
+        sigma_max=p.sigma_max,
+        steps=p.steps,
+        seed=p.seed,
+    )
 
 
-register_measure(Measure(
-    "pacbayes_flatness", PacBayesParams, _pacbayes,
-    "1 / sigma'^2 for the largest Gaussian weight noise that raises training error by <= target",
-    needs=Needs(network=True), passes=lambda p: (10 * p.num_draws + 1) / 3,
-))
+register_measure(
+    Measure(
+        "pacbayes_flatness",
+        PacBayesParams,
+        _pacbayes,
+        "1 / sigma'^2 for the largest Gaussian weight noise that raises training error by <= target",
+        needs=Needs(network=True),
+        passes=lambda p: (10 * p.num_draws + 1) / 3,
+    )
+)

@@ -51,8 +51,12 @@ BUILTIN_MODULES = (
 )
 
 #: Renamed parameters: old name -> new name (accepted with a DeprecationWarning).
-RENAMED = {"maxiter": "max_iters", "samples": "num_probes", "trace_samples": "num_probes",
-           "probes": "num_probes"}
+RENAMED = {
+    "maxiter": "max_iters",
+    "samples": "num_probes",
+    "trace_samples": "num_probes",
+    "probes": "num_probes",
+}
 
 
 # --------------------------------------------------------------------------- parameters
@@ -220,8 +224,9 @@ class Measure:
             if old in given and old not in names and new in names:
                 if new in given:
                     raise ConfigError(f"measure {self.name}: give {new} only ({old} is its old name)")
-                warnings.warn(f"measure {self.name}: {old} is deprecated, use {new}", DeprecationWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"measure {self.name}: {old} is deprecated, use {new}", DeprecationWarning, stacklevel=2
+                )
                 given[new] = given.pop(old)
         unknown = sorted(set(given) - names)
         if unknown:
@@ -257,7 +262,9 @@ def register_measure(measure: Measure) -> Measure:
     """
     clash = {f.name for f in dataclasses.fields(measure.params)} & DATA_FIELDS
     if clash:
-        raise ConfigError(f"measure {measure.name}: parameter names {sorted(clash)} are data fields of the key")
+        raise ConfigError(
+            f"measure {measure.name}: parameter names {sorted(clash)} are data fields of the key"
+        )
     for alias in measure.aliases:
         if _ALIASES.get(alias, measure.name) != measure.name:
             raise ConfigError(f"alias {alias!r} already names measure {_ALIASES[alias]!r}")
@@ -294,8 +301,9 @@ def all_measures() -> list[Measure]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
-def compute(name: str, objective: Any, x: Tensor, params: MeasureParams | dict[str, Any] | None = None,
-            **inputs: Any) -> Any:
+def compute(
+    name: str, objective: Any, x: Tensor, params: MeasureParams | dict[str, Any] | None = None, **inputs: Any
+) -> Any:
     """Compute measure ``name`` at ``x`` on ``objective`` (no cache).
 
     Args:
@@ -388,8 +396,14 @@ class Request:
     point: str = "final"
 
     @classmethod
-    def of(cls, name: str, data: DataSpec | None = None, point: str = "final",
-           params: dict[str, Any] | MeasureParams | None = None, **values: Any) -> Request:
+    def of(
+        cls,
+        name: str,
+        data: DataSpec | None = None,
+        point: str = "final",
+        params: dict[str, Any] | MeasureParams | None = None,
+        **values: Any,
+    ) -> Request:
         """Build a request by measure name; the data spec takes the measure's fixed BN mode.
 
         Raises:
@@ -421,8 +435,9 @@ class MeasurementCache(Protocol):
         """The stored measurement, or None."""
         ...
 
-    def add_measurement(self, run_id: str, kind: str, params: dict, value: float, cost: dict,
-                        result: dict) -> int:
+    def add_measurement(
+        self, run_id: str, kind: str, params: dict, value: float, cost: dict, result: dict
+    ) -> int:
         """Store a measurement."""
         ...
 

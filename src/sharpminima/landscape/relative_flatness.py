@@ -114,7 +114,10 @@ def relative_flatness(
     if name not in names and f"{name}.weight" in names:
         name = f"{name}.weight"
     if name not in names:
-        raise ConfigError(f"no trainable parameter {layer!r}; weights: {', '.join(n for n in names if n.endswith('weight'))}")
+        raise ConfigError(
+            f"no trainable parameter {layer!r}; weights: "
+            f"{', '.join(n for n in names if n.endswith('weight'))}"
+        )
     index = names.index(name)
     shape = obj.shapes[index]
     if len(shape) < 2:
@@ -160,10 +163,21 @@ def relative_flatness(
                     total += float((gram[:, s_prime] * col[:, j].double()).sum())
             value, stderr, used = total, 0.0, d * m
     return RelativeFlatnessResult(
-        value=value, settings={"measure": "relative_flatness", "layer": name, "method": method,
-                               "seconds": time.perf_counter() - t0, **obj.settings()},
-        cost=meter.cost, seed=seed if method == "hutchinson" else None, stderr=stderr, layer=name,
-        shape=(d, m), method=method, num_probes=used,
+        value=value,
+        settings={
+            "measure": "relative_flatness",
+            "layer": name,
+            "method": method,
+            "seconds": time.perf_counter() - t0,
+            **obj.settings(),
+        },
+        cost=meter.cost,
+        seed=seed if method == "hutchinson" else None,
+        stderr=stderr,
+        layer=name,
+        shape=(d, m),
+        method=method,
+        num_probes=used,
     )
 
 
@@ -183,12 +197,18 @@ class RelativeFlatnessParams(MeasureParams):
 
 
 def _relative_flatness(inputs: Inputs, p: RelativeFlatnessParams) -> RelativeFlatnessResult:
-    return relative_flatness(inputs.objective, inputs.x, layer=p.layer, method=p.method,
-                             num_probes=p.num_probes, seed=p.seed)
+    return relative_flatness(
+        inputs.objective, inputs.x, layer=p.layer, method=p.method, num_probes=p.num_probes, seed=p.seed
+    )
 
 
-register_measure(Measure(
-    "relative_flatness", RelativeFlatnessParams, _relative_flatness,
-    "Petzka et al.'s relative flatness of one layer: sum <w_s, w_s'> tr(H_ss') (rescaling-invariant)",
-    needs=Needs(network=True), passes=lambda p: 2 * p.num_probes,
-))
+register_measure(
+    Measure(
+        "relative_flatness",
+        RelativeFlatnessParams,
+        _relative_flatness,
+        "Petzka et al.'s relative flatness of one layer: sum <w_s, w_s'> tr(H_ss') (rescaling-invariant)",
+        needs=Needs(network=True),
+        passes=lambda p: 2 * p.num_probes,
+    )
+)

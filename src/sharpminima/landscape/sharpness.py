@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from sharpminima.deprecation import renamed
@@ -50,6 +49,8 @@ from sharpminima.landscape.box_search import (
     BoxSearch,
     Driver,
     check_box_args,
+    check_escalation_args,
+    escalate,
     resolve_driver,
     run_lbfgsb,
     run_pga,
@@ -57,11 +58,14 @@ from sharpminima.landscape.box_search import (
 from sharpminima.landscape.objective import LossFn, Objective, as_objective, objective_settings
 from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, register_measure
 from sharpminima.landscape.results import CostMeter, Result
+from sharpminima.landscape.subspace import (
+    SubspaceDistribution,
+    drawn_subspace,
+    random_subspace,
+    subspace_coordinates,
+)
 
-SubspaceDistribution = Literal["uniform", "gaussian", "uniform-raw"]
 MultistartMethod = Literal["lbfgsb", "pga"]
-
-DISTRIBUTIONS = ("uniform", "gaussian", "uniform-raw")
 MULTISTART_METHODS = ("lbfgsb", "pga")
 
 
@@ -87,6 +91,17 @@ class SharpnessResult(Result):
         cache_hits: Requests answered from the cache of the last point.
         objective_seconds: Seconds spent inside the objective's evaluations.
         message: The optimiser's termination message.
+        search: Which path ran: ``"lbfgsb"`` (the paper's search from ``y = 0`` alone),
+            ``"lbfgsb+restarts"`` (the start was stuck, so more starts were searched) or
+            ``"multistart-lbfgsb"``/``"multistart-pga"`` (asked for several starts).
+        num_starts: Searches run.
+        start_values: The metric each search reached, the one from ``y = 0`` first (empty
+            for a single search).
+        spread: Largest minus smallest metric over the searches from random starts (0 if
+            none ran).
+        disagree: Whether ``spread`` exceeds ``agree_tol`` times the best value: the starts
+            found different local maxima, so read ``value`` as a lower bound.
+        escalation: Why the search was escalated (empty if it was not).
     """
 
     f0: float = math.nan
@@ -99,6 +114,12 @@ class SharpnessResult(Result):
     cache_hits: int = 0
     objective_seconds: float = 0.0
     message: str = ""
+    search: str = "lbfgsb"
+    num_starts: int = 1
+    start_values: tuple[float, ...] = ()
+    spread: float = 0.0
+    disagree: bool = False
+    escalation: str = ""
 
     @property
     def increase(self) -> float:
@@ -133,7 +154,6 @@ class MultistartSharpnessResult(SharpnessResult):
     """
 
     baseline: float = math.nan
-    start_values: tuple[float, ...] = ()
     method: str = ""
 
     @property
@@ -142,116 +162,20 @@ class MultistartSharpnessResult(SharpnessResult):
         return self.value - self.baseline
 
 
-# ---------------------------------------------------------------------------------------
-# Subspaces
-# ---------------------------------------------------------------------------------------
+def search_note(result: dict[str, Any]) -> str:
+    """How a box maximum was searched, in words, from a result's ``to_dict()``.
 
-
-def random_subspace(
-    n: int,
-    p: int = 100,
-    *,
-    seed: int,
-    distribution: SubspaceDistribution = "uniform",
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Draw a random ``n x p`` matrix (unit-norm columns by default) for the subspace metric.
-
-    Keskar et al. do not give the distribution. ``"uniform"``: entries ``U[0, 1)``, then
-    each column scaled to unit norm (what public reimplementations use; the columns share a
-    large common component along the all-ones direction, ``cond(A) ~ sqrt(3p)``).
-    ``"gaussian"``: entries ``N(0, 1)``, each column scaled to unit norm (nearly
-    orthonormal columns). ``"uniform-raw"``: entries ``U[0, 1)`` left unscaled (columns of
-    norm about ``sqrt(n/3)``), the literal reading of the paper's "random matrix" with no
-    normalisation stated; on F1 it moves every weight by ~0.05 and saturates the metric
-    (about 250 for both SB and LB), where unit-norm columns give values near 0; neither
-    matches the paper's Table 4. Drawn on the CPU from
-    ``torch.Generator().manual_seed(seed)`` and then moved, so the matrix does not depend
-    on the device.
-
-    Args:
-        n: Number of parameters (rows).
-        p: Subspace dimension (columns), ``1 <= p <= n``.
-        seed: Random seed.
-        distribution: ``"uniform"``, ``"gaussian"`` or ``"uniform-raw"``.
-        dtype: Floating dtype of the result (the objective's).
-        device: Device of the result.
-
-    Returns:
-        ``A`` of shape ``(n, p)``.
-
-    Raises:
-        ConfigError: If ``p`` is not in ``[1, n]`` or the distribution is unknown.
+    Empty for the paper's single search from ``y = 0``.
     """
-    if not 1 <= p <= n:
-        raise ConfigError(f"subspace dimension p must be in [1, n={n}], got {p}")
-    if distribution not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"unknown subspace distribution {distribution!r}; choose one of {DISTRIBUTIONS}"
-        )
-    gen = torch.Generator().manual_seed(int(seed))
-    draw = torch.randn if distribution == "gaussian" else torch.rand
-    a = draw(n, p, generator=gen, dtype=dtype)  # (n, p)
-    if distribution == "uniform-raw":
-        return a.to(device) if device is not None else a
-    sq = torch.zeros(p, dtype=torch.float64)
-    for s in _row_blocks(n, 65536):  # float64 sums without a float64 copy of A
-        sq += a[s : s + 65536].double().square().sum(0)
-    a /= sq.sqrt().to(dtype)
-    return a.to(device) if device is not None else a
-
-
-def _row_blocks(n: int, block_rows: int) -> range:
-    return range(0, n, block_rows)
-
-
-def subspace_coordinates(A: Tensor, x: Tensor, *, block_rows: int = 65536) -> Tensor:
-    """Return ``A^+ x`` (shape ``(p,)``, float64) without forming a pseudo-inverse.
-
-    ``A^+ x`` is the least-squares solution ``c`` of ``A c ~ x`` (``A`` of full column
-    rank). ``G = A^T A`` and ``A^T x`` are accumulated in float64 over row blocks, ``G`` is
-    factored ``R^T R`` (Cholesky, ``p x p``) and ``c = G^{-1} A^T x`` is refined once with
-    the residual ``r = x - A c`` (corrected semi-normal equations: Bjorck, "Stability
-    analysis of the method of seminormal equations", 1987), which gives QR accuracy.
-    Memory beyond ``A`` is ``O(block_rows * p)``.
-
-    Args:
-        A: Matrix ``(n, p)``, ``p <= n``, of full column rank.
-        x: Vector ``(n,)``.
-        block_rows: Rows converted to float64 at a time.
-
-    Returns:
-        ``A^+ x`` in float64 on ``A``'s device.
-
-    Raises:
-        ConfigError: If the shapes do not match or ``A`` is (numerically) rank deficient.
-    """
-    if A.ndim != 2 or A.shape[0] != x.shape[0] or A.shape[1] > A.shape[0]:
-        raise ConfigError(
-            f"A must be an (n, p) matrix with p <= n = {x.shape[0]} rows, "
-            f"got shape {tuple(A.shape)}"
-        )
-    n, p = A.shape
-    gram = torch.zeros(p, p, dtype=torch.float64, device=A.device)
-    atx = torch.zeros(p, dtype=torch.float64, device=A.device)
-    for s in _row_blocks(n, block_rows):
-        blk = A[s : s + block_rows].double()  # (b, p)
-        gram += blk.T @ blk
-        atx += blk.T @ x[s : s + block_rows].double()
-    evals = torch.linalg.eigvalsh(gram)
-    if not evals[0] > 1e-14 * evals[-1]:
-        raise ConfigError(
-            f"A is rank deficient (cond(A)^2 ~ {float(evals[-1] / max(evals[0], 1e-300)):.3g}); "
-            "its columns must be linearly independent"
-        )
-    chol = torch.linalg.cholesky(gram)
-    c = torch.cholesky_solve(atx[:, None], chol)[:, 0]
-    atr = torch.zeros(p, dtype=torch.float64, device=A.device)
-    for s in _row_blocks(n, block_rows):
-        blk = A[s : s + block_rows].double()
-        atr += blk.T @ (x[s : s + block_rows].double() - blk @ c)
-    return c + torch.cholesky_solve(atr[:, None], chol)[:, 0]
+    search = result.get("search", "lbfgsb")
+    if search == "lbfgsb":
+        return ""
+    parts = [f"{search}, {result.get('num_starts', 1)} starts, spread {result.get('spread', 0.0):.3g}"]
+    if result.get("disagree"):
+        parts.append("the starts disagree: read the value as a lower bound")
+    if result.get("escalation"):
+        parts.append(f"escalated: {result['escalation']}")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,6 +261,9 @@ def keskar_sharpness(
     ftol: float = 0.0,
     gtol: float = 0.0,
     driver: Driver = "auto",
+    escalate_stuck: bool = True,
+    extra_starts: int = 8,
+    agree_tol: float = 0.05,
 ) -> SharpnessResult:
     """Keskar et al.'s sharpness ``phi(x, f; eps, A)`` (Metric 2.1).
 
@@ -350,10 +277,21 @@ def keskar_sharpness(
 
     The tolerances default to zero so that only the iteration budget ends the search: at a
     well-trained minimum the gradient can be below scipy's default ``gtol = 1e-5`` at the
-    start, which would stop L-BFGS-B before its first step and report 0. Exactly at a
-    stationary point (gradient 0) L-BFGS-B cannot move and the metric is 0; see
-    :func:`keskar_sharpness_multistart`. ``converged`` is L-BFGS-B's own success flag, so it
-    is ``False`` whenever the iteration budget (the metric's definition) ended the search.
+    start, which would stop L-BFGS-B before its first step and report 0. ``converged`` is
+    L-BFGS-B's own success flag, so it is ``False`` whenever the iteration budget (the
+    metric's definition) ended the search.
+
+    Stuck starts are escalated. Exactly at a stationary point (a bowl's minimum, a saddle,
+    a symmetric point) the gradient gives L-BFGS-B no direction: it stops at ``y = 0`` and
+    the paper's procedure reports 0 although the box maximum grows like ``eps^2``. When
+    the search from ``y = 0`` found no measurable ascent, or converged early with the best
+    point inside half the box, ``extra_starts`` more L-BFGS-B searches (``max_iters``
+    iterations each) start from random vertices and random points of the box; ``value`` is
+    the best over all. The result says which path ran (``search``, ``escalation``), the
+    metric each start reached (``start_values``), their ``spread`` and whether they
+    ``disagree`` by more than ``agree_tol`` of the best value (several local maxima: read
+    the value as a lower bound). A start that ascends, as at every trained minimum we
+    have measured, costs nothing extra and gives the paper's value.
 
     Args:
         loss: A callable of the flat parameter vector, or an Objective.
@@ -371,18 +309,26 @@ def keskar_sharpness(
         gtol: L-BFGS-B projected-gradient tolerance (0: off).
         driver: ``"auto"`` (the direct ``setulb`` driver when available), ``"setulb"`` or
             ``"scipy"`` (:func:`scipy.optimize.minimize`); the iterates are the same.
+        escalate_stuck: Search from more starts when the start from ``y = 0`` is stuck
+            (``False``: the paper's procedure alone, 0 at a stationary point).
+        extra_starts: Starts added by an escalation (random vertices and points of the
+            box, seeded by ``seed`` or 0).
+        agree_tol: Relative spread of the extra starts' values above which ``disagree``
+            is set.
 
     Returns:
         :class:`SharpnessResult`; ``settings`` holds eps, the space and subspace
-        distribution and seed, max_iters, the driver and the objective's settings (BN mode,
-        number of samples, chunk size).
+        distribution and seed, max_iters, the driver, the escalation settings and the
+        objective's settings (BN mode, number of samples, chunk size).
 
     Raises:
         ConfigError: For a nonpositive eps or max_iters, a malformed or rank-deficient ``A``,
             both ``A`` and ``p``, ``p`` without ``seed``, an unknown distribution or
-            driver, or a loss that is not finite in the box.
+            driver, negative ``extra_starts`` or ``agree_tol``, or a loss that is not
+            finite in the box.
     """
     check_box_args(eps, max_iters)
+    check_escalation_args(extra_starts, agree_tol)
     drv = resolve_driver(driver)
     obj, x, a, sub = _prepare(loss, x, A, p, seed, distribution)
     with CostMeter(obj) as meter:
@@ -392,10 +338,16 @@ def keskar_sharpness(
         _check_normalisation(f0)
         run = run_lbfgsb(search, y0, max_iters=max_iters, maxcor=maxcor, ftol=ftol, gtol=gtol,
                          driver=drv)
+        esc = escalate(
+            search, f0, run, lambda f: 100.0 * (f - f0) / (1.0 + f0), enabled=escalate_stuck,
+            extra_starts=extra_starts, agree_tol=agree_tol, seed=0 if seed is None else seed,
+            max_iters=max_iters, maxcor=maxcor, driver=drv,
+        )
     settings = {
         "metric": "keskar", "eps": float(eps), **sub, "max_iters": max_iters, "maxcor": maxcor,
         "ftol": ftol, "gtol": gtol, "optimizer": "L-BFGS-B", "driver": drv,
-        "dtype": str(obj.dtype), **objective_settings(obj),
+        "escalate": bool(escalate_stuck), "extra_starts": extra_starts,
+        "agree_tol": float(agree_tol), "dtype": str(obj.dtype), **objective_settings(obj),
     }
     fields = search.result_fields(f0)
     return SharpnessResult(
@@ -408,6 +360,7 @@ def keskar_sharpness(
         num_iters=run.num_iters,
         message=run.message,
         **fields,
+        **esc.fields(),
     )
 
 
@@ -428,6 +381,7 @@ def keskar_sharpness_multistart(
     pga_step: float = 0.5,
     maxcor: int = 10,
     driver: Driver = "auto",
+    agree_tol: float = 0.05,
 ) -> MultistartSharpnessResult:
     """Keskar sharpness searched harder: the standard run plus extra starts.
 
@@ -461,9 +415,12 @@ def keskar_sharpness_multistart(
         pga_step: PGA step as a fraction of the box half-width (``> 0``).
         maxcor: L-BFGS-B memory.
         driver: L-BFGS-B driver (see :func:`keskar_sharpness`).
+        agree_tol: Relative spread of the extra starts' values above which ``disagree``
+            is set.
 
     Returns:
-        :class:`MultistartSharpnessResult`.
+        :class:`MultistartSharpnessResult`; ``spread`` and ``disagree`` are over the extra
+        starts.
 
     Raises:
         ConfigError: As :func:`keskar_sharpness`, and for an unknown method, ``num_starts``
@@ -481,6 +438,7 @@ def keskar_sharpness_multistart(
             f"pga_steps must be a positive integer and pga_step positive, got {pga_steps!r} "
             f"and {pga_step!r}"
         )
+    check_escalation_args(0, agree_tol)
     drv = resolve_driver(driver)
     obj, x, a, sub = _prepare(loss, x, A, p, seed, distribution)
     rng = np.random.default_rng(seed)
@@ -511,11 +469,14 @@ def keskar_sharpness_multistart(
         "optimizer": "L-BFGS-B", "driver": drv, "multistart": method,
         "num_starts": num_starts, "pga_steps": pga_steps if method == "pga" else None,
         "pga_step": pga_step if method == "pga" else None, "start_distribution": "uniform-box",
-        "dtype": str(obj.dtype), **objective_settings(obj),
+        "agree_tol": float(agree_tol), "dtype": str(obj.dtype), **objective_settings(obj),
     }
     fields = search.result_fields(f0)
+    best = to_metric(fields["fmax"])
+    extra = start_values[1:]
+    spread = max(extra) - min(extra) if extra else 0.0
     return MultistartSharpnessResult(
-        value=to_metric(fields["fmax"]),
+        value=best,
         settings=settings,
         cost=meter.cost,
         converged=base.success,
@@ -526,22 +487,27 @@ def keskar_sharpness_multistart(
         baseline=start_values[0],
         start_values=tuple(start_values),
         method=method,
+        search=f"multistart-{method}",
+        num_starts=num_starts,
+        spread=spread,
+        disagree=bool(spread > agree_tol * abs(best)),
         **fields,
     )
 
 
 # -------------------------------------------------------------------------- registration
 @dataclass(frozen=True)
-class KeskarParams(MeasureParams):
-    """Parameters of ``keskar_sharpness``: Metric 2.1 in the full space or a random subspace.
+class BoxParams(MeasureParams):
+    """The box and search of Metric 2.1, full space or a random subspace.
 
     Attributes:
         eps: Box size (the paper: 1e-3 and 5e-4).
         subspace: ``"full"`` (``A = I``) or ``"random"`` (``p`` random columns).
         p: Random subspace dimension (the paper: 100).
-        seed: Seed of the random subspace.
+        seed: Seed of the random subspace (and of any extra starts).
         distribution: The random subspace's entries (see :func:`random_subspace`).
         max_iters: L-BFGS-B iterations (the paper: 10).
+        agree_tol: Relative spread of the extra starts above which they disagree.
     """
 
     eps: float = 1e-3
@@ -550,13 +516,33 @@ class KeskarParams(MeasureParams):
     seed: int | None = 0
     distribution: Literal["uniform", "gaussian", "uniform-raw"] | None = "uniform"
     max_iters: int = 10
+    agree_tol: float = 0.05
 
     def validate(self) -> None:
-        """Eps > 0, max_iters >= 1, p >= 1."""
+        """Eps > 0, max_iters >= 1, p >= 1, agree_tol >= 0."""
         check_box_args(self.eps, self.max_iters)
+        check_escalation_args(0, self.agree_tol)
         if self.subspace == "random" and (self.p is None or self.p < 1 or self.seed is None
                                           or self.distribution is None):
             raise ConfigError("a random subspace needs p >= 1, a seed and a distribution")
+
+
+@dataclass(frozen=True)
+class KeskarParams(BoxParams):
+    """Parameters of ``keskar_sharpness`` (see :func:`keskar_sharpness`).
+
+    Attributes:
+        escalate: Search from more starts when the start from ``y = 0`` is stuck.
+        extra_starts: Starts added by an escalation.
+    """
+
+    escalate: bool = True
+    extra_starts: int = 8
+
+    def validate(self) -> None:
+        """As the box's, and ``extra_starts >= 0``."""
+        super().validate()
+        check_escalation_args(self.extra_starts, self.agree_tol)
 
     def canonical(self) -> dict[str, Any]:
         """The subspace settings do not matter in the full space."""
@@ -567,7 +553,7 @@ class KeskarParams(MeasureParams):
 
 
 @dataclass(frozen=True)
-class MultistartParams(KeskarParams):
+class MultistartParams(BoxParams):
     """Parameters of ``keskar_sharpness_multistart`` (see :func:`keskar_sharpness_multistart`)."""
 
     method: Literal["lbfgsb", "pga"] = "lbfgsb"
@@ -576,7 +562,7 @@ class MultistartParams(KeskarParams):
     pga_step: float = 0.5
 
     def validate(self) -> None:
-        """As Keskar's, and at least one start and step."""
+        """As the box's, and at least one start and step."""
         super().validate()
         if self.num_starts < 1 or self.pga_steps < 1 or not self.pga_step > 0:
             raise ConfigError("num_starts and pga_steps must be positive integers, pga_step positive")
@@ -589,23 +575,7 @@ class MultistartParams(KeskarParams):
         return out
 
 
-#: The last random subspace drawn (shape, seed and distribution -> matrix): drawing F1's
-#: 1.46M x 100 matrix costs seconds, and a study measures many runs in the same subspace.
-_DRAWN: dict[tuple, Tensor] = {}
-
-
-def drawn_subspace(n: int, p: int, seed: int, distribution: str, dtype: torch.dtype,
-                   device: torch.device) -> Tensor:
-    """:func:`random_subspace`, remembering the last matrix drawn (one at a time)."""
-    key = (n, p, seed, distribution, dtype, str(device))
-    if key not in _DRAWN:
-        _DRAWN.clear()
-        _DRAWN[key] = random_subspace(n, p, seed=seed, distribution=distribution,  # type: ignore[arg-type]
-                                      dtype=dtype, device=device)
-    return _DRAWN[key]
-
-
-def _subspace_args(inputs: Inputs, p: KeskarParams) -> dict[str, Any]:
+def _subspace_args(inputs: Inputs, p: BoxParams) -> dict[str, Any]:
     if p.subspace == "full":
         return {}
     assert p.p is not None and p.seed is not None and p.distribution is not None
@@ -615,15 +585,19 @@ def _subspace_args(inputs: Inputs, p: KeskarParams) -> dict[str, Any]:
 
 def _keskar(inputs: Inputs, p: KeskarParams) -> SharpnessResult:
     seed = p.seed if p.subspace == "random" else None
-    return keskar_sharpness(inputs.objective, inputs.x, eps=p.eps, max_iters=p.max_iters, seed=seed,
-                            **_subspace_args(inputs, p))
+    return keskar_sharpness(
+        inputs.objective, inputs.x, eps=p.eps, max_iters=p.max_iters, seed=seed,
+        escalate_stuck=p.escalate, extra_starts=p.extra_starts, agree_tol=p.agree_tol,
+        **_subspace_args(inputs, p),
+    )
 
 
 def _multistart(inputs: Inputs, p: MultistartParams) -> MultistartSharpnessResult:
     return keskar_sharpness_multistart(
-        inputs.objective, inputs.x, eps=p.eps, max_iters=p.max_iters, seed=p.seed if p.seed is not None else 0,
+        inputs.objective, inputs.x, eps=p.eps, max_iters=p.max_iters,
+        seed=p.seed if p.seed is not None else 0,
         method=p.method, num_starts=p.num_starts, pga_steps=p.pga_steps, pga_step=p.pga_step,
-        **_subspace_args(inputs, p),
+        agree_tol=p.agree_tol, **_subspace_args(inputs, p),
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,17 +106,10 @@ def build(
 
 
 def _build_user(name: str, input_shape: tuple[int, ...] | None, num_classes: int | None) -> nn.Module:
-    module_name, _, attr = name.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"cannot import network factory {name!r} ({exc}); give an importable module:function"
-        ) from exc
-    model = factory(input_shape, num_classes)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"network factory {name!r} returned {type(model).__name__}, not nn.Module")
-    return model
+    from sharpminima.factories import call_factory
+
+    return call_factory(name, "network factory", lambda m: isinstance(m, nn.Module), "a torch.nn.Module",
+                        input_shape, num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -140,15 +140,21 @@ def sharpness_bars(net: str, rows: list[dict[str, Any]]) -> Figure:
 
 
 def stopping_study(net: str, rules: list[dict[str, Any]]) -> Figure:
-    """SB - LB test-accuracy gap under different stopping rules (error bars: 1 s.e.)."""
+    """SB - LB test-accuracy gap under different stopping rules (error bars: 95% interval)."""
     rows = [r for r in rules if r["gap"]["mean"] is not None]
+
+    def bounds(g: dict[str, Any]) -> tuple[float, float]:
+        if g.get("ci") is not None:
+            return g["mean"] - g["ci"][0], g["ci"][1] - g["mean"]
+        return (g.get("se") or 0.0,) * 2
+
     fig, ax = plt.subplots(figsize=(7.2, max(2.5, 0.32 * len(rows) + 1)), layout="constrained")
     y = np.arange(len(rows))
     gaps = [r["gap"]["mean"] for r in rows]
     ax.barh(
         y,
         gaps,
-        xerr=[r["gap"]["se"] or 0 for r in rows],
+        xerr=np.array([bounds(r["gap"]) for r in rows]).T.reshape(2, len(rows)),
         color=["tab:green" if g > 0 else "tab:gray" for g in gaps],
         capsize=3,
     )

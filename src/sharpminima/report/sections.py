@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sharpminima import intervals
 from sharpminima.report import figures, paper
 from sharpminima.report.build import Doc, pm, pm_paper
 
@@ -24,7 +25,9 @@ OPEN_SETTINGS = [
     (
         "Sharpness maximisation",
         "scipy L-BFGS-B, `{max_iters}` iterations, started at y = 0; the "
-        "best point evaluated inside the box is reported.",
+        "best point evaluated inside the box is reported. A start that finds no ascent (a "
+        "stationary point) is escalated to 8 more starts at random vertices and points of the "
+        "box; each trial's search path is listed beside its value.",
     ),
     (
         "Random subspace",
@@ -44,6 +47,37 @@ OPEN_SETTINGS = [
     ),
     ("Learning rate tuned per batch size", "no (the paper's protocol); see Shallue et al. 2019."),
 ]
+
+
+def _ci_text(ci: list[float] | None, fmt: str = "+.2f") -> str:
+    return "no interval (one trial)" if ci is None else f"95% interval [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def _gap_of(sb: dict[str, Any], lb: dict[str, Any]) -> dict[str, Any]:
+    """SB - LB with Welch's interval from two summaries (their per-trial values)."""
+    if "values" in sb and "values" in lb:
+        return intervals.difference(sb["values"], lb["values"])
+    se = math.sqrt((sb["std"] or 0) ** 2 / max(sb["n"], 1) + (lb["std"] or 0) ** 2 / max(lb["n"], 1))
+    return {"mean": sb["mean"] - lb["mean"], "se": se, "ci": None, "n": [sb["n"], lb["n"]]}
+
+
+def gap_text(g: dict[str, Any]) -> str:
+    """``+0.12 [-0.30, +0.54]``: a gap and its 95% interval (or its s.e. in old results)."""
+    if g.get("mean") is None:
+        return "-"
+    if g.get("ci") is not None:
+        return f"{g['mean']:+.2f} [{g['ci'][0]:+.2f}, {g['ci'][1]:+.2f}]"
+    return f"{g['mean']:+.2f}" + (f" ± {g['se']:.2f} (s.e.)" if g.get("se") else "")
+
+
+def ratio_text(r: Any) -> str:
+    """``9.8x [4.1, 23]``: a ratio of geometric means and its 95% interval."""
+    if isinstance(r, int | float):  # results written before intervals: a ratio of means
+        return f"{r:.1f}x"
+    if not r or r.get("value") is None:
+        return "-" if not r or r.get("of_means") is None else f"{r['of_means']:.1f}x (of means)"
+    text = f"{r['value']:.3g}x"
+    return text + (f" [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]" if r.get("ci") else "")
 
 
 def _stop_text(p: dict[str, Any]) -> str:
@@ -192,51 +226,38 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
         sb, lb = row["sb"]["test_acc"], row["lb"]["test_acc"]
         if sb["mean"] is None or lb["mean"] is None:
             continue
-        gap = sb["mean"] - lb["mean"]
-        se = math.sqrt((sb["std"] or 0) ** 2 / max(sb["n"], 1) + (lb["std"] or 0) ** 2 / max(lb["n"], 1))
-        if min(sb["n"], lb["n"]) < 2:
-            held = "direction only (one trial: no error bar)" if gap > 0 else "no (one trial)"
-        elif gap > 2 * se:
-            held = "yes"
-        elif gap < -2 * se:
-            held = "no (LB tested better)"
-        else:
-            held = "not resolved (within 2 s.e.)"
+        g = row.get("gap") or _gap_of(sb, lb)
+        n = min(sb["n"], lb["n"])
         rows.append(
             [
                 f"{net.upper()}: LB tests worse than SB",
-                f"gap SB - LB = {gap:+.2f} ± {se:.2f} points (s.e.)",
-                held,
+                f"gap SB - LB = {g['mean']:+.2f} points, {_ci_text(g.get('ci'))} "
+                f"(Welch t, {sb['n']}+{lb['n']} trials)",
+                intervals.verdict(g.get("ci"), 0.0, n=n, above="yes", below="no (LB tested better)"),
             ]
         )
-        tr = row["lb"]["train_acc"]["mean"] - row["sb"]["train_acc"]["mean"]
-        rows.append(
-            [
-                f"{net.upper()}: LB trains as well as SB",
-                f"train acc LB - SB = {tr:+.2f} points",
-                "yes" if tr > -0.5 else "no",
-            ]
-        )
+        sb_tr, lb_tr = row["sb"]["train_acc"], row["lb"]["train_acc"]
+        if "values" in sb_tr and "values" in lb_tr:
+            t = intervals.difference(lb_tr["values"], sb_tr["values"])
+            held = intervals.verdict(t["ci"], -0.5, n=n, above="yes (within 0.5 points)",
+                                     below="no (LB trains > 0.5 points worse)")
+            measured = f"train acc LB - SB = {t['mean']:+.2f} points, {_ci_text(t['ci'])}"
+        else:
+            tr = lb_tr["mean"] - sb_tr["mean"]
+            held, measured = ("yes" if tr > -0.5 else "no"), f"train acc LB - SB = {tr:+.2f} points"
+        rows.append([f"{net.upper()}: LB trains as well as SB (within 0.5 points)", measured, held])
     for net, rows_bt in ex.get("bn_test", {}).items():
         authors = rows_bt[-1]  # each regime evaluated with its own batch's statistics
         g = authors["gap"]
         if g["mean"] is None:
             continue
         n = min(authors["sb"]["n"], authors["lb"]["n"])
-        if n < 2:
-            held = "direction only (one trial)" if g["mean"] > 0 else "no (one trial)"
-        elif g["mean"] > 2 * g["se"]:
-            held = "yes"
-        elif g["mean"] < -2 * g["se"]:
-            held = "no (LB tested better)"
-        else:
-            held = "not resolved (within 2 s.e.)"
         rows.append(
             [
                 f"{net.upper()}: LB tests worse than SB, with BatchNorm as the authors' code "
                 "evaluated (batch statistics of each regime's own batch)",
-                f"gap SB - LB = {g['mean']:+.2f} ± {g['se']:.2f} points (s.e.)",
-                held,
+                f"gap SB - LB = {g['mean']:+.2f} points, {_ci_text(g.get('ci'))}",
+                intervals.verdict(g.get("ci"), 0.0, n=n, above="yes", below="no (LB tested better)"),
             ]
         )
     for net, srows in ex.get("sharpness", {}).items():
@@ -245,10 +266,9 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
                 rows.append(
                     [
                         f"{net.upper()}: LB minimizers are sharper (>= 10x, eps 1e-3, full space)",
-                        f"LB/SB = {r['ratio']:.1f}x ({r['lb']['mean']:.3g} vs {r['sb']['mean']:.3g})",
-                        "yes"
-                        if r["ratio"] >= 10
-                        else ("partly (sharper, < 10x)" if r["ratio"] > 1 else "no"),
+                        f"LB/SB = {ratio_text(r['ratio'])} ({r['lb']['mean']:.3g} vs "
+                        f"{r['sb']['mean']:.3g})",
+                        _ratio_verdict(r["ratio"], min(r["sb"]["n"], r["lb"]["n"])),
                     ]
                 )
     for net, by in ex.get("hessian", {}).items():
@@ -281,6 +301,26 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
         doc.table(["claim", "measured here", "held?"], rows)
     else:
         doc.p("No experiment with a verdict has been run yet.")
+
+
+def _ratio_verdict(r: Any, n: int) -> str:
+    """Whether LB is sharper, and >= 10x as the paper found, from the ratio's interval.
+
+    Both thresholds are read off the interval, not the point estimate, so the verdict only
+    changes between seeds when the evidence does.
+    """
+    if isinstance(r, int | float):  # results written before intervals
+        return "yes" if r >= 10 else ("partly (sharper, < 10x)" if r > 1 else "no")
+    if r.get("value") is None:
+        return "-"
+    ci = r.get("ci")
+    if ci is not None and ci[0] > 1:
+        if ci[0] >= 10:
+            return "yes"
+        if ci[1] < 10:
+            return "partly (sharper, but < 10x)"
+        return "sharper; whether by >= 10x is not settled (the interval spans 10x)"
+    return intervals.verdict(ci, 1.0, n=n, above="", below="no (SB sharper)")
 
 
 def _figure_verdicts(ex: dict[str, Any]) -> list[list[str]]:
@@ -373,6 +413,15 @@ def _table2(doc: Doc, t2: dict[str, Any]) -> None:
             f"{row['sb']['epochs']}; LB batch {row['lb']['batch_size']}, epochs "
             f"{row['lb']['epochs']}."
         )
+        per_trial = [
+            f"{regime.upper()} {', '.join('-' if v is None else f'{v:.2f}' for v in values)}"
+            for regime in ("sb", "lb")
+            if (values := row[regime]["test_acc"].get("values"))
+        ]
+        if per_trial:
+            g = row.get("gap") or _gap_of(row["sb"]["test_acc"], row["lb"]["test_acc"])
+            doc.p(f"Test accuracy per trial: {'; '.join(per_trial)}. Gap SB - LB: {gap_text(g)} "
+                  "points (95% interval, Welch t).")
         bad = row["sb"]["not_done"] + row["lb"]["not_done"]
         if bad:
             doc.p(
@@ -405,14 +454,46 @@ def _sharpness(doc: Doc, sh: dict[str, Any], p: dict[str, Any]) -> None:
                         pm_paper(ref),
                     ]
                 )
-            table.append(["", "", "", "LB/SB", f"{r['ratio']:.1f}x" if r["ratio"] else "-", ""])
+            table.append(["", "", "", "LB/SB", ratio_text(r["ratio"]), ""])
         doc.h(3, net.upper())
         doc.table(["subspace", "eps", "BN mode", "regime", "ours", "paper"], table)
+        doc.p(
+            "LB/SB is the ratio of the geometric means over trials with its 95% interval "
+            "(Welch t on the log values); with few trials the interval is wide, and where it "
+            "includes 1 another set of seeds can reverse the verdict."
+        )
+        _per_trial(doc, rows)
         doc.fig(
             figures.sharpness_bars(net, rows),
             f"sharpness_{net}",
             f"{net.upper()}: Keskar sharpness of SB and LB minimizers (log scale)",
         )
+
+
+def _per_trial(doc: Doc, rows: list[dict[str, Any]]) -> None:
+    """Each trial's sharpness, and how its maximum was searched."""
+    table, notes = [], []
+    for r in rows:
+        for regime in ("sb", "lb"):
+            values = r[regime].get("values", [])
+            searches = r[regime].get("search", [{}] * len(values))
+            for k, (v, srch) in enumerate(zip(values, searches, strict=False)):
+                path = srch.get("search", "lbfgsb")
+                if path != "lbfgsb":
+                    notes.append(srch)
+                table.append([
+                    r["subspace"], f"{r['eps']:g}", r["bn_mode"], regime.upper(),
+                    str(srch.get("seed", k)), "-" if v is None else f"{v:.4g}",
+                    path + (" (starts disagree)" if srch.get("disagree") else ""),
+                ])
+    if not table:
+        return
+    doc.p("**Per trial** (the search is `lbfgsb` where L-BFGS-B ascended from y = 0, the paper's "
+          "procedure; `lbfgsb+restarts` where it was stuck and more starts were searched):")
+    doc.table(["subspace", "eps", "BN mode", "regime", "seed", "sharpness", "search"], table)
+    for srch in notes:
+        doc.p(f"Run {srch.get('run')}: {srch.get('escalation') or 'escalated'}; "
+              f"{srch.get('num_starts')} starts, spread {srch.get('spread', 0.0):.3g}.")
 
 
 def _hessian(doc: Doc, hs: dict[str, Any]) -> None:
@@ -468,7 +549,8 @@ def _stopping(doc: Doc, st: dict[str, Any], curves: dict[str, Any]) -> None:
     doc.p(
         "The same trained runs, read at different stopping points: fixed epoch counts for each "
         "regime, or the plateau rule applied to each run's own training-loss curve. A positive "
-        "gap means LB generalizes worse (the paper's claim); error: 1 standard error."
+        "gap means LB generalizes worse (the paper's claim); brackets: 95% interval over "
+        "trials (Welch t)."
     )
     for net, rules in st.items():
         doc.table(
@@ -478,9 +560,7 @@ def _stopping(doc: Doc, st: dict[str, Any], curves: dict[str, Any]) -> None:
                     r["rule"],
                     pm(r["sb"]),
                     pm(r["lb"]),
-                    f"{r['gap']['mean']:+.2f} ± {r['gap']['se']:.2f}"
-                    if r["gap"]["mean"] is not None
-                    else "-",
+                    gap_text(r["gap"]),
                 ]
                 for r in rules
             ],
@@ -506,8 +586,8 @@ def _bn_test(doc: Doc, bt: dict[str, Any]) -> None:
         "ways. Table 2 uses running statistics (PyTorch's eval mode). The authors' Keras-1 "
         "code normalised with the statistics of each evaluation batch, and Keras's `fit` "
         "validates with the training batch size, so SB was tested in batches of 256 and LB in "
-        "batches of the LB size. A positive gap means LB generalizes worse; error: 1 standard "
-        "error."
+        "batches of the LB size. A positive gap means LB generalizes worse; brackets: 95% "
+        "interval over trials (Welch t)."
     )
     for net, rows in bt.items():
         doc.p(f"**{net.upper()}**")
@@ -518,9 +598,7 @@ def _bn_test(doc: Doc, bt: dict[str, Any]) -> None:
                     r["evaluation"],
                     pm(r["sb"]),
                     pm(r["lb"]),
-                    f"{r['gap']['mean']:+.2f} ± {r['gap']['se']:.2f}"
-                    if r["gap"]["mean"] is not None
-                    else "-",
+                    gap_text(r["gap"]),
                 ]
                 for r in rows
             ],

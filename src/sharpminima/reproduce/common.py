@@ -7,12 +7,11 @@ imports the other.
 
 from __future__ import annotations
 
-import math
-import statistics
 from typing import Any
 
 from torch import Tensor, nn
 
+from sharpminima import intervals
 from sharpminima.landscape.registry import Record
 from sharpminima.reproduce.context import Context
 from sharpminima.train import Run
@@ -21,20 +20,18 @@ REGIMES = ("sb", "lb")
 
 
 def stats(values: list[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation and count of the finite values (all values kept)."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0, "values": values}
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": statistics.fmean(vals), "std": std, "n": len(vals), "values": values}
+    """Mean, sample std, count and 95% t-interval of the finite values (all values kept)."""
+    return intervals.summary(values)
 
 
 def gap(sb: dict[str, Any], lb: dict[str, Any]) -> dict[str, Any]:
-    """SB minus LB of two :func:`stats`, with the standard error of the difference."""
-    if not sb["n"] or not lb["n"]:
-        return {"mean": None, "se": None}
-    se = math.sqrt(sb["std"] ** 2 / sb["n"] + lb["std"] ** 2 / lb["n"])
-    return {"mean": sb["mean"] - lb["mean"], "se": se}
+    """SB minus LB of two :func:`stats`, with Welch's 95% interval over trials."""
+    return intervals.difference(sb["values"], lb["values"])
+
+
+def ratio(sb: dict[str, Any], lb: dict[str, Any]) -> dict[str, Any]:
+    """LB over SB of two :func:`stats`: ratio of geometric means, 95% interval (log scale)."""
+    return intervals.ratio(sb["values"], lb["values"])
 
 
 def done(runs: list[Run]) -> list[Run]:
@@ -53,7 +50,7 @@ def trial_runs(ctx: Context, net: str) -> dict[str, list[Run]]:
         cache[net] = {
             regime: ctx.train_group(
                 ctx.config(net, regime, 0, save_every_epoch=keep),
-                list(range(p.trials)),
+                list(range(p.seed, p.seed + p.trials)),
                 f"{net} {regime.upper()}",
             )
             for regime in REGIMES
@@ -83,8 +80,15 @@ def measure_sharpness(
 ) -> Record:
     """Keskar sharpness of ``x`` (weights of ``run``'s net), cached in the store."""
     return ctx.measure(
-        run, "keskar_sharpness", bn=bn, samples=ctx.preset.sharpness_samples, point=point, model=model,
-        x=x, units=sharpness_units(ctx), **sharpness_params(ctx, eps, subspace, seed),
+        run,
+        "keskar_sharpness",
+        bn=bn,
+        samples=ctx.preset.sharpness_samples,
+        point=point,
+        model=model,
+        x=x,
+        units=sharpness_units(ctx),
+        **sharpness_params(ctx, eps, subspace, seed),
     )
 
 

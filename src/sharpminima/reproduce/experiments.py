@@ -19,12 +19,13 @@ from sharpminima.reproduce.common import (
     done,
     gap,
     measure_sharpness,
+    ratio,
     sharpness_units,
     stats,
     trial_runs,
 )
 from sharpminima.reproduce.context import Context, train_units
-from sharpminima.train import Run, mean_std
+from sharpminima.train import Run
 
 Experiment = Callable[[Context], dict[str, Any]]
 
@@ -39,7 +40,7 @@ def table2(ctx: Context) -> dict[str, Any]:
         for regime in REGIMES:
             rs = runs[regime]
             row[regime] = {
-                m: dict(zip(("mean", "std", "n"), mean_std(rs, m), strict=True))
+                m: stats([r.final.get(m) for r in done(rs)])
                 for m in ("train_acc", "test_acc", "train_loss", "test_loss")
             }
             row[regime]["batch_size"] = rs[0].config.batch_size
@@ -49,6 +50,7 @@ def table2(ctx: Context) -> dict[str, Any]:
                 {"run": r.id, "status": r.status, "message": r.message} for r in rs if r.status != "done"
             ]
             row[regime]["seconds"] = [r.seconds for r in rs]
+        row["gap"] = gap(row["sb"]["test_acc"], row["lb"]["test_acc"])
         out[net] = row
     return out
 
@@ -185,18 +187,29 @@ def sharpness(ctx: Context) -> dict[str, Any]:
                 for bn in p.bn_modes:
                     row: dict[str, Any] = {"subspace": subspace, "eps": eps, "bn_mode": bn}
                     for regime in REGIMES:
-                        vals = []
-                        for seed, run in enumerate(done(runs[regime])):
+                        vals, searches = [], []
+                        for run in done(runs[regime]):
                             m = measure_sharpness(
-                                ctx, run, run.model, ctx.weights(run), eps, subspace, bn, seed
+                                ctx, run, run.model, ctx.weights(run), eps, subspace, bn,
+                                run.config.seed,
                             )
                             vals.append(m.value)
+                            searches.append(_search(run, m))
                         row[regime] = stats(vals)
-                    sb, lb = row["sb"]["mean"], row["lb"]["mean"]
-                    row["ratio"] = lb / sb if sb and lb is not None else None
+                        row[regime]["runs"] = [r.id for r in done(runs[regime])]
+                        row[regime]["search"] = searches
+                    row["ratio"] = ratio(row["sb"], row["lb"])
                     rows.append(row)
         out[net] = rows
     return out
+
+
+def _search(run: Run, m: Record) -> dict[str, Any]:
+    """How one sharpness maximum was searched (the path, starts, spread, disagreement)."""
+    r = m.result
+    return {"run": run.id, "seed": run.config.seed, "search": r.get("search", "lbfgsb"),
+            "num_starts": r.get("num_starts", 1), "spread": r.get("spread", 0.0),
+            "disagree": bool(r.get("disagree", False)), "escalation": r.get("escalation", "")}
 
 
 # -- Figures 3 and 7 ---------------------------------------------------------------------
@@ -267,8 +280,9 @@ def hessian(ctx: Context) -> dict[str, Any]:
             run = finished[0]
             eig = ctx.measure(run, "hessian_eigenvalues", bn=bn, samples=p.hessian_samples, k=1,
                               units=40 * p.hessian_samples / 10_000)
-            tr = ctx.measure(run, "hessian_trace", bn=bn, samples=p.hessian_samples, num_probes=p.trace_samples,
-                             units=2 * p.trace_samples * p.hessian_samples / 10_000)
+            tr = ctx.measure(run, "hessian_trace", bn=bn, samples=p.hessian_samples,
+                             num_probes=p.trace_probes,
+                             units=2 * p.trace_probes * p.hessian_samples / 10_000)
             sharp = measure_sharpness(ctx, run, run.model, ctx.weights(run), p.eps[0], "full", bn, 0)
             out[net][regime] = {
                 "run": run.id,
@@ -402,7 +416,7 @@ def planned_units(ctx: Context, names: list[str]) -> float:
         if "bn_test" in names:
             total += 2 * p.trials * 5 * ctx.data(net).num_test / 10_000
         if "hessian" in names:
-            total += 2 * (40 * p.hessian_samples + 2 * p.trace_samples * p.hessian_samples) / 10_000
+            total += 2 * (40 * p.hessian_samples + 2 * p.trace_probes * p.hessian_samples) / 10_000
         if "fig4" in names:
             for b in p.batch_sizes:
                 total += train_units(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ class Preset:
         name: ``quick`` or ``paper``.
         nets: Networks to run.
         trials: Seeds per regime (the paper: 5).
+        seed: Seed of the first trial; trial ``k`` trains with seed ``seed + k`` (and its
+            random sharpness subspace is drawn with that seed).
         stop: ``epochs`` (fixed) or ``plateau`` (until the training loss stops improving).
         sb_epochs: SB epochs (fixed) or cap (plateau).
         lb_epochs: LB epochs (fixed) or cap (plateau).
@@ -35,7 +38,7 @@ class Preset:
         max_iters: L-BFGS-B iterations (the paper: 10).
         chunk_size: Samples per forward pass inside the loss (BN statistics per chunk).
         hessian_samples: Samples for the Hessian view (top eigenvalue and trace).
-        trace_samples: Hutchinson probes.
+        trace_probes: Hutchinson probes.
         interp_points: Points of the parametric plots on [-1, 2].
         interp_samples: Training samples for the parametric plots (test set: all).
         batch_sizes: Figure 4 sweep (empty: skipped).
@@ -63,6 +66,7 @@ class Preset:
     name: str
     nets: tuple[str, ...] = ("f1",)
     trials: int = 5
+    seed: int = 0
     stop: str = "plateau"
     sb_epochs: int = 100
     lb_epochs: int = 100
@@ -78,7 +82,7 @@ class Preset:
     max_iters: int = 10
     chunk_size: int = 1000
     hessian_samples: int = 10_000
-    trace_samples: int = 50
+    trace_probes: int = 50
     interp_points: int = 25
     interp_samples: int | None = None
     batch_sizes: tuple[int, ...] = ()
@@ -164,7 +168,7 @@ QUICK = Preset(
     subspaces=("full", "random"),
     bn_modes=("batch", "eval"),
     hessian_samples=5_000,
-    trace_samples=20,
+    trace_probes=20,
     interp_samples=10_000,
     experiments=("table2", "sharpness", "fig2", "fig3", "distance", "hessian", "stopping", "bn_test"),
 )
@@ -205,6 +209,9 @@ REMEDIES = dataclasses.replace(
 
 PRESETS = {p.name: p for p in (QUICK, PAPER, REMEDIES)}
 
+#: Older names of preset fields, accepted (with a warning) for one release.
+RENAMED_FIELDS = {"maxiter": "max_iters", "trace_samples": "trace_probes"}
+
 
 def get_preset(name: str, **overrides: Any) -> Preset:
     """Return a named preset with some fields replaced.
@@ -214,6 +221,10 @@ def get_preset(name: str, **overrides: Any) -> Preset:
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    for old, new in RENAMED_FIELDS.items():
+        if old in overrides:
+            warnings.warn(f"preset field {old} is deprecated, use {new}", DeprecationWarning, stacklevel=2)
+            overrides[new] = overrides.pop(old)
     names = {f.name for f in dataclasses.fields(Preset)}
     bad = sorted(set(overrides) - names)
     if bad:
@@ -237,7 +248,7 @@ def coerce_overrides(pairs: dict[str, Any]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(Preset)}
     out: dict[str, Any] = {}
     for name, value in pairs.items():
-        name = {"maxiter": "max_iters"}.get(name, name)  # the field's older name
+        name = RENAMED_FIELDS.get(name, name)
         if name not in fields or name == "name":
             valid = ", ".join(sorted(set(fields) - {"name"} - _NESTED))
             raise ConfigError(f"unknown preset field {name!r} in --set; valid fields: {valid}")

@@ -30,7 +30,7 @@ from sharpminima.errors import ConfigError
 from sharpminima.reproduce.common import done, measure_sharpness, sharpness_units, stats, trial_runs
 from sharpminima.reproduce.context import Context, train_units
 from sharpminima.train import Run
-from sharpminima.train.remedies import CONSERVATIVE_ARGS
+from sharpminima.train.remedy_steps import CONSERVATIVE_ARGS
 
 log = logging.getLogger(__name__)
 
@@ -249,10 +249,13 @@ def remedies(ctx: Context) -> dict[str, Any]:
             regimes = ("lb", "sb") if remedy.sb_too else ("lb",)
             for regime in regimes:
                 runs = []
-                for seed in range(_trials(ctx)):
+                first = ctx.preset.seed
+                for seed in range(first, first + _trials(ctx)):
                     changes = remedy.changes(ctx, net, seed)
                     cfg = ctx.config(net, regime, seed, **changes)
-                    runs.append(ctx.train(cfg, f"{net} {regime.upper()} + {name} trial {seed + 1}"))
+                    runs.append(
+                        ctx.train(cfg, f"{net} {regime.upper()} + {name} trial {seed - first + 1}")
+                    )
                 rows.append(
                     {
                         "name": name,
@@ -344,7 +347,8 @@ def dynamics(ctx: Context) -> dict[str, Any]:
                     model = ctx.model_at(run, e)
                     x = ctx.weights(run, e)
                     at = {"point": f"epoch={e}", "model": model, "x": x}
-                    top = ctx.measure(run, "hessian_eigenvalues", bn=bn, samples=p.dynamics_samples, k=1, **at)
+                    top = ctx.measure(run, "hessian_eigenvalues", bn=bn, samples=p.dynamics_samples, k=1,
+                                      **at)
                     # per-example gradients need running BN statistics (the measure fixes eval)
                     gns = ctx.measure(run, "gradient_noise_scale", bn="eval", samples=p.dynamics_samples,
                                       num_examples=p.noise_examples, **at)

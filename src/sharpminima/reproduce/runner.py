@@ -9,6 +9,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,7 @@ def reproduce(
         sources=dict(sources or {}),
         vectorize=dev.type == "cuda" if vectorize is None else vectorize,
     )
-    if progress_factory is not None:
-        ctx.progress = progress_factory(planned_units(ctx, names))
+    advance = progress_factory(planned_units(ctx, names)) if progress_factory is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
@@ -105,9 +105,13 @@ def reproduce(
     }
     results.setdefault("experiments", {})
     results.setdefault("seconds", {})
-    for name in names:
+    for i, name in enumerate(names, 1):
         t = time.perf_counter()
         log.info("experiment %s", name)
+        if advance is not None:  # labels say which experiment, n of m
+            stage = f"[{i}/{len(names)} {name}]"
+            ctx.progress = partial(_labelled, advance, stage)
+            advance(0.0, f"{stage} starting")
         results["experiments"][name] = EXPERIMENTS[name](ctx)
         results["seconds"][name] = time.perf_counter() - t
         _save(path, results)  # keep what is done even if a later experiment fails
@@ -119,6 +123,10 @@ def reproduce(
     results["train_seconds"] = sum(run_seconds.values())
     _save(path, results)
     return results
+
+
+def _labelled(advance: Callable[[float, str], None], stage: str, units: float, label: str) -> None:
+    advance(units, f"{stage} {label}")
 
 
 def _save(path: Path, results: dict[str, Any]) -> None:
@@ -141,7 +149,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import scipy
 
     from sharpminima import __version__
-    from sharpminima.store.db import code_version, cpu_model
+    from sharpminima.store.provenance import code_version, cpu_model
 
     env = {
         "sharpminima": __version__,

@@ -30,37 +30,40 @@ measurement ``value`` is stored as SQL NULL and read back as NaN.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import logging
 import math
 import os
-import platform
 import re
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sharpminima.errors import StoreError
 from sharpminima.store import _json
+from sharpminima.store.provenance import code_version, machine_info
+from sharpminima.store.queue import WorkQueue
+from sharpminima.store.records import (
+    STATUSES,
+    RunRecord,
+    check_dict,
+    check_status,
+    check_text,
+    measurement_from_row,
+    utc_now,
+)
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "RunRecord", "Store", "code_version", "machine_info"]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-STATUSES = ("pending", "running", "done", "failed", "diverged")
 DB_NAME = "store.sqlite"
 RUN_ID_LENGTH = 12
 
 _HASH_RE = re.compile(r"[A-Za-z0-9_-]{12,}")
-_GIT_TIMEOUT_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -105,170 +108,7 @@ CREATE INDEX IF NOT EXISTS measurements_by_kind ON measurements (kind);
 """
 
 
-def _now() -> str:
-    """Return the current UTC time as fixed-width ISO 8601 (sorts as text)."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-@functools.cache
-def code_version() -> str:
-    """Return the code version recorded with new runs (computed once per process).
-
-    The short git commit of the repository holding the installed package, with
-    ``-dirty`` appended when the work tree has uncommitted changes; the package
-    ``__version__`` when the package is not a tracked file of a git work tree (an
-    installed wheel, no git, no commit yet) or git does not answer within 5 s.
-
-    Returns:
-        E.g. ``"3f2a9c1"``, ``"3f2a9c1-dirty"`` or ``"0.1.0"``.
-    """
-    import sharpminima
-
-    pkg_dir = Path(sharpminima.__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=pkg_dir,
-            capture_output=True,
-            text=True,
-            timeout=_GIT_TIMEOUT_S,
-            check=True,
-        )
-        return done.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        if not git("ls-files", "--", "__init__.py"):  # e.g. a venv inside some repo
-            return sharpminima.__version__
-        dirty = bool(git("status", "--porcelain"))
-    except (OSError, subprocess.SubprocessError):
-        return sharpminima.__version__
-    return f"{commit}-dirty" if dirty else commit
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-@functools.cache
-def machine_info() -> dict[str, Any]:
-    """Describe this machine for the run record (computed once per process).
-
-    Returns:
-        ``platform``, ``hostname``, ``python``, ``torch``, ``cpu`` (model name),
-        ``cpu_count``, ``cuda`` (name of CUDA device 0, or None) and ``cuda_count``.
-    """
-    import torch
-
-    cuda_name, cuda_count = None, 0
-    try:
-        if torch.cuda.is_available():
-            cuda_count = torch.cuda.device_count()
-            cuda_name = torch.cuda.get_device_name(0)
-    except Exception as exc:  # e.g. CUDA in a forked child; the run record can do without
-        logger.warning("could not query CUDA devices: %s", exc)
-    return {
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cuda": cuda_name,
-        "cuda_count": cuda_count,
-    }
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One row of the ``runs`` table.
-
-    Attributes:
-        id: Run id, the first 12 characters of ``config_hash``.
-        kind: What the run is (``"train"`` ...).
-        config: The configuration, as given to :meth:`Store.get_or_create_run`.
-        config_hash: The configuration's identity.
-        status: One of :data:`STATUSES`.
-        message: Why the run failed or diverged, or None.
-        created_at: ISO 8601 UTC time the row was made.
-        updated_at: ISO 8601 UTC time of the last status change.
-        code_version: Git commit (``-dirty`` if modified) or package version.
-        machine: See :func:`machine_info`.
-        summary: Free-form results merged in by :meth:`Store.set_status`.
-    """
-
-    id: str
-    kind: str
-    config: dict
-    config_hash: str
-    status: str
-    message: str | None
-    created_at: str
-    updated_at: str
-    code_version: str
-    machine: dict
-    summary: dict
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the record as a JSON-friendly dict (a deep copy)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> RunRecord:
-        return cls(
-            id=row["id"],
-            kind=row["kind"],
-            config=_json.loads(row["config"], default={}),
-            config_hash=row["config_hash"],
-            status=row["status"],
-            message=row["message"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            code_version=row["code_version"],
-            machine=_json.loads(row["machine"], default={}),
-            summary=_json.loads(row["summary"], default={}),
-        )
-
-
-def _measurement_from_row(row: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "run_id": row["run_id"],
-        "kind": row["kind"],
-        "params": _json.loads(row["params"], default={}),
-        "params_hash": row["params_hash"],
-        "value": math.nan if row["value"] is None else row["value"],
-        "cost": _json.loads(row["cost"], default={}),
-        "result": _json.loads(row["result"], default={}),
-        "created_at": row["created_at"],
-    }
-
-
-def _check_status(status: str | None) -> None:
-    if status is not None and status not in STATUSES:
-        raise StoreError(f"unknown run status {status!r}; use one of {', '.join(STATUSES)}")
-
-
-def _check_dict(value: Any, what: str) -> dict:
-    if not isinstance(value, dict):
-        raise StoreError(f"{what} must be a dict, got {type(value).__name__}")
-    return value
-
-
-def _check_text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise StoreError(f"{what} must be a non-empty string, got {value!r}")
-    return value
-
-
-class Store:
+class Store(WorkQueue):
     """The SQLite ledger of runs, epochs and measurements under one folder.
 
     Args:
@@ -483,8 +323,8 @@ class Store:
             StoreError: Bad arguments; the hash already names a run of another kind;
                 another hash already took the same 12-character id.
         """
-        _check_dict(config, "config")
-        _check_text(kind, "run kind")
+        check_dict(config, "config")
+        check_text(kind, "run kind")
         if not isinstance(config_hash, str) or not _HASH_RE.fullmatch(config_hash):
             raise StoreError(
                 f"config_hash must be at least {RUN_ID_LENGTH} characters of "
@@ -495,7 +335,7 @@ class Store:
         created = False
         if record is None:
             version, machine = code_version(), _json.dumps(machine_info(), what="machine")
-            now = _now()
+            now = utc_now()
             with self._write() as conn:
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO runs (id, kind, config, config_hash, status,"
@@ -521,7 +361,7 @@ class Store:
                     f"run id {config_hash[:RUN_ID_LENGTH]} is taken by another config hash "
                     f"in store {self.root}; this is a hash-prefix collision, report it"
                 )
-            record = RunRecord._from_row(row)
+            record = RunRecord.from_row(row)
             if created:
                 logger.info("created run %s (%s)", record.id, kind)
         if record.kind != kind:
@@ -547,7 +387,7 @@ class Store:
             The run record or None.
         """
         rows = self._query("SELECT * FROM runs WHERE config_hash = ?", (config_hash,))
-        return RunRecord._from_row(rows[0]) if rows else None
+        return RunRecord.from_row(rows[0]) if rows else None
 
     def get_run(self, run_id: str) -> RunRecord:
         """Return a run by id, by a unique prefix of its id, or by its config hash.
@@ -561,7 +401,7 @@ class Store:
         Raises:
             StoreError: No run matches, or the prefix matches several runs.
         """
-        _check_text(run_id, "run id")
+        check_text(run_id, "run id")
         rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
             rows = self._query(
@@ -576,7 +416,7 @@ class Store:
                 f"run prefix {run_id!r} is ambiguous in store {self.root} (matches {shown}"
                 f"{', ...' if len(rows) > 3 else ''}); give more characters"
             )
-        return RunRecord._from_row(rows[0])
+        return RunRecord.from_row(rows[0])
 
     def list_runs(self, status: str | None = None, kind: str | None = None) -> list[RunRecord]:
         """Return runs, oldest first, optionally filtered.
@@ -591,13 +431,13 @@ class Store:
         Raises:
             StoreError: ``status`` is not one of :data:`STATUSES`.
         """
-        _check_status(status)
+        check_status(status)
         rows = self._query(
             "SELECT * FROM runs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR kind = ?2)"
             " ORDER BY created_at, rowid",
             (status, kind),
         )
-        return [RunRecord._from_row(row) for row in rows]
+        return [RunRecord.from_row(row) for row in rows]
 
     def set_status(
         self,
@@ -620,9 +460,9 @@ class Store:
         Raises:
             StoreError: Unknown status or run, or a summary that is not a JSON dict.
         """
-        _check_status(status)
+        check_status(status)
         if summary is not None:
-            _check_dict(summary, "summary")
+            check_dict(summary, "summary")
             _json.dumps(summary, what="summary")
         with self._write() as conn:
             row = self._require_run(conn, run_id)
@@ -632,10 +472,10 @@ class Store:
             conn.execute(
                 "UPDATE runs SET status = ?, message = ?, summary = ?, updated_at = ?,"
                 " heartbeat_at = CASE WHEN ? = 'running' THEN heartbeat_at END WHERE id = ?",
-                (status, message, _json.dumps(merged, what="summary"), _now(), status, run_id),
+                (status, message, _json.dumps(merged, what="summary"), utc_now(), status, run_id),
             )
             row = self._require_run(conn, run_id)
-        return RunRecord._from_row(row)
+        return RunRecord.from_row(row)
 
     def run_dir(self, run_id: str) -> Path:
         """Return ``root/runs/<run_id>/``, creating it if needed.
@@ -679,7 +519,7 @@ class Store:
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise StoreError(f"epoch must be an int >= 0, got {epoch!r}")
-        metrics = dict(_check_dict(metrics, "metrics"))
+        metrics = dict(check_dict(metrics, "metrics"))
         if metrics.pop("epoch", epoch) != epoch:
             raise StoreError(f"metrics name epoch {metrics!r} but log_epoch was given {epoch}")
         metrics_json = _json.dumps(metrics, what="metrics")
@@ -762,10 +602,10 @@ class Store:
         Raises:
             StoreError: No such run, or arguments of the wrong type.
         """
-        _check_text(kind, "measurement kind")
-        params_json = _json.dumps(_check_dict(params, "params"), what="params")
-        cost_json = _json.dumps(_check_dict(cost, "cost"), what="cost")
-        result_json = _json.dumps(_check_dict(result, "result"), what="result")
+        check_text(kind, "measurement kind")
+        params_json = _json.dumps(check_dict(params, "params"), what="params")
+        cost_json = _json.dumps(check_dict(cost, "cost"), what="cost")
+        result_json = _json.dumps(check_dict(result, "result"), what="result")
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -787,7 +627,7 @@ class Store:
                     None if math.isnan(number) else number,
                     cost_json,
                     result_json,
-                    _now(),
+                    utc_now(),
                 ),
             )
             row = conn.execute(
@@ -813,7 +653,7 @@ class Store:
             "SELECT * FROM measurements WHERE run_id = ? AND kind = ? AND params_hash = ?",
             (run_id, kind, params_hash),
         )
-        return _measurement_from_row(rows[0]) if rows else None
+        return measurement_from_row(rows[0]) if rows else None
 
     def measurements(
         self, run_id: str | None = None, kind: str | None = None
@@ -832,86 +672,7 @@ class Store:
             " AND (?2 IS NULL OR kind = ?2) ORDER BY id",
             (run_id, kind),
         )
-        return [_measurement_from_row(row) for row in rows]
-
-    # ------------------------------------------------------------------ work queue
-
-    def claim_next(
-        self, worker: str, stale_after_s: float = 300.0, *, kind: str | None = None
-    ) -> RunRecord | None:
-        """Atomically take the oldest run that needs a worker and mark it running.
-
-        A run needs a worker if it is ``pending``, or ``running`` with a heartbeat older
-        than ``stale_after_s`` (its worker died). A run set ``running`` by
-        :meth:`set_status` alone has no heartbeat and is never taken. No two callers,
-        in any processes, get the same run unless its heartbeat went stale.
-
-        Args:
-            worker: Name of the claiming worker (e.g. ``f"{hostname}:{pid}"``).
-            stale_after_s: Heartbeat age after which a running run is taken over.
-            kind: Only claim runs of this kind.
-
-        Returns:
-            The claimed run (status ``running``), or None when nothing is left.
-
-        Raises:
-            StoreError: ``worker`` is empty.
-        """
-        _check_text(worker, "worker")
-        now_dt = datetime.now(UTC)
-        now = now_dt.isoformat(timespec="microseconds")
-        cutoff = (now_dt - timedelta(seconds=stale_after_s)).isoformat(timespec="microseconds")
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT id, status, worker FROM runs"
-                " WHERE (status = 'pending' OR (status = 'running'"
-                " AND heartbeat_at IS NOT NULL AND heartbeat_at < ?1))"
-                " AND (?2 IS NULL OR kind = ?2) ORDER BY created_at, rowid LIMIT 1",
-                (cutoff, kind),
-            ).fetchone()
-            if row is None:
-                return None
-            if row["status"] == "running":
-                logger.warning(
-                    "worker %s takes over run %s from %s (heartbeat older than %g s)",
-                    worker,
-                    row["id"],
-                    row["worker"],
-                    stale_after_s,
-                )
-            conn.execute(
-                "UPDATE runs SET status = 'running', message = NULL, worker = ?,"
-                " heartbeat_at = ?, updated_at = ? WHERE id = ?",
-                (worker, now, now, row["id"]),
-            )
-            claimed = self._require_run(conn, row["id"])
-        return RunRecord._from_row(claimed)
-
-    def heartbeat(self, run_id: str, worker: str) -> None:
-        """Tell the store ``worker`` is still working on ``run_id``.
-
-        Call it more often than the ``stale_after_s`` other workers use.
-
-        Args:
-            run_id: Exact run id.
-            worker: The name given to :meth:`claim_next`.
-
-        Raises:
-            StoreError: No such run, or the run is no longer this worker's (finished,
-                or taken over after a stale heartbeat); stop working on it.
-        """
-        with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND worker = ?"
-                " AND status = 'running'",
-                (_now(), run_id, worker),
-            )
-            if cursor.rowcount == 0:
-                row = self._require_run(conn, run_id)
-                raise StoreError(
-                    f"run {run_id} is no longer held by worker {worker} (status "
-                    f"{row['status']}, worker {row['worker']}); stop working on it"
-                )
+        return [measurement_from_row(row) for row in rows]
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

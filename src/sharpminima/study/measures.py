@@ -111,8 +111,8 @@ def specs(preset: Any, numeric_axes: tuple[str, ...] = ()) -> list[StudyMeasure]
             out.append(_spec("Hessian top eigenvalue", family, "hessian_eigenvalues", p.hessian_bn, k=1,
                              seed=0, tol=p.hessian_tol, max_iters=p.hessian_max_iters))
         elif family == "hessian_trace":
-            out.append(_spec("Hessian trace", family, "hessian_trace", p.hessian_bn, num_probes=p.trace_probes,
-                             seed=0))
+            out.append(_spec("Hessian trace", family, "hessian_trace", p.hessian_bn,
+                             num_probes=p.trace_probes, seed=0))
         elif family == "average_sharpness":
             out.append(_spec(f"average sharpness sigma={p.average_sigma:g}", family, "average_sharpness",
                              p.hessian_bn, sigma=p.average_sigma, num_draws=p.average_draws, seed=0))

@@ -106,7 +106,8 @@ def _measure(store: Any, run: Run, spec: StudyMeasure, data: DataSpec, build: Ca
             spec.field.removeprefix("hparam:")]
         return {"value": float(value), "cost": {}, "reused": False}
     request = Request.of(spec.measure, dataclasses.replace(data, bn_mode=spec.bn_mode), "final", spec.params)
-    record = cached_measure(store, run.id, request, lambda: build(request.data.bn_mode if request.data else "eval"))
+    bn = request.data.bn_mode if request.data is not None else "eval"
+    record = cached_measure(store, run.id, request, lambda: build(bn))
     cost = dict(record.cost)
     if "data_passes" in record.result and not cost.get("num_grad"):  # per-example gradients
         cost["num_grad"] = record.result["data_passes"]

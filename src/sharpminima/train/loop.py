@@ -50,8 +50,17 @@ from sharpminima.train.setup import (
 from sharpminima.train.step_parts import training_loss
 
 __all__ = [
-    "Engine", "Progress", "SequentialEngine", "StopState", "Trial", "batch_indices", "build_model",
-    "epoch_seed", "open_trial", "run_epochs", "train",
+    "Engine",
+    "Progress",
+    "SequentialEngine",
+    "StopState",
+    "Trial",
+    "batch_indices",
+    "build_model",
+    "epoch_seed",
+    "open_trial",
+    "run_epochs",
+    "train",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,8 +108,16 @@ class Trial:
 
     def run(self) -> Run:
         """The finished run."""
-        return Run(self.files.run_id, self.config, self.status, self.message, self.history, self.model,
-                   self.init_state, self.files.root)
+        return Run(
+            self.files.run_id,
+            self.config,
+            self.status,
+            self.message,
+            self.history,
+            self.model,
+            self.init_state,
+            self.files.root,
+        )
 
 
 class Engine(Protocol):
@@ -138,7 +155,9 @@ class Engine(Protocol):
         """Trial ``k``'s optimizer (anything with ``state_dict()``), for its checkpoint."""
         ...
 
-    def evaluate(self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int) -> tuple[float, float | None]:
+    def evaluate(
+        self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int
+    ) -> tuple[float, float | None]:
         """Eval-mode mean loss and accuracy of one trial's network."""
         ...
 
@@ -194,7 +213,9 @@ class SequentialEngine:
         """The optimizer."""
         return self.opt
 
-    def evaluate(self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int) -> tuple[float, float | None]:
+    def evaluate(
+        self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int
+    ) -> tuple[float, float | None]:
         """Full-data metrics (each rank a shard under torchrun)."""
         return parallel_evaluate(model, inputs, targets, chunk, self.criterion)
 
@@ -241,7 +262,9 @@ def train(
         trial = open_trial(config, data, dev, store, model_factory)
         if isinstance(trial, Run):
             return trial
-        trial.model, data = prepare(trial.model, data, dev)  # CUDA fast path (TF32, channels_last); CPU: no-op
+        trial.model, data = prepare(
+            trial.model, data, dev
+        )  # CUDA fast path (TF32, channels_last); CPU: no-op
         trial.opt = make_optimizer(trial.model.parameters(), config)
         engine = SequentialEngine(trial, dev, training_loss(config))
         start_epoch = trial.resume()
@@ -299,7 +322,10 @@ def run_epochs(
     augment = make_augment(config.augment, config.augment_args, data.input_shape)
     num_steps = steps_done(trials[0].history, n, config.batch_size)  # the same for every trial
     if progress:
-        progress("start", {"total_steps": math.ceil(n / config.batch_size) * config.epochs, "done_steps": num_steps})
+        progress(
+            "start",
+            {"total_steps": math.ceil(n / config.batch_size) * config.epochs, "done_steps": num_steps},
+        )
     for t in trials:
         t.files.mark_running()
     active = list(trials)
@@ -325,10 +351,18 @@ def run_epochs(
             epoch_losses = engine.epoch_losses(loss_sum, n)  # waits for the epoch's last step on a GPU
             seconds = (time.perf_counter() - t0) / len(active)
             engine.end_epoch()
-            extra = {"batch_size": plan.batch_size, "batch_size_mean": n / (num_steps - first_step),
-                     "steps": num_steps, "lr_end": engine.lr(), **plan.metrics}
-            keep = [k for k, t in enumerate(active)
-                    if _end_epoch(t, engine, k, epoch, epoch_losses[k], seconds, extra, data, progress)]
+            extra = {
+                "batch_size": plan.batch_size,
+                "batch_size_mean": n / (num_steps - first_step),
+                "steps": num_steps,
+                "lr_end": engine.lr(),
+                **plan.metrics,
+            }
+            keep = [
+                k
+                for k, t in enumerate(active)
+                if _end_epoch(t, engine, k, epoch, epoch_losses[k], seconds, extra, data, progress)
+            ]
             if len(keep) < len(active):
                 engine.keep(keep)
                 active = [active[k] for k in keep]
@@ -343,21 +377,39 @@ def run_epochs(
 
 
 def _end_epoch(
-    t: Trial, engine: Engine, k: int, epoch: int, epoch_loss: float, seconds: float,
-    extra: dict[str, Any], data: Dataset, progress: Progress | None,
+    t: Trial,
+    engine: Engine,
+    k: int,
+    epoch: int,
+    epoch_loss: float,
+    seconds: float,
+    extra: dict[str, Any],
+    data: Dataset,
+    progress: Progress | None,
 ) -> bool:
     """Evaluate, record and checkpoint one trial's epoch; return whether it trains on."""
     chunk = t.config.eval_chunk
     train_loss, train_acc = engine.evaluate(t.model, data.x_train, data.y_train, chunk)
     test_loss, test_acc = engine.evaluate(t.model, data.x_test, data.y_test, chunk)
-    metrics = {"epoch": epoch, "epoch_loss": epoch_loss, "train_loss": train_loss, "train_acc": train_acc,
-               "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds, **extra}
+    metrics = {
+        "epoch": epoch,
+        "epoch_loss": epoch_loss,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "seconds": seconds,
+        **extra,
+    }
     t.history.append(metrics)
     opt = engine.optimizer(k)
     if not (math.isfinite(epoch_loss) and math.isfinite(train_loss)):
         t.files.end_epoch(epoch, metrics, t.model, opt, t.stop, save=False)
-        t.finish("diverged", f"training loss became {epoch_loss} in epoch {epoch}; lower the learning rate "
-                             f"(now {t.config.lr})")
+        t.finish(
+            "diverged",
+            f"training loss became {epoch_loss} in epoch {epoch}; lower the learning rate "
+            f"(now {t.config.lr})",
+        )
         return False
     t.stop.update(train_loss, t.config.min_improvement)
     t.files.end_epoch(epoch, metrics, t.model, opt, t.stop, save=True)

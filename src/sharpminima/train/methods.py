@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError
 from sharpminima.train.perf import compiled
-from sharpminima.train.remedies import adversarial, conservative, ghost_bn, grad_noise, iterate_noise
+from sharpminima.train.remedy_steps import adversarial, conservative, ghost_bn, grad_noise, iterate_noise
 from sharpminima.train.sam import asam, sam
 from sharpminima.train.step_parts import (
     BOOL,

@@ -80,10 +80,12 @@ class Run:
 def mean_std(runs: Sequence[Run], metric: str) -> tuple[float, float, int]:
     """Return mean, sample standard deviation and count of a final metric over runs.
 
-    Runs that did not finish (``status != "done"``) are left out, never averaged in.
+    Runs that did not finish (``status != "done"``) are left out, never averaged in, and
+    so are runs for which the metric is not defined (accuracy of a regression).
     The standard deviation is 0 for a single run and NaN for none.
     """
-    values = [float(r.final[metric]) for r in runs if r.status == "done" and metric in r.final]
+    # None: a metric the run's loss does not define (the accuracy of a regression)
+    values = [float(r.final[metric]) for r in runs if r.status == "done" and r.final.get(metric) is not None]
     if not values:
         return math.nan, math.nan, 0
     std = statistics.stdev(values) if len(values) > 1 else 0.0

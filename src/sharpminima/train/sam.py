@@ -119,7 +119,9 @@ def sam(config: TrainConfig) -> StepFn:
         ConfigError: For an unknown option or an invalid value.
     """
     args = method_options(config, "sam", SAM_ARGS, {"rho": POSITIVE, "ghost_batch_size": GHOST})
-    return sharpness_aware_step(sam_perturbation(args["rho"]), args["ghost_batch_size"], training_loss(config))
+    return sharpness_aware_step(
+        sam_perturbation(args["rho"]), args["ghost_batch_size"], training_loss(config)
+    )
 
 
 def asam(config: TrainConfig) -> StepFn:

@@ -1,7 +1,7 @@
 """Pieces every step method shares: the batch loss (with ghost BatchNorm), options, buffers.
 
 Kept apart from :mod:`sharpminima.train.methods` (the registry) so that method modules
-(:mod:`~sharpminima.train.sam`, :mod:`~sharpminima.train.remedies`) import these and the
+(:mod:`~sharpminima.train.sam`, :mod:`~sharpminima.train.remedy_steps`) import these and the
 registry imports them, never the other way round.
 """
 

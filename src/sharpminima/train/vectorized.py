@@ -343,7 +343,9 @@ class VectorizedEngine:
             dropout masks' memory layout follows it).
     """
 
-    def __init__(self, trials: list[Trial], config: TrainConfig, dev: torch.device, channels_last: bool) -> None:
+    def __init__(
+        self, trials: list[Trial], config: TrainConfig, dev: torch.device, channels_last: bool
+    ) -> None:
         self.trials = trials
         self.config = config
         self.criterion = training_loss(config)
@@ -412,7 +414,9 @@ class VectorizedEngine:
         """Trial ``k``'s slice of the optimizer state."""
         return _TrialOptimizerView(self, k)
 
-    def evaluate(self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int) -> tuple[float, float | None]:
+    def evaluate(
+        self, model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int
+    ) -> tuple[float, float | None]:
         """A trial's metrics on its own network."""
         return evaluate(model, inputs, targets, chunk, self.criterion)
 

@@ -1,0 +1,96 @@
+"""Provenance of a run: the code version and the machine that made it.
+
+Recorded with every run (:class:`~sharpminima.store.Store`) and in every report, so a
+number can be traced to the commit and the machine that produced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_GIT_TIMEOUT_S = 5.0
+
+
+@functools.cache
+def code_version() -> str:
+    """Return the code version recorded with new runs (computed once per process).
+
+    The short git commit of the repository holding the installed package, with
+    ``-dirty`` appended when the work tree has uncommitted changes; the package
+    ``__version__`` when the package is not a tracked file of a git work tree (an
+    installed wheel, no git, no commit yet) or git does not answer within 5 s.
+
+    Returns:
+        E.g. ``"3f2a9c1"``, ``"3f2a9c1-dirty"`` or ``"0.1.0"``.
+    """
+    import sharpminima
+
+    pkg_dir = Path(sharpminima.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=pkg_dir,
+            capture_output=True,
+            text=True,
+            timeout=_GIT_TIMEOUT_S,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        if not git("ls-files", "--", "__init__.py"):  # e.g. a venv inside some repo
+            return sharpminima.__version__
+        dirty = bool(git("status", "--porcelain"))
+    except (OSError, subprocess.SubprocessError):
+        return sharpminima.__version__
+    return f"{commit}-dirty" if dirty else commit
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def machine_info() -> dict[str, Any]:
+    """Describe this machine for the run record (computed once per process).
+
+    Returns:
+        ``platform``, ``hostname``, ``python``, ``torch``, ``cpu`` (model name),
+        ``cpu_count``, ``cuda`` (name of CUDA device 0, or None) and ``cuda_count``.
+    """
+    import torch
+
+    cuda_name, cuda_count = None, 0
+    try:
+        if torch.cuda.is_available():
+            cuda_count = torch.cuda.device_count()
+            cuda_name = torch.cuda.get_device_name(0)
+    except Exception as exc:  # e.g. CUDA in a forked child; the run record can do without
+        logger.warning("could not query CUDA devices: %s", exc)
+    return {
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cuda": cuda_name,
+        "cuda_count": cuda_count,
+    }
