@@ -214,3 +214,21 @@ def test_the_registered_measure_takes_the_escalation_parameters(centre, curvatur
     assert few.num_starts == 3
     with pytest.raises(ConfigError):
         registry.compute("keskar_sharpness", bowl, x, {"extra_starts": -2})
+
+
+def test_a_network_minimum_keeps_the_papers_search_against_a_many_start_reference():
+    from cases import mlp_case
+
+    case = mlp_case("bn-batch")
+    obj = case.objective()
+    x = case.x0.clone()
+    for _ in range(200):  # descend to near a minimum: small but non-zero gradient
+        _, g = obj.loss_and_grad(x)
+        x = x - 0.5 * g
+    default = keskar_sharpness(obj, x, eps=1e-3)
+    paper = keskar_sharpness(obj, x, eps=1e-3, escalate_stuck=False)
+    reference = keskar_sharpness_multistart(obj, x, eps=1e-3, num_starts=12, seed=0)
+    assert default.search == "lbfgsb" and default.value == paper.value
+    assert default.cost.num_grad == paper.cost.num_grad
+    assert reference.baseline == default.value <= reference.value
+    assert default.value >= 0.5 * reference.value

@@ -30,7 +30,7 @@ from sharpminima.landscape.objective import LossFn, Objective
 from sharpminima.landscape.operators import Operator, OperatorMeter, as_operator, resolve_operator
 from sharpminima.landscape.registry import Inputs, Measure, MeasureParams, positive, register_measure
 from sharpminima.landscape.results import Result
-from sharpminima.landscape.trace import probe
+from sharpminima.landscape.trace import BLOCK, probe
 
 
 @dataclass(frozen=True)
@@ -168,16 +168,25 @@ def slq(
     nodes: list[tuple[float, ...]] = []
     weights: list[tuple[float, ...]] = []
     with OperatorMeter(op) as meter:
-        for _ in range(num_probes):
-            proc = LanczosProcess(op, probe(n, "rademacher", generator, op), steps)
-            while True:
-                beta = proc.step()
-                if proc.size == steps or proc.is_breakdown(beta):
-                    break
-                proc.advance(beta)
-            theta, s = np.linalg.eigh(proc.tridiagonal())
-            nodes.append(tuple(float(t) for t in theta))
-            weights.append(tuple(float(w) for w in s[0, :] ** 2))
+        for start in range(0, num_probes, BLOCK):
+            # a block of probes runs Lanczos in lockstep: one block product per step
+            procs = [LanczosProcess(op, probe(n, "rademacher", generator, op), steps)
+                     for _ in range(min(BLOCK, num_probes - start))]
+            active = list(procs)
+            while active:
+                products = op @ torch.stack([p.q.to(op.dtype) for p in active], dim=1)
+                still = []
+                for j, proc in enumerate(active):
+                    beta = proc.step(products[:, j])
+                    if proc.size == steps or proc.is_breakdown(beta):
+                        continue
+                    proc.advance(beta)
+                    still.append(proc)
+                active = still
+            for proc in procs:
+                theta, s = np.linalg.eigh(proc.tridiagonal())
+                nodes.append(tuple(float(t) for t in theta))
+                weights.append(tuple(float(w) for w in s[0, :] ** 2))
     traces = np.array([n * np.dot(w, t) for t, w in zip(nodes, weights, strict=True)])
     return DensityResult(
         value=float(traces.mean()),

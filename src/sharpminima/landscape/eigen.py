@@ -101,11 +101,19 @@ def _floor(dtype: torch.dtype, scale: float) -> float:
     return math.sqrt(torch.finfo(dtype).eps) * scale
 
 
+#: Precision of the Lanczos vectors and scalars (the products stay in the operator's dtype).
+WORK_DTYPE = torch.float64
+
+
 class LanczosProcess:
     """Lanczos with full reorthogonalisation; the basis is kept (``max_steps x n``).
 
     ``alphas`` and ``betas`` define the tridiagonal ``T``; ``betas[j]`` couples steps ``j``
-    and ``j + 1`` (0 after a restart, which makes ``T`` block diagonal).
+    and ``j + 1`` (0 after a restart, which makes ``T`` block diagonal). The basis, the
+    recurrence and the reorthogonalisation are kept in float64 whatever the operator's
+    dtype: only the products ``A q`` are in the operator's precision (float32 for a
+    network), so the tridiagonal's eigenvalues carry the products' relative error, about
+    1e-7, instead of the accumulated round-off of float32 bookkeeping.
     """
 
     def __init__(self, op: Operator, start: Tensor, max_steps: int) -> None:
@@ -113,10 +121,11 @@ class LanczosProcess:
         self.max_steps = max_steps
         # Grown by doubling, so a run that converges early never holds max_steps vectors.
         self.basis = torch.empty(
-            min(max_steps, 16), op.shape[0], dtype=op.dtype, device=op.device
+            min(max_steps, 16), op.shape[0], dtype=WORK_DTYPE, device=op.device
         )
         self.alphas: list[float] = []
         self.betas: list[float] = []
+        start = start.to(WORK_DTYPE)
         self.q = start / start.norm()
         self.w = start
         self.scale = 0.0
@@ -126,8 +135,13 @@ class LanczosProcess:
         """Number of basis vectors so far."""
         return len(self.alphas)
 
-    def step(self) -> float:
-        """Extend the basis by one vector; return the new off-diagonal ``beta``."""
+    def step(self, product: Tensor | None = None) -> float:
+        """Extend the basis by one vector; return the new off-diagonal ``beta``.
+
+        Args:
+            product: ``A q`` for the current vector ``q``, when the caller computed it in a
+                block with other processes' vectors; None: computed here.
+        """
         j = self.size
         if j == self.basis.shape[0]:
             grown = torch.empty(
@@ -137,7 +151,8 @@ class LanczosProcess:
             grown[:j] = self.basis
             self.basis = grown
         self.basis[j] = self.q
-        w = self.op @ self.q
+        w = self.op @ self.q.to(self.op.dtype) if product is None else product
+        w = w.to(WORK_DTYPE)
         alpha = float(torch.dot(self.q, w))
         w = w - alpha * self.q
         if j > 0:
@@ -163,7 +178,7 @@ class LanczosProcess:
 
     def restart(self, generator: torch.Generator) -> None:
         """Continue from a random vector orthogonal to the basis (after a breakdown)."""
-        v = _random_vector(self.op.shape[0], self.op, generator)
+        v = _random_vector(self.op.shape[0], self.op, generator).to(WORK_DTYPE)
         basis = self.basis[: self.size]
         for _ in range(2):
             v = v - basis.T @ (basis @ v)
@@ -219,12 +234,15 @@ def lanczos(
     Each step costs one product with ``A``; after step ``m`` the eigenvalues ``theta`` of
     the ``m x m`` tridiagonal ``T`` (Ritz values) are computed, and the run stops when the
     top ``k`` satisfy ``beta_m |s_{m,i}| <= tol * |theta_i|`` (the residual norm of Ritz pair
-    ``i``; ``s`` are ``T``'s eigenvectors). If the Krylov space becomes invariant (a
+    ``i``; ``s`` are ``T``'s eigenvectors). The vectors and scalars are float64 (the
+    products stay in the operator's dtype), so a tolerance down to about the products'
+    relative precision (1e-7 for float32) is met by the returned values, not only by the
+    residuals. If the Krylov space becomes invariant (a
     breakdown), Lanczos restarts from a random vector orthogonal to the basis, and stops
     only once the new block's top Ritz pair has converged too, so that eigenvalues missing
     from the first Krylov space (e.g. a repeated top eigenvalue) are found. The basis is
-    stored: memory is up to ``2 * steps * n`` numbers of the operator's dtype, for the
-    ``steps`` actually taken (at most ``max_iters``).
+    stored: memory is up to ``2 * steps * n`` float64 numbers, for the ``steps`` actually
+    taken (at most ``max_iters``).
 
     Args:
         A: A symmetric ``n x n`` operator or dense tensor.
@@ -287,8 +305,8 @@ def lanczos(
     residuals = beta * np.abs(s[-1, order])
     vectors = None
     if return_vectors:
-        ritz = torch.as_tensor(s[:, order].copy(), dtype=op.dtype, device=op.device)  # (m, k)
-        vectors = proc.basis[:m].T @ ritz  # (n, k)
+        ritz = torch.as_tensor(s[:, order].copy(), dtype=WORK_DTYPE, device=op.device)  # (m, k)
+        vectors = (proc.basis[:m].T @ ritz).to(op.dtype)  # (n, k)
     return _result(
         theta[order], residuals, vectors, meter, op, settings, converged, seed, history
     )

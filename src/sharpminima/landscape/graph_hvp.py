@@ -86,6 +86,10 @@ class GraphHVP:
         self.graph_bytes = 0
         self._xr: Tensor | None = None
         self._grad: Tensor | None = None
+        #: Columns per batched reverse pass in :meth:`matmat`.
+        self.block_size = 8
+        #: Whether blocks go through one batched pass (False after vmap failed once).
+        self.batched = True
 
     def release(self) -> None:
         """Free the kept graph (the next product builds it again)."""
@@ -109,6 +113,53 @@ class GraphHVP:
                 out += hv
         if self.cached_chunks < self.num_chunks:
             out += self.objective.hvp_from(self.x, v, self.cached_chunks)
+        return out
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """Return ``H(x) V`` for a block ``V`` of shape ``(n, k)`` (``k`` counted HVPs).
+
+        The kept graph is differentiated once per block of ``block_size`` columns with
+        ``torch.autograd.grad(..., is_grads_batched=True)`` (a ``vmap`` over the reverse
+        pass): the same matrix products, done as wider ones. A graph whose operations
+        ``vmap`` cannot batch falls back to one column at a time (logged once).
+        """
+        if self.cached_chunks is None:
+            self._build()
+        assert self.cached_chunks is not None
+        k = int(V.shape[1])
+        self.objective.counters.num_hvp += k
+        V = V.detach().to(dtype=self.x.dtype, device=self.x.device)
+        out = torch.zeros(self.x.shape[0], k, dtype=self.x.dtype, device=self.x.device)
+        if self._grad is not None and self._grad.requires_grad:
+            for start in range(0, k, max(1, self.block_size)):
+                cols = V[:, start : start + self.block_size]
+                out[:, start : start + cols.shape[1]] += self._batched(cols)
+        if self.cached_chunks < self.num_chunks:
+            for j in range(k):
+                out[:, j] += self.objective.hvp_from(self.x, V[:, j], self.cached_chunks)
+        return out
+
+    def _batched(self, cols: Tensor) -> Tensor:
+        """``H_kept @ cols`` through the kept graph, batched where ``vmap`` allows."""
+        assert self._grad is not None and self._xr is not None
+        if self.batched and cols.shape[1] > 1:
+            try:
+                with torch.enable_grad():
+                    (hv,) = torch.autograd.grad(
+                        self._grad, self._xr, grad_outputs=cols.T.contiguous(), retain_graph=True,
+                        allow_unused=True, is_grads_batched=True,
+                    )
+                return torch.zeros_like(cols) if hv is None else hv.T
+            except RuntimeError as exc:  # an op without a batching rule
+                log.info("batched Hessian-vector products unavailable (%s); one at a time", exc)
+                self.batched = False
+        out = torch.empty_like(cols)
+        with torch.enable_grad():
+            for j in range(cols.shape[1]):
+                (hv,) = torch.autograd.grad(
+                    self._grad, self._xr, grad_outputs=cols[:, j], retain_graph=True, allow_unused=True
+                )
+                out[:, j] = 0.0 if hv is None else hv
         return out
 
     def _build(self) -> None:

@@ -3,8 +3,9 @@
 Every curvature algorithm in :mod:`sharpminima.landscape` (Lanczos, power iteration,
 Hutchinson, stochastic Lanczos quadrature) is a plain function of ``A: Tensor | Operator``.
 An :class:`Operator` is an ``n x n`` symmetric matrix known only through products: it exposes
-``.shape``, ``.dtype``, ``.device``, ``A @ v`` for a vector ``(n,)`` or a matrix ``(n, k)``
-(column by column), a running ``num_matvecs`` count, and :meth:`Operator.to_scipy` (a
+``.shape``, ``.dtype``, ``.device``, ``A @ v`` for a vector ``(n,)`` or a block ``(n, k)``
+(the Hessian pushes a block through one batched pass of its kept graph, others go column by
+column), a running ``num_matvecs`` count, and :meth:`Operator.to_scipy` (a
 :class:`scipy.sparse.linalg.LinearOperator` with float64 numpy input and output), in the
 manner of curvlinops. A dense square tensor becomes an operator through :func:`as_operator`,
 so the same algorithms run on known-spectrum matrices in tests.
@@ -76,9 +77,14 @@ class Operator:
             raise ConfigError(f"operator of shape {self.shape} cannot multiply {got}")
         v = v.to(dtype=self.dtype, device=self.device)
         if v.ndim == 2:
-            return torch.stack([self @ v[:, j] for j in range(v.shape[1])], dim=1)
+            self.num_matvecs += int(v.shape[1])
+            return self._matmat(v)
         self.num_matvecs += 1
         return self._matvec(v)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        """``A @ V`` for a block ``(n, k)``; column by column unless a subclass batches."""
+        return torch.stack([self._matvec(V[:, j]) for j in range(V.shape[1])], dim=1)
 
     def settings(self) -> dict[str, Any]:
         """Describe the operator (its kind and the objective's settings, if any)."""
@@ -142,6 +148,9 @@ class DenseOperator(Operator):
     def _matvec(self, v: Tensor) -> Tensor:
         return self.matrix @ v
 
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.matrix @ V
+
 
 class HessianOperator(Operator):
     """The Hessian ``H = grad^2 f(x)`` of an objective at a fixed point ``x``.
@@ -192,13 +201,24 @@ class HessianOperator(Operator):
         """Free the kept graph, if any (a later product builds it again)."""
         self._products = None
 
+    def _graph(self) -> Callable[[Tensor], Tensor]:
+        assert self.objective is not None
+        if self._products is None:  # built lazily: the constructor does no work
+            self._products = self.objective.hvp_at(self.x, max_graph_bytes=self.max_graph_bytes)
+        return self._products
+
     def _matvec(self, v: Tensor) -> Tensor:
         assert self.objective is not None
         if not self.keep_graph:
             return self.objective.hvp(self.x, v)
-        if self._products is None:  # built lazily: the constructor does no work
-            self._products = self.objective.hvp_at(self.x, max_graph_bytes=self.max_graph_bytes)
-        return self._products(v)
+        return self._graph()(v)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        products = self._graph() if self.keep_graph else None
+        matmat = getattr(products, "matmat", None)
+        if matmat is None:  # no kept graph, or a plain function's: column by column
+            return super()._matmat(V)
+        return matmat(V)
 
 
 class GGNOperator(Operator):
@@ -305,6 +325,11 @@ class BlockOperator(Operator):
     def _matvec(self, v: Tensor) -> Tensor:
         full = torch.zeros(self.base.shape[0], dtype=self.dtype, device=self.device)
         full[self.indices] = v
+        return (self.base @ full)[self.indices]
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        full = torch.zeros(self.base.shape[0], V.shape[1], dtype=self.dtype, device=self.device)
+        full[self.indices] = V
         return (self.base @ full)[self.indices]
 
 
