@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SM := $(VENV)/bin/sharpminima
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test test-all lint bench check-published clean
+.PHONY: install install-test demo test test-all lint bench bench-peers check-published clean
 
 # The core install (what `make demo` needs); the test install adds the optional integrations
 # (Lightning, Hugging Face, TensorBoard, W&B, MLflow) and the test tools.
@@ -39,9 +39,20 @@ lint: install-test
 bench: install
 	$(PY) benchmarks/bench_train.py
 
+# The peers of bench_peers.py, pinned, beside (not in) the virtualenv: see pyproject's `bench`.
+PEERS := .peers
+$(PEERS)/.installed:
+	$(PY) -m pip install --quiet --no-deps --target $(PEERS) hessian-eigenthings==1.0.0a5 \
+	    curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 linear_operator==0.6.1 \
+	    einops==0.8.2 einconv==0.1.0 unfoldNd==0.2.3 opt_einsum==3.4.0
+	touch $@
+
+bench-peers: install $(PEERS)/.installed
+	$(PY) benchmarks/bench_peers.py --peers-path $(PEERS)
+
 # Before a release: every folder in docs/results must have been made by the code at HEAD.
 check-published: install
 	$(PY) scripts/check_published.py docs/results README.md
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(PEERS) build dist src/*.egg-info .pytest_cache

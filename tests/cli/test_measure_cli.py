@@ -54,6 +54,21 @@ def test_measure_is_one_json_document_and_reused(capsys, trained):
     assert [r["value"] for r in again] == [r["value"] for r in rows] and all(r["reused"] for r in again)
 
 
+@pytest.mark.parametrize("method", ["hutch++", "xtrace"])
+def test_trace_method_is_a_parameter(capsys, trained, method):
+    store, ids = trained
+    capsys.readouterr()
+    code, out, _ = run_cli(capsys, "measure", ids[0], "--what", "hessian_trace", "--num-samples", "100",
+                           "--num-probes", "12", "--param", f"method={method}", "--store", str(store),
+                           "--json")
+    (row,) = json.loads(out)["measurements"]
+    assert code == 0 and row["settings"]["method"] == method and row["stderr"] > 0
+    assert row["cost"]["num_hvp"] <= 12
+    code, _, err = run_cli(capsys, "measure", ids[0], "--what", "hessian_trace", "--param", "method=exact",
+                           "--store", str(store))
+    assert code == 2 and "method" in err and "\n" not in err.strip()
+
+
 def test_deprecated_flags_still_work_with_a_warning(capsys, trained):
     store, ids = trained
     code, out, err = run_cli(capsys, "measure", ids[0], "--what", "sharpness", "--samples", "100",

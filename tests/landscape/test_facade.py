@@ -60,3 +60,18 @@ def test_facade_errors(setup):
         land.top_eigenvalues(curvature="fisher")
     with pytest.raises(ConfigError, match="surface dims must be 1 or 2"):
         land.surface(dims=3)
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
+def test_facade_trace_methods_match_the_functional_core(setup, method):
+    model, data = setup
+    land = Landscape(model, data.x_train, data.y_train, bn_mode="eval", chunk_size=100)
+    obj = ModelObjective(model, data.x_train, data.y_train, bn_mode="eval", chunk_size=100)
+    from sharpminima.landscape.trace import hessian_trace
+
+    r = land.trace(12, method=method, seed=3)
+    ref = hessian_trace(obj, flatten_params(model), num_probes=12, method=method, seed=3)
+    assert r.method == method and r.num_matvecs <= 12
+    assert r.value == pytest.approx(ref.value, rel=1e-5) and r.stderr == pytest.approx(ref.stderr, rel=1e-5)
+    with pytest.raises(ConfigError, match="unknown trace method"):
+        land.trace(12, method="hutchplusplus")

@@ -18,7 +18,7 @@ def test_trace_of_mlp_hessian_within_three_stderr(name):
     case = mlp_case(name)
     before = state_snapshot(case.model)
     obj = case.objective()
-    result = hessian_trace(obj, case.x0, num_probes=40, seed=0)
+    result = hessian_trace(obj, case.x0, num_probes=40, seed=0, method="hutchinson")
     exact = float(torch.trace(case.hessian))
     assert isinstance(result, TraceResult) and result.converged
     assert abs(result.value - exact) <= 3 * result.stderr
@@ -168,9 +168,11 @@ def test_the_mlp_hessian_trace_within_its_stated_error(method):
     assert r.num_matvecs <= 36
 
 
-def test_a_block_product_equals_the_columns():
+@pytest.mark.parametrize("batched", [True, False], ids=["one-batched-pass", "column-by-column"])
+def test_a_block_product_equals_the_columns(batched):
     case = mlp_case("bn-batch")
     op = HessianOperator(case.objective(), case.x0)
+    op._graph().batched = batched  # the accelerator path (a vmap over the reverse pass) and CPU's
     V = torch.randn(case.x0.numel(), 5, generator=torch.Generator().manual_seed(0), dtype=case.x0.dtype)
     block = op @ V
     cols = torch.stack([op @ V[:, j] for j in range(5)], dim=1)
@@ -189,3 +191,21 @@ def test_method_errors():
         hutch_plus_plus(A, num_probes=5)
     with pytest.raises(ConfigError, match="fewer test vectors"):
         xtrace(A, num_probes=40)
+
+
+def test_auto_is_xtrace_unless_a_tolerance_or_a_tiny_operator_asks_for_hutchinson():
+    from sharpminima.landscape.trace import TraceParams, resolve_method
+
+    A = torch.diag(torch.linspace(1.0, 2.0, 50, dtype=torch.float64))
+    assert estimate_trace(A, num_probes=20).method == "xtrace"
+    early = estimate_trace(A, num_probes=40, tol=0.5)
+    assert early.method == "hutchinson" and early.num_probes < 40  # stopped by the tolerance
+    assert estimate_trace(A, num_probes=100).method == "hutchinson"  # 50 test vectors would span R^50
+    assert estimate_trace(A, num_probes=3).method == "hutchinson"
+    assert resolve_method("auto", num_probes=100) == "xtrace" and resolve_method("hutch++") == "hutch++"
+    assert TraceParams().estimator == "xtrace" and TraceParams(tol=0.01).estimator == "hutchinson"
+    # the tolerance belongs to the key only where it is used
+    assert TraceParams(tol=0.01).canonical()["tol"] == 0.01
+    assert TraceParams().canonical()["min_probes"] is None
+    with pytest.raises(ConfigError, match="unknown trace method 'exact'"):
+        resolve_method("exact")

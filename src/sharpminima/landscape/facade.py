@@ -193,15 +193,28 @@ class Landscape:
         return hessian_eigenvalues(self.objective, xp, k, operator=self._operator(curvature, xp), **kwargs)
 
     def trace(
-        self, num_probes: int = 100, *, curvature: str = "hessian", x: Tensor | None = None, **kwargs: Any
+        self,
+        num_probes: int = 100,
+        *,
+        method: str = "auto",
+        curvature: str = "hessian",
+        x: Tensor | None = None,
+        **kwargs: Any,
     ) -> TraceResult:
-        """Hutchinson trace estimate with its standard error (``num_probes`` products)."""
+        """Trace estimate with its standard error from ``num_probes`` products.
+
+        ``method`` is ``"auto"`` (XTrace; Hutchinson when ``tol`` is given), ``"hutchinson"``,
+        ``"hutch++"`` or ``"xtrace"`` (which to use: :mod:`sharpminima.landscape.trace`); other
+        keywords go to
+        :func:`~sharpminima.landscape.trace.hessian_trace` (``seed``, ``tol``, ...).
+        """
         from sharpminima.landscape.trace import hessian_trace
 
         num_probes = _renamed(kwargs, "samples", "num_probes", num_probes, 100)
         xp = self.point(x)
         return hessian_trace(
-            self.objective, xp, num_probes=num_probes, operator=self._operator(curvature, xp), **kwargs
+            self.objective, xp, num_probes=num_probes, method=method,  # type: ignore[arg-type]
+            operator=self._operator(curvature, xp), **kwargs,
         )
 
     def density(self, *, curvature: str = "hessian", x: Tensor | None = None, **kwargs: Any) -> DensityResult:

@@ -23,10 +23,15 @@ trace concentrates when its eigenvalues decay:
   the leave-one-out estimates are correlated, and over repeated seeds we measured the
   actual error 1.2 to 1.6 times the reported one (a jackknife overstates it 2 to 3 times).
 
-Which to use: on a flat spectrum (a Hessian whose trace spreads over many small
-eigenvalues, as at most trained minima) deflation buys nothing and Hutchinson, which
-spends every product on the sample, has the smallest error. When a few eigenvalues carry
-the trace, XTrace's error is the smallest, then Hutch++.
+Which to use. On a flat spectrum deflation buys nothing and Hutchinson, which spends every
+product on the sample, has the smallest error; when a few eigenvalues carry the trace,
+XTrace's error is the smallest, then Hutch++. At trained F1 minima (the top 10 of about
+1.5 million eigenvalues carry about half the trace; ``benchmarks/bench_trace.py``) XTrace
+had the smallest error at 96 products, 1.3 to 1.6 times below Hutchinson's; at 24 it won
+at the SB minimum and lost at the LB one, and Hutch++ was never better than Hutchinson.
+So ``method="auto"``, the default, is XTrace, and Hutchinson where a tolerance ``tol`` asks
+for probes to be added until it is met (only Hutchinson can) or fewer than 4 products are
+allowed.
 
 Products go through the operator in blocks (``A @ V``): a Hessian with a kept gradient graph
 pushes a block through one batched reverse pass. The sketches and their QR factorisations
@@ -53,7 +58,8 @@ from sharpminima.landscape.results import Result
 
 Distribution = Literal["rademacher", "gaussian"]
 DISTRIBUTIONS = ("rademacher", "gaussian")
-TraceMethod = Literal["hutchinson", "hutch++", "xtrace"]
+TraceMethod = Literal["auto", "hutchinson", "hutch++", "xtrace"]
+#: The estimators (``"auto"`` picks one of them: :func:`resolve_method`).
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
 #: Probes pushed through the operator per block product.
 BLOCK = 8
@@ -355,24 +361,47 @@ def xtrace(A: Tensor | Operator, *, num_probes: int = 100, seed: int = 0) -> Tra
     )
 
 
+def resolve_method(
+    method: str, *, tol: float | None = None, num_probes: int = 100, dim: int | None = None
+) -> str:
+    """The estimator ``method`` names.
+
+    ``"auto"`` is XTrace, or Hutchinson when ``tol`` is given, fewer than 4 products are
+    allowed, or the operator's dimension ``dim`` is at most ``num_probes // 2`` (XTrace's
+    sketch would span the whole space).
+
+    Raises:
+        ConfigError: For an unknown method.
+    """
+    if method == "auto":
+        small = dim is not None and num_probes // 2 >= dim
+        return "hutchinson" if tol is not None or num_probes < 4 or small else "xtrace"
+    if method not in TRACE_METHODS:
+        raise ConfigError(f"unknown trace method {method!r}; choose auto or one of "
+                          f"{', '.join(TRACE_METHODS)}")
+    return method
+
+
 def estimate_trace(
     A: Tensor | Operator,
     *,
-    method: TraceMethod = "hutchinson",
+    method: TraceMethod = "auto",
     num_probes: int = 100,
     seed: int = 0,
     tol: float | None = None,
     distribution: Distribution = "rademacher",
     min_probes: int = 10,
 ) -> TraceResult:
-    """``tr(A)`` by ``method`` (:func:`hutchinson`, :func:`hutch_plus_plus`, :func:`xtrace`).
+    """``tr(A)`` by ``method``: :func:`hutchinson`, :func:`hutch_plus_plus` or :func:`xtrace`.
+
+    ``"auto"`` picks one of them (:func:`resolve_method`).
 
     Raises:
         ConfigError: For an unknown method, or ``tol`` with a method other than Hutchinson
             (only Hutchinson adds probes one at a time until a tolerance is met).
     """
-    if method not in TRACE_METHODS:
-        raise ConfigError(f"unknown trace method {method!r}; choose one of {', '.join(TRACE_METHODS)}")
+    dim = as_operator(A).shape[0]
+    method = resolve_method(method, tol=tol, num_probes=num_probes, dim=dim)  # type: ignore[assignment]
     if method == "hutchinson":
         return hutchinson(A, num_probes=num_probes, seed=seed, tol=tol, distribution=distribution,
                           min_probes=min_probes)
@@ -395,7 +424,7 @@ def hessian_trace(
     distribution: Distribution = "rademacher",
     min_probes: int = 10,
     operator: Tensor | Operator | None = None,
-    method: TraceMethod = "hutchinson",
+    method: TraceMethod = "auto",
 ) -> TraceResult:
     """Estimate of the trace of the Hessian of ``loss`` at ``x``, with its standard error.
 
@@ -412,7 +441,8 @@ def hessian_trace(
         distribution: ``"rademacher"`` or ``"gaussian"``.
         min_probes: Fewest probes before the ``tol`` test.
         operator: Estimate the trace of this operator instead (e.g. a GGN operator).
-        method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"`` (see the module).
+        method: ``"auto"`` (XTrace; Hutchinson with ``tol``), ``"hutchinson"``, ``"hutch++"``
+            or ``"xtrace"`` (see the module).
 
     Returns:
         :class:`TraceResult` with ``value`` and ``stderr``.
@@ -437,7 +467,8 @@ class TraceParams(MeasureParams):
         tol: Hutchinson only: stop once the relative standard error is below it.
         distribution: Probe entries (Hutchinson and Hutch++).
         min_probes: Hutchinson only: fewest probes before the ``tol`` test.
-        method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
+        method: ``"auto"`` (XTrace; Hutchinson with ``tol``), ``"hutchinson"``, ``"hutch++"``
+            or ``"xtrace"``.
     """
 
     num_probes: int = 100
@@ -445,22 +476,28 @@ class TraceParams(MeasureParams):
     tol: float | None = None
     distribution: Literal["rademacher", "gaussian"] = "rademacher"
     min_probes: int = 10
-    method: Literal["hutchinson", "hutch++", "xtrace"] = "hutchinson"
+    method: Literal["auto", "hutchinson", "hutch++", "xtrace"] = "auto"
+
+    @property
+    def estimator(self) -> str:
+        """The estimator that runs (``"auto"`` resolved, except for tiny operators)."""
+        return resolve_method(self.method, tol=self.tol, num_probes=self.num_probes)
 
     def validate(self) -> None:
-        """Enough products for the method; a positive tolerance, for Hutchinson only."""
-        least = {"hutchinson": 2, "hutch++": 6, "xtrace": 4}[self.method]
+        """A known method with enough products; a positive tolerance, for Hutchinson only."""
+        method = self.estimator
+        least = {"hutchinson": 2, "hutch++": 6, "xtrace": 4}[method]
         if self.num_probes < least or self.min_probes < 2:
-            raise ConfigError(f"{self.method} needs num_probes >= {least} (and min_probes >= 2), got "
+            raise ConfigError(f"{method} needs num_probes >= {least} (and min_probes >= 2), got "
                               f"{self.num_probes}, {self.min_probes}")
         positive("tol", self.tol)
-        if self.tol is not None and self.method != "hutchinson":
-            raise ConfigError(f"tol stops Hutchinson early; {self.method} spends num_probes products")
+        if self.tol is not None and method != "hutchinson":
+            raise ConfigError(f"tol stops Hutchinson early; {method} spends num_probes products")
 
     def canonical(self) -> dict[str, Any]:
-        """Settings a method does not use do not identify its measurement."""
+        """Only the settings the estimator uses identify the measurement."""
         out = dataclasses.asdict(self)
-        if self.method != "hutchinson":
+        if self.estimator != "hutchinson":
             out.update(tol=None, min_probes=None)
         if self.method == "xtrace":
             out.update(distribution=None)

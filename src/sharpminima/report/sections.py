@@ -496,10 +496,16 @@ def _per_trial(doc: Doc, rows: list[dict[str, Any]]) -> None:
               f"{srch.get('num_starts')} starts, spread {srch.get('spread', 0.0):.3g}.")
 
 
+_TRACE_NAMES = {"hutchinson": "Hutchinson", "hutch++": "Hutch++", "xtrace": "XTrace"}
+
+
 def _hessian(doc: Doc, hs: dict[str, Any]) -> None:
     doc.h(2, "Hessian view beside Keskar sharpness")
+    methods = sorted({_TRACE_NAMES.get(r.get("trace_method", "hutchinson"), "?")
+                      for by in hs.values() for r in by.values()})
     doc.p(
-        "Top Hessian eigenvalue (Lanczos) and trace (Hutchinson, ± 1 s.e.) of the same "
+        f"Top Hessian eigenvalue (Lanczos) and trace ({'/'.join(methods) or 'Hutchinson'}, ± 1 s.e.) "
+        "of the same "
         "minimizers as the sharpness column (trial 1). If the measures agree, LB should be "
         "larger on all three. They need not: the Hessian is the local quadratic at the "
         "minimizer, and near zero training loss the cross-entropy Hessian shrinks with the "

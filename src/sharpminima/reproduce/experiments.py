@@ -291,6 +291,7 @@ def hessian(ctx: Context) -> dict[str, Any]:
                 "top_eigenvalue": eig.value,
                 "trace": tr.value,
                 "trace_stderr": tr.result.get("stderr"),
+                "trace_method": tr.result.get("method", "hutchinson"),
                 "sharpness": sharp.value,
                 "sharpness_eps": p.eps[0],
                 "sharpness_samples": p.sharpness_samples,

@@ -182,7 +182,7 @@ class StudyPreset:
         hessian_bn: BatchNorm mode of the Hessian, average and adaptive sharpness.
         hessian_tol: Relative residual tolerance of the top Hessian eigenvalue (Lanczos).
         hessian_max_iters: Lanczos steps at most (None: the method's default).
-        trace_probes: Hutchinson probes of the Hessian trace.
+        trace_probes: Products of the Hessian trace estimator (XTrace, the default).
         average_sigma: Relative noise of average sharpness (Keskar-shaped scale).
         average_draws: Random directions of average sharpness (antithetic).
         adaptive_eps: Relative box size of adaptive sharpness (``|z_i| <= eps |x_i|``).
