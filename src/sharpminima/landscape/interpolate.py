@@ -29,8 +29,9 @@ what happens to them (``bn``):
   variances are the batches' unbiased ones), then the network is evaluated in eval mode.
 
 Interpolating running statistics linearly is not the same as re-estimating them at the
-interpolated weights (PAPER.md, "Known reproduction pitfalls"). All BN work is done on a
-private deep copy of the objective's model: the caller's models are never modified.
+interpolated weights: the average of two minima's statistics need not describe the
+activations of the averaged weights (``"recompute"`` measures them there). All BN work is
+done on a private deep copy of the objective's model: the caller's models are never modified.
 """
 
 from __future__ import annotations

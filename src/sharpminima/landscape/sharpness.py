@@ -273,7 +273,7 @@ def keskar_sharpness(
     ``f`` among all points evaluated. ``f`` is the objective as given: for a
     :class:`~sharpminima.landscape.objective.ModelObjective`, the mean loss over its data in
     its BatchNorm mode, both recorded in ``settings`` (Keskar et al.'s Keras code used batch
-    statistics; eval-mode BN inflates the value many-fold, see PAPER.md).
+    statistics; eval-mode BN inflates the value many-fold: 10-100x at F1 minima, README).
 
     The tolerances default to zero so that only the iteration budget ends the search: at a
     well-trained minimum the gradient can be below scipy's default ``gtol = 1e-5`` at the

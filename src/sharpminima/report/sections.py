@@ -435,7 +435,9 @@ def _sharpness(doc: Doc, sh: dict[str, Any], p: dict[str, Any]) -> None:
     doc.p(
         "Full space is Table 3 (A = I); random subspace is Table 4 (p = "
         f"{p['subspace_dim']}). Mean ± std over trials. The paper's numbers correspond to "
-        "BatchNorm in batch mode (see PAPER.md, 'Measured here')."
+        "BatchNorm in batch mode: the authors' Keras-1 code normalised with each chunk's own "
+        "statistics when it evaluated the loss (see the settings above; the project's README, "
+        "'Choices where the paper is silent')."
     )
     for net, rows in sh.items():
         table = []
