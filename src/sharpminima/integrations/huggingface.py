@@ -31,11 +31,10 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
 
     raise ConfigError("the Hugging Face callback needs the extra: pip install 'sharpminima[hf]'") from exc
 
-from sharpminima.integrations.measuring import MeasureSpec, every, measure_model, metrics_of
-from sharpminima.landscape.results import Result
+from sharpminima.integrations.measuring import MeasureSchedule, MeasureSpec, metrics_of
 
 
-class SharpnessTrainerCallback(TrainerCallback):
+class SharpnessTrainerCallback(MeasureSchedule, TrainerCallback):
     """Measure chosen quantities every N epochs and at the end of ``Trainer.train``.
 
     Args:
@@ -62,17 +61,8 @@ class SharpnessTrainerCallback(TrainerCallback):
         bn_mode: str = "eval",
         prefix: str = "sharpminima/",
     ) -> None:
-        self.data, self.measures, self.loss, self.bn_mode, self.prefix = (
-            data,
-            list(measures),
-            loss,
-            bn_mode,
-            prefix,
-        )
-        self.due = every(every_n_epochs) if every_n_epochs else (lambda epoch: False)
-        self.at_end = at_end
+        self._schedule(data, measures, every_n_epochs, at_end, loss, bn_mode, prefix)
         self.trainer: Any = None
-        self.history: list[tuple[float, dict[str, Result]]] = []
 
     def bind(self, trainer: Any) -> SharpnessTrainerCallback:
         """Log through ``trainer.log`` (every reporter the trainer has)."""
@@ -83,9 +73,7 @@ class SharpnessTrainerCallback(TrainerCallback):
         if not state.is_world_process_zero or model is None:
             return
         epoch = float(state.epoch or 0.0)
-        results = measure_model(model, self.data, self.measures, loss=self.loss, bn_mode=self.bn_mode)
-        self.history.append((epoch, results))
-        metrics = metrics_of(results, self.prefix)
+        metrics = metrics_of(self._take(model, epoch), self.prefix)
         if self.trainer is not None:
             self.trainer.log(metrics)
         else:
@@ -98,6 +86,5 @@ class SharpnessTrainerCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """Measure at the end of training (unless that epoch was just measured)."""
-        epoch = float(state.epoch or 0.0)
-        if self.at_end and not (self.history and self.history[-1][0] == epoch):
+        if self._end_due(float(state.epoch or 0.0)):
             self._measure(state, model)

@@ -31,11 +31,10 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
 
     raise ConfigError("the Lightning callback needs the extra: pip install 'sharpminima[lightning]'") from exc
 
-from sharpminima.integrations.measuring import MeasureSpec, every, log_results, measure_model
-from sharpminima.landscape.results import Result
+from sharpminima.integrations.measuring import MeasureSchedule, MeasureSpec, log_results
 
 
-class SharpnessCallback(pl.Callback):
+class SharpnessCallback(MeasureSchedule, pl.Callback):
     """Measure chosen quantities every N epochs and at the end of ``fit``.
 
     Args:
@@ -63,22 +62,12 @@ class SharpnessCallback(pl.Callback):
         prefix: str = "sharpminima/",
     ) -> None:
         super().__init__()
-        self.data, self.measures, self.loss, self.bn_mode, self.prefix = (
-            data,
-            list(measures),
-            loss,
-            bn_mode,
-            prefix,
-        )
-        self.due = every(every_n_epochs) if every_n_epochs else (lambda epoch: False)
-        self.at_end = at_end
-        self.history: list[tuple[int, dict[str, Result]]] = []
+        self._schedule(data, measures, every_n_epochs, at_end, loss, bn_mode, prefix)
 
     def _measure(self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int) -> None:
         if trainer.global_rank != 0:
             return
-        results = measure_model(module, self.data, self.measures, loss=self.loss, bn_mode=self.bn_mode)
-        self.history.append((epoch, results))
+        results = self._take(module, epoch)
         for logger in trainer.loggers:
             log_results(results, logger, step=trainer.global_step, prefix=self.prefix)
 
@@ -91,5 +80,5 @@ class SharpnessCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Measure at the end of training (unless the last epoch was just measured)."""
         epoch = trainer.current_epoch
-        if self.at_end and not (self.history and self.history[-1][0] == epoch):
+        if self._end_due(epoch):
             self._measure(trainer, pl_module, epoch)

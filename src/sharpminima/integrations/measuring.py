@@ -201,3 +201,35 @@ def every(n: int) -> Callable[[int], bool]:
     if not (isinstance(n, int) and n >= 1):
         raise ConfigError(f"every_n_epochs must be a positive integer, got {n!r}")
     return lambda epoch: epoch % n == 0
+
+
+class MeasureSchedule:
+    """What the training callbacks share: the held data, the measures, when, and the history.
+
+    A framework callback (Lightning, Hugging Face) inherits it beside the framework's base
+    class, calls :meth:`_schedule` from its constructor and :meth:`_take` when a
+    measurement is due; it only decides when and where to log.
+    """
+
+    history: list[tuple[Any, dict[str, Result]]]
+
+    def _schedule(
+        self, data: Any, measures: Sequence[MeasureSpec], every_n_epochs: int, at_end: bool, loss: Any,
+        bn_mode: str, prefix: str,
+    ) -> None:
+        self.data, self.measures, self.loss, self.bn_mode, self.prefix = (
+            data, list(measures), loss, bn_mode, prefix,
+        )
+        self.due = every(every_n_epochs) if every_n_epochs else (lambda epoch: False)
+        self.at_end = at_end
+        self.history = []
+
+    def _take(self, model: nn.Module, epoch: Any) -> dict[str, Result]:
+        """Measure ``model`` now and record the results under ``epoch``."""
+        results = measure_model(model, self.data, self.measures, loss=self.loss, bn_mode=self.bn_mode)
+        self.history.append((epoch, results))
+        return results
+
+    def _end_due(self, epoch: Any) -> bool:
+        """Whether to measure at the end: asked to, and ``epoch`` was not just measured."""
+        return self.at_end and not (self.history and self.history[-1][0] == epoch)
