@@ -3,7 +3,7 @@
 PyHessian is not a dependency. Install it out of the way and point this script at it:
 
     pip install --no-deps --target /tmp/pyh pyhessian==0.1
-    .venv/bin/python benchmarks/bench_hessian.py --pyhessian-path /tmp/pyh
+    .venv/bin/python benchmarks/bench_hessian.py --pyhessian-path DIR
 
 Without it the script prints why and exits 0. The result is a markdown section on stdout.
 
