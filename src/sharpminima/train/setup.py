@@ -49,10 +49,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def batch_indices(num: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> list[Tensor]:
-    """Return one epoch's batches of a seeded random permutation (the last may be smaller)."""
+    """Return one epoch's batches of a seeded random permutation (the last may be smaller).
+
+    A last batch of a single sample (``num % batch_size == 1``, ``batch_size > 1``) joins
+    the batch before it: BatchNorm cannot normalise one sample ("Expected more than 1
+    value per channel"), and one sample is no batch-size ``B`` step anyway.
+    """
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     perm = torch.randperm(num, generator=gen).to(device)
-    return list(torch.split(perm, batch_size))
+    batches = list(torch.split(perm, batch_size))
+    if batch_size > 1 and len(batches) > 1 and batches[-1].numel() == 1:
+        batches[-2:] = [perm[-(batches[-2].numel() + 1) :]]
+    return batches
 
 
 def build_model(config: TrainConfig, data: Dataset) -> nn.Module:
