@@ -32,7 +32,7 @@ def test_round_trip_through_dict():
     [
         ({"batch_size": 0}, "batch size must be a positive integer"),
         ({"epochs": 0}, "epochs must be a positive integer"),
-        ({"lr": -1.0}, "learning rate must be positive"),
+        ({"lr": -1.0}, "learning rate must be a positive number"),
         ({"stop": "never"}, "stop rule must be"),
         ({"patience": 0}, "patience must be a positive integer"),
         ({"train_limit": 0}, "train_limit must be a positive integer"),

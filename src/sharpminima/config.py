@@ -11,11 +11,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sharpminima.errors import ConfigError
+from sharpminima.validation import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    UNIT_INTERVAL,
+    Bound,
+    check_number,
+    check_text,
+)
 
 #: Small-batch size of the paper (Section 2.2).
 SB_BATCH_SIZE = 256
@@ -76,6 +85,32 @@ def _option_pairs(field_name: str, pairs: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(out))
 
 
+#: Default torch intra-op threads of training (see ``TrainConfig.num_threads``).
+TRAIN_THREADS = 2
+
+#: Ranges of the numeric fields (:mod:`sharpminima.validation`); every number is finite.
+_BOUNDS: dict[str, Bound] = {
+    "batch_size": POSITIVE_INT,
+    "epochs": POSITIVE_INT,
+    "patience": POSITIVE_INT,
+    "seed": NON_NEGATIVE_INT,
+    "train_limit": POSITIVE_INT,
+    "test_limit": POSITIVE_INT,
+    "eval_chunk": POSITIVE_INT,
+    "num_threads": Bound(ge=1, le=1024, integer=True),
+    "lr": POSITIVE,
+    "momentum": UNIT_INTERVAL,
+    "adam_eps": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "min_improvement": Bound(ge=0, lt=1),
+    "init_scale": POSITIVE,
+}
+_OPTIONAL = ("train_limit", "test_limit")
+_LABELS = {"batch_size": "batch size", "lr": "learning rate", "weight_decay": "weight decay"}
+_TEXT_FIELDS = ("net", "dataset", "optimizer", "method", "batch_schedule", "lr_schedule", "augment",
+                "init", "init_from", "loss", "data_source")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines one training run.
@@ -128,6 +163,11 @@ class TrainConfig:
             ``fn(model, (inputs, targets)) -> mean loss`` (see :mod:`sharpminima.losses`).
         tags: Free labels that do not change the result but do change the identity
             (e.g. ``("trial", "3")``); keep empty normally.
+        num_threads: Torch intra-op CPU threads while training. CPU reductions split
+            their work by thread count, so weights differ at float rounding between
+            thread counts; the count is therefore fixed per run (the same on any
+            machine, from ``train``, ``sweep`` workers or ``reproduce``) and part of the
+            run's identity when changed from the default, :data:`TRAIN_THREADS`.
     """
 
     net: str = "f1"
@@ -163,25 +203,26 @@ class TrainConfig:
     init_from: str | None = None
     loss: str = "cross_entropy"
     tags: tuple[str, ...] = field(default_factory=tuple)
+    num_threads: int = TRAIN_THREADS
 
     def __post_init__(self) -> None:
         """Validate the values a user can get wrong."""
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be a positive integer, got {self.batch_size}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be a positive integer, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        for name, bound in _BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None or name not in _OPTIONAL:
+                check_number(_LABELS.get(name, name), value, bound)
+        if not (isinstance(self.betas, tuple | list) and len(self.betas) == 2):
+            raise ConfigError(f"betas must be two numbers (beta1, beta2), got {self.betas!r}")
+        for beta in self.betas:
+            check_number("betas", beta, Bound(ge=0, lt=1))
         if self.stop not in ("epochs", "plateau"):
             raise ConfigError(f"stop rule must be 'epochs' or 'plateau', got {self.stop!r}")
-        if self.patience < 1:
-            raise ConfigError(f"patience must be a positive integer, got {self.patience}")
-        for name in ("train_limit", "test_limit"):
+        for name in _TEXT_FIELDS:
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value}")
-        if not (math.isfinite(self.init_scale) and self.init_scale > 0):
-            raise ConfigError(f"init_scale must be a positive number, got {self.init_scale}")
+            if value is not None:
+                if not isinstance(value, str):
+                    raise ConfigError(f"{name} must be text, got {value!r}")
+                check_text(name, value)
         for name in OPTION_FIELDS:
             object.__setattr__(self, name, _option_pairs(name, getattr(self, name)))
 
@@ -216,20 +257,27 @@ class TrainConfig:
         """Rebuild a config from :meth:`to_dict` output (unknown keys are an error).
 
         Raises:
-            ConfigError: If ``data`` has keys that are not config fields.
+            ConfigError: If ``data`` is not a dict, has keys that are not config fields, or
+                values of the wrong shape or range.
         """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a dict of fields, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}; valid fields: {sorted(names)}")
         kw = dict(data)
-        if "betas" in kw:
-            kw["betas"] = tuple(kw["betas"])
-        if "tags" in kw:
-            kw["tags"] = tuple(kw["tags"])
-        if "method_args" in kw:
-            kw["method_args"] = tuple(tuple(p) for p in kw["method_args"])
-        return cls(**kw)
+        try:  # a config read back from a store anyone may edit: any shape at all
+            if "betas" in kw:
+                kw["betas"] = tuple(kw["betas"])
+            if "tags" in kw:
+                kw["tags"] = tuple(kw["tags"])
+            if "method_args" in kw:
+                kw["method_args"] = tuple(tuple(p) for p in kw["method_args"])
+            return cls(**kw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config {str(data)[:200]} is malformed ({exc}); it was not written by "
+                              "sharpminima or was edited") from None
 
 
 #: The paper's F1 setup (Adam 1e-3, trained until the loss stops improving, at most 100

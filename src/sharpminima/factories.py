@@ -10,6 +10,7 @@ line naming the factory.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ def import_object(spec: str, what: str) -> Any:
         obj = module
         for part in attr.strip().split("."):
             obj = getattr(obj, part)
-    except AttributeError:
+    except Exception:  # AttributeError, or whatever a module's __getattr__ raises
         raise ConfigError(f"module {module_name!r} has no attribute {attr!r} ({what} {spec!r})") from None
     return obj
 
@@ -51,6 +52,18 @@ def call_factory(spec: str, what: str, check: Callable[[Any], bool], expected: s
     if not callable(factory):
         raise ConfigError(f"{what} {spec!r} is a {type(factory).__name__}, not a function")
     try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have none: the call below decides
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(*args)
+        except TypeError as exc:  # never called: a wrong signature runs none of its code
+            raise ConfigError(
+                f"{what} {spec!r} cannot be called with {len(args)} argument(s) ({exc}); "
+                f"it must take {len(args)}"
+            ) from None
+    try:
         out = factory(*args)
     except SharpMinimaError:
         raise
@@ -58,6 +71,10 @@ def call_factory(spec: str, what: str, check: Callable[[Any], bool], expected: s
         raise ConfigError(f"{what} {spec!r} cannot be called with {len(args)} argument(s): {exc}") from None
     except (Exception, SystemExit) as exc:
         raise ConfigError(f"{what} {spec!r} raised {type(exc).__name__}: {exc}") from None
-    if not check(out):
+    try:
+        ok = check(out)
+    except Exception:  # a hostile return value whose checks themselves fail
+        ok = False
+    if not ok:
         raise ConfigError(f"{what} {spec!r} returned a {type(out).__name__}; it must return {expected}")
     return out

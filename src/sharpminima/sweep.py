@@ -1,11 +1,13 @@
-"""Sweeps: a grid of training runs queued in the store and taken by worker processes.
+"""Sweeps on one machine: a grid of training runs queued in the store, taken by worker processes.
 
 A sweep is a list of :class:`~sharpminima.config.TrainConfig` (usually a grid over seeds,
 batch sizes, methods, learning rates). :func:`enqueue` records each as a ``pending`` run
-(a run already ``done`` is left alone; a ``failed`` one is queued again). Workers, in any
-number of processes on any number of machines that share the store's file system, then
-loop: :meth:`Store.claim_next` atomically takes the oldest pending run, a heartbeat thread
-keeps it claimed, :func:`sharpminima.train.train` trains it (checkpointing every epoch),
+(a run already ``done`` is left alone; a ``failed`` one is queued again). Workers, in
+processes of this machine (or of machines that share the store's folder on a file system
+with working POSIX locks; across machines prefer the Ray and SLURM backends of
+:mod:`sharpminima.backends`, which need no shared store), then loop:
+:meth:`Store.claim_next` atomically takes the oldest pending run, a heartbeat thread keeps it
+claimed, :func:`sharpminima.train.train` trains it (checkpointing every epoch),
 and the run ends ``done``, ``diverged`` or ``failed``. Nothing runs twice: a claim is one
 SQLite transaction, and a run is taken from its worker only when that worker's heartbeat
 is older than ``stale_after_s`` (it died); the new worker resumes from the last checkpoint.
@@ -26,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -100,7 +103,12 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"config field {name} appears twice in the grid; give its values once")
         f = fields[name]
         default = f.default if f.default is not dataclasses.MISSING else None
-        grid[name] = [_parse_value(name, v, default) for v in values.split(",") if v.strip()]
+        items = values.split(",")
+        if any(not item.strip() for item in items):
+            raise ConfigError(
+                f"grid spec {spec!r} has an empty value; write name=value1,value2 without empty items"
+            )
+        grid[name] = [_parse_value(name, item, default) for item in items]
     return grid
 
 
@@ -115,6 +123,38 @@ def expand_grid(base: TrainConfig, grid: dict[str, Sequence[Any]]) -> list[Train
     return [base.replace(**dict(zip(names, point, strict=True))) for point in points]
 
 
+def check_configs(configs: Sequence[TrainConfig], dataset: Any = None) -> None:
+    """Try every config as ``train`` would before queueing any: options, network, loss.
+
+    Each distinct dataset is loaded once; each config's components are built and its
+    network tried on two samples (:func:`sharpminima.train.loop.probe`), so a grid with
+    one bad point fails with one line and queues nothing.
+
+    Args:
+        configs: The sweep's configurations.
+        dataset: The data of every config, if already loaded.
+
+    Raises:
+        ConfigError: For the first config that ``train`` would reject.
+        DataError: For data that does not load.
+    """
+    import torch
+
+    from sharpminima.data import load
+    from sharpminima.train.loop import probe
+    from sharpminima.train.setup import check_options, fresh_model
+
+    loaded: dict[tuple[str, str | None], Any] = {}
+    for config in configs:
+        key = (config.dataset, config.data_source)
+        if dataset is None and key not in loaded:
+            loaded[key] = load(config.dataset, source=config.data_source)
+        data = (dataset if dataset is not None else loaded[key]).subset(config.train_limit, config.test_limit)
+        check_options(config, data)
+        with torch.random.fork_rng(devices=[]):
+            probe(fresh_model(config, data, None), data, config)
+
+
 # ----------------------------------------------------------------------------- the queue
 def enqueue(store: Any, configs: Sequence[TrainConfig]) -> list[str]:
     """Record each config as a ``pending`` run (failed runs are queued again).
@@ -125,7 +165,7 @@ def enqueue(store: Any, configs: Sequence[TrainConfig]) -> list[str]:
     ids: list[str] = []
     for config in configs:
         record, _ = store.get_or_create_run(config.to_dict(), config.hash())
-        if record.status == "failed":
+        if record.status in ("failed", "interrupted"):
             store.set_status(record.id, "pending")
         if record.id not in ids:
             ids.append(record.id)
@@ -168,12 +208,24 @@ class _Heartbeat(threading.Thread):
             try:
                 self.store.heartbeat(self.run_id, self.worker)
             except StoreError as exc:
-                if self.stopped.is_set():  # the run just finished
+                if self.stopped.is_set() or self._finished_here():  # the run just finished
                     return
                 log.warning("%s", exc)
                 self.lost.set()
                 self.on_lost()
                 return
+
+
+    def _finished_here(self) -> bool:
+        """Whether this worker itself ended the run (a last beat raced the end of training)."""
+        try:
+            record = self.store.get_run(self.run_id)
+            rows = self.store._query("SELECT worker FROM runs WHERE id = ?", (self.run_id,))
+        except StoreError:
+            return False
+        return record.status in ("done", "diverged", "failed", "interrupted") and bool(rows) and (
+            rows[0]["worker"] == self.worker
+        )
 
 
 def run_worker(
@@ -237,6 +289,10 @@ def run_worker(
         heart.start()
         try:
             train(config, dataset=data_cache[key], store=store, device=device)
+        except KeyboardInterrupt:
+            if store.get_run(record.id).status == "running":  # stopped before train() recorded it
+                store.set_status(record.id, "interrupted", "interrupted; rerun the sweep to resume")
+            raise
         except Exception as exc:  # go on with the queue
             message = f"{type(exc).__name__}: {exc}"
             log.warning("run %s failed: %s", record.id, message)
@@ -256,6 +312,10 @@ def _exit_lost() -> None:
     os._exit(LOST_EXIT_CODE)
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _worker_process(root: str, options: dict[str, Any], reports: Any) -> None:
     """Entry point of a worker process started by :func:`start_workers`."""
     import torch
@@ -264,7 +324,9 @@ def _worker_process(root: str, options: dict[str, Any], reports: Any) -> None:
 
     threads = options.pop("threads", None)
     if threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # training itself uses its config's num_threads
+    # SIGTERM (the sweep stopping its workers) ends the run as ``interrupted``, like Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     report = run_worker(Store(root), on_lost=_exit_lost, **options)
     reports.put(dataclasses.asdict(report))
 
@@ -351,6 +413,8 @@ def run_sweep(
     """
     if not configs:
         raise ConfigError("the sweep has no runs; give --grid values")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, got {workers}")  # before any row
     run_ids = enqueue(store, configs)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()

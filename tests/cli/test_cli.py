@@ -53,7 +53,7 @@ def test_trials_print_mean_and_std(capsys, tmp_path):
     ("args", "message"),
     [
         (["train", "--net", "f9", "--dataset", "synthetic"], "unknown network 'f9'"),
-        (["train", "--dataset", "synthetic", "--batch-size", "0"], "batch size must be a positive integer"),
+        (["train", "--dataset", "synthetic", "--batch-size", "0"], "--batch-size must be a positive integer"),
         (["train", "--dataset", "synthetic", "--regime", "xl"], "unknown regime"),
         (["train", "--dataset", "synthetic", "--trials", "0"], "--trials must be a positive integer"),
         (["train", "--dataset", "synthetic", "--optimizer", "lion"], "unknown optimizer 'lion'"),

@@ -167,7 +167,7 @@ def test_interrupted_group_resumes_per_trial(tiny, tmp_path):
         train_vectorized(cfg, SEEDS, dataset=tiny, store=store, model_factory=small_mlp,
                          progress=stop_after_first_epoch)
     ids = [cfg.replace(seed=s).hash()[:12] for s in SEEDS]
-    assert [store.get_run(i).status for i in ids] == ["failed"] * 3
+    assert [store.get_run(i).status for i in ids] == ["interrupted"] * 3  # Ctrl-C: resumable
     resumed = train_vectorized(cfg, SEEDS, dataset=tiny, store=store, model_factory=small_mlp)
     seq = [train(cfg.replace(seed=s), dataset=tiny, model_factory=small_mlp) for s in SEEDS]
     for v, s in zip(resumed, seq, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from sharpminima import __version__
-from sharpminima.cli.common import STATE
+from sharpminima.cli.common import STATE, Interrupted, validated
 from sharpminima.errors import SharpMinimaError
 
 app = typer.Typer(
@@ -54,6 +55,18 @@ def _register() -> None:
         except ImportError:  # pragma: no cover - during development only
             continue
         module.register(app)
+    _validate_all(app, "")
+
+
+def _validate_all(typer_app: typer.Typer, prefix: str) -> None:
+    """Wrap every command (sub-apps too) so its options are checked before it runs."""
+    for info in typer_app.registered_commands:
+        if info.callback is not None and not hasattr(info.callback, "__wrapped__"):
+            name = info.name or info.callback.__name__.replace("_", "-")
+            info.callback = validated(prefix + name, info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _validate_all(group.typer_instance, f"{prefix}{group.name}.")
 
 
 _register()
@@ -79,20 +92,59 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    code: Any = 0
+    _TERMINATED.clear()
+    previous = _on_sigterm()
     try:
         with _distributed_session():  # under torchrun: join the process group
-            app(args=args, prog_name="sharpminima")
+            code = app(args=args, prog_name="sharpminima", standalone_mode=False)
     except SharpMinimaError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        _fail(debug, f"{exc}")
+    except (KeyboardInterrupt, Interrupted, typer.Abort):
+        code = 130
+    except typer.TyperException as exc:  # a usage error: bad option, missing argument...
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(2)
+        command = getattr(getattr(exc, "ctx", None), "command_path", "sharpminima")
+        message = " ".join(exc.format_message().split())
+        _fail(debug, f"{message}; see `{command} --help`")
     except OSError as exc:
-        if debug:
-            traceback.print_exc()
         name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"error: {exc.strerror or exc}{name}; check the path and permissions", file=sys.stderr)
-        sys.exit(2)
+        _fail(debug, f"{exc.strerror or exc}{name}; check the path and permissions")
+    except MemoryError:
+        _fail(debug, "out of memory; use smaller inputs or limits (e.g. --train-limit, --num-samples)")
+    except RecursionError:
+        _fail(debug, "input nested too deeply to process; check the files and options given")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for an interrupt it caught itself)
+        what = "terminated (SIGTERM)" if _TERMINATED else "interrupted (Ctrl-C)"
+        print(f"error: {what}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(143 if _TERMINATED else 130)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+_TERMINATED: list[int] = []
+
+
+def _on_sigterm() -> Any:
+    """SIGTERM ends a command like Ctrl-C: runs are recorded ``interrupted``, not left ``running``."""
+
+    def handler(signum: int, frame: Any) -> None:
+        _TERMINATED.append(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave it alone
+        return signal.getsignal(signal.SIGTERM)
+
+
+def _fail(debug: bool, message: str) -> None:
+    """Print one ``error:`` line (the traceback too with ``--debug``) and exit with code 2."""
+    if debug:
+        traceback.print_exc()
+    line = " ".join(message.split())  # one line, whatever the message held
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(2)

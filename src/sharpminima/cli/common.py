@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import os
 import sys
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+import typer.models
 from tqdm import tqdm
 
 from sharpminima.errors import ConfigError
+from sharpminima.validation import (
+    FINITE,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    UNIT_INTERVAL,
+    Bound,
+    check_device,
+    check_number,
+    check_output_file,
+    check_text,
+)
 
 
 @dataclass
@@ -122,12 +141,16 @@ class WorkProgress:
                   flush=True)
 
 
-def open_store(path: Path | None) -> Any:
-    """Open the run store at ``path``, ``$SHARPMINIMA_STORE`` or ``./runs``."""
+def open_store(path: Path | None, *, read_only: bool = False) -> Any:
+    """Open the run store at ``path``, ``$SHARPMINIMA_STORE`` or ``./runs``.
+
+    Commands that only read (``runs list``, ``runs show``) pass ``read_only``: nothing is
+    created or written, and a store on read-only media can be listed.
+    """
     from sharpminima.store import Store
 
     root = path or Path(os.environ.get("SHARPMINIMA_STORE", "runs"))
-    return Store(root)
+    return Store(root, read_only=read_only)
 
 
 class TrainProgress:
@@ -140,6 +163,10 @@ class TrainProgress:
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         """Handle one progress event of :func:`sharpminima.train.train`."""
+        if event == "start" and info.get("start_epoch") and is_root_process():
+            # Said even without a bar: a rerun tells where it picks up.
+            ids = ", ".join(info.get("run_ids", ()))
+            print(f"resuming run {ids} from epoch {info['start_epoch']}", file=sys.stderr, flush=True)
         if not self.enabled:
             return
         if event == "start":
@@ -185,9 +212,16 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _option_value(text: str) -> Any:
-    """``3`` -> 3, ``1e-3`` -> 0.001, ``true`` -> True, ``none`` -> None, ``a,b`` -> tuple."""
+    """``3`` -> 3, ``1e-3`` -> 0.001, ``true`` -> True, ``none`` -> None, ``a,b`` -> tuple.
+
+    Raises:
+        ConfigError: For an empty item in a list (``1,,2``) or a NaN or infinite number.
+    """
     if "," in text:
-        return tuple(_option_value(part) for part in text.split(",") if part != "")
+        parts = text.split(",")
+        if any(not part.strip() for part in parts):
+            raise ConfigError(f"value {text!r} has an empty item; write a,b,c without empty items")
+        return tuple(_option_value(part) for part in parts)
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
@@ -195,9 +229,12 @@ def _option_value(text: str) -> Any:
         return None
     for cast in (int, float):
         try:
-            return cast(text)
+            number = cast(text)
         except ValueError:
-            pass
+            continue
+        if cast is float and not math.isfinite(number):
+            raise ConfigError(f"value {text!r} is not a finite number")
+        return number
     return text
 
 
@@ -215,5 +252,142 @@ def parse_options(flag: str, specs: list[str] | None) -> tuple[tuple[str, Any], 
         name, sep, value = spec.partition("=")
         if not sep or not name.strip():
             raise ConfigError(f"{flag} takes NAME=VALUE (e.g. {flag} rho=0.05), got {spec!r}")
-        out[name.strip().replace("-", "_")] = _option_value(value.strip())
+        try:
+            out[name.strip().replace("-", "_")] = _option_value(value.strip())
+        except ConfigError as exc:
+            raise ConfigError(f"{flag} {spec!r}: {exc}") from None
     return tuple(sorted(out.items()))
+
+
+# ----------------------------------------------------------------------------- validation at the edge
+#: The range of every numeric option, by parameter name (``"command.name"`` for one
+#: command only). Every number is finite; an int option not listed must be >= 0 and a
+#: float option not listed only finite. Work sizes have caps, so a typo cannot ask for
+#: petabytes (each cap is far above any real use).
+OPTION_BOUNDS: dict[str, Bound] = {
+    **dict.fromkeys(
+        ("batch_size", "patience", "train_limit", "test_limit", "num_samples", "samples",
+         "sharpness_samples", "measure_samples", "chunk_size", "time_limit"),
+        POSITIVE_INT,
+    ),
+    **dict.fromkeys(("epochs", "sb_epochs", "lb_epochs", "max_iters", "maxiter"),
+                    Bound(ge=1, le=10**6, integer=True)),
+    **dict.fromkeys(("trials", "profile_steps", "lanczos_steps", "k"), Bound(ge=1, le=10**4, integer=True)),
+    **dict.fromkeys(("num_probes", "trace_samples", "bootstrap"), Bound(ge=1, le=10**6, integer=True)),
+    "p": Bound(ge=1, le=10**7, integer=True),
+    "points": Bound(ge=1, le=10**4, integer=True),
+    "workers": Bound(ge=1, le=1024, integer=True),
+    "max_retries": Bound(ge=0, le=1000, integer=True),
+    **dict.fromkeys(("lr", "init_scale", "stale_after", "heartbeat", "poll", "cpus_per_run"), POSITIVE),
+    **dict.fromkeys(("weight_decay", "gpus_per_run", "loss_threshold"), NON_NEGATIVE),
+    "momentum": UNIT_INTERVAL,
+}
+#: Options naming a file the command writes (with the suffixes it accepts).
+OUTPUT_FILES: dict[str, tuple[str, ...]] = {
+    "measure.plot": (".png", ".pdf", ".svg"),
+    "interpolate.out": (".png", ".pdf", ".svg"),
+    "train.profile": (),
+    "runs.export.out": (),
+}
+#: Options naming a file the command reads whole (a regular file, not a device or FIFO).
+INPUT_FILES = ("measure.weights",)
+#: Options naming a folder (the store): it may be missing, but not be a file.
+FOLDERS = ("store", "slurm_folder")
+
+
+def check_named(flag: str, pairs: dict[str, Any]) -> dict[str, Any]:
+    """Check ``NAME=VALUE`` options (``--param``) whose name has a rule in :data:`OPTION_BOUNDS`.
+
+    ``--param num_probes=1e30`` meets the same bound as ``--num-probes``.
+
+    Raises:
+        ConfigError: For a value outside its option's range.
+    """
+    for name, value in pairs.items():
+        if name in OPTION_BOUNDS and not isinstance(value, bool) and isinstance(value, int | float):
+            check_number(f"{flag} {name}", value, OPTION_BOUNDS[name])
+    return pairs
+
+
+def _flag(name: str, info: Any) -> str:
+    decls = [d for d in getattr(info, "param_decls", None) or () if d.startswith("--")]
+    if decls:
+        return decls[0]
+    if isinstance(info, typer.models.ArgumentInfo):
+        return name.upper()
+    return "--" + name.replace("_", "-")
+
+
+def _check_option(command: str, name: str, flag: str, value: Any) -> None:
+    """Check one parsed option value against its rule (see :data:`OPTION_BOUNDS`)."""
+    if value is None:
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_option(command, name, flag, item)
+        return
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        default = NON_NEGATIVE_INT if isinstance(value, int) else FINITE
+        bound = OPTION_BOUNDS.get(f"{command}.{name}", OPTION_BOUNDS.get(name, default))
+        if isinstance(value, int) and not bound.integer:
+            value = float(value)
+        check_number(flag, value, bound)
+        return
+    if isinstance(value, str | Path):
+        check_text(flag, str(value))
+    key = f"{command}.{name}"
+    if name == "device":
+        check_device(flag, str(value))
+    elif key in OUTPUT_FILES:
+        check_output_file(flag, value, OUTPUT_FILES[key])
+    elif key in INPUT_FILES:
+        if not Path(value).is_file():
+            raise ConfigError(
+                f"{flag} {str(value)!r} does not exist or is not a regular file; check the path"
+            )
+    elif name in FOLDERS and Path(value).exists() and not Path(value).is_dir():
+        raise ConfigError(f"{flag} {str(value)!r} is not a folder; give a folder (it is created if missing)")
+
+
+def validated(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command so every option is checked before its body runs (one place for all).
+
+    Numbers must be finite and within :data:`OPTION_BOUNDS`; text has no NUL; ``--device``
+    names a device this machine has; output files are not folders; input files are
+    regular files; ``--store`` is a folder. So a command fails with one ``error:`` line
+    before it reads data or writes a row.
+
+    Args:
+        command: The command's name (``"train"``, ``"study.correlation"``).
+        func: The command function (typer reads its signature through ``__wrapped__``).
+
+    Returns:
+        The wrapped function.
+    """
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except Exception:  # an annotation that does not resolve: flags fall back to --name
+        hints = {}
+    flags = {}
+    for name in inspect.signature(func).parameters:
+        hint = hints.get(name)
+        extras = typing.get_args(hint)[1:] if typing.get_origin(hint) is Annotated else ()
+        info = next((e for e in extras if isinstance(e, typer.models.ParameterInfo)), None)
+        flags[name] = _flag(name, info)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name, value in kwargs.items():
+            _check_option(command, name, flags.get(name, name), value)
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # typer would turn it into a silent exit 130
+            raise Interrupted(str(exc)) from exc
+
+    return wrapper
+
+
+class Interrupted(Exception):  # noqa: N818 - it is the event, not an error of the user
+    """Ctrl-C or SIGTERM stopped a command (its runs are recorded ``interrupted``)."""

@@ -26,7 +26,23 @@ from typing import Any
 
 from sharpminima.errors import StoreError
 
-__all__ = ["decode_nonfinite", "dumps", "encode_nonfinite", "hash_json", "loads"]
+__all__ = [
+    "MAX_CHARS",
+    "MAX_DEPTH",
+    "decode_nonfinite",
+    "dumps",
+    "encode_nonfinite",
+    "hash_json",
+    "loads",
+    "parse",
+]
+
+#: Longest JSON document the store reads (characters): far above any config, summary or
+#: sidecar it writes (a sidecar describes tensors, it does not hold them).
+MAX_CHARS = 64 * 2**20
+#: Deepest nesting the store reads; its documents nest a few levels (an optimizer's
+#: state description about ten).
+MAX_DEPTH = 100
 
 _TO_STRING = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _FROM_STRING = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -107,19 +123,64 @@ def dumps(value: Any, *, what: str = "value") -> str:
         ) from None
 
 
-def loads(text: str | None, *, default: Any = None) -> Any:
+def parse(text: str | bytes, *, what: str = "JSON") -> Any:
+    """Parse strict JSON read from a file or a column, within :data:`MAX_CHARS` and :data:`MAX_DEPTH`.
+
+    The store's own documents are small and shallow; a tampered or hostile one (a sidecar
+    nested 200,000 levels deep, a gigabyte of text) ends in one error instead of a
+    ``RecursionError`` or all of memory. Non-finite spellings are left as strings.
+
+    Args:
+        text: The JSON text.
+        what: What it is, for the error message.
+
+    Returns:
+        The parsed value.
+
+    Raises:
+        StoreError: Too long, nested too deeply, or not JSON.
+    """
+    if len(text) > MAX_CHARS:
+        raise StoreError(
+            f"{what} is {len(text)} characters long, over the {MAX_CHARS} a store document may be"
+        )
+    too_deep = f"{what} is nested deeper than {MAX_DEPTH} levels; it was not written by sharpminima"
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise StoreError(too_deep) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise StoreError(f"{what} is not valid JSON ({exc})") from None
+    # Measure the depth without recursion (the parser's own limit is far above ours).
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise StoreError(too_deep)
+        if isinstance(node, dict):
+            stack.extend((item, depth + 1) for item in node.values())
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+    return value
+
+
+def loads(text: str | None, *, default: Any = None, what: str = "JSON") -> Any:
     """Parse JSON written by :func:`dumps`, turning non-finite spellings back into floats.
 
     Args:
         text: The JSON text, or None (a NULL column).
         default: What to return for None.
+        what: What it is, for the error message.
 
     Returns:
         The parsed value.
+
+    Raises:
+        StoreError: As :func:`parse`.
     """
     if text is None:
         return default
-    return decode_nonfinite(json.loads(text))
+    return decode_nonfinite(parse(text, what=what))
 
 
 def hash_json(value: Any, *, what: str = "value") -> str:

@@ -30,11 +30,13 @@ description of everything else, and :func:`unflatten_state` rebuilds it exactly:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import stat
 from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
@@ -217,22 +219,25 @@ def load_checkpoint(
     """
     path = Path(path)
     sidecar_path = _sidecar(path)
+    if not path.exists() and not path.is_symlink():
+        raise StoreError(f"{path}: checkpoint not found; check the run folder")
+    if not path.is_file():
+        raise StoreError(
+            f"{path}: cannot read checkpoint (not a regular file: a folder, device or broken link); "
+            "delete it and resume from an earlier checkpoint"
+        )
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise StoreError(f"{path}: checkpoint not found; check the run folder") from None
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from exc
-    try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        text = _read_regular(sidecar_path, _json.MAX_CHARS)
+        sidecar = _json.parse(text, what=f"sidecar {sidecar_path.name}")
     except FileNotFoundError:
         raise StoreError(
             f"{path}: no sidecar {sidecar_path.name}, so the checkpoint was never committed "
             "(interrupted save?); delete it and resume from an earlier checkpoint"
         ) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, StoreError) as exc:
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise StoreError(
-            f"{path}: sidecar {sidecar_path.name} is unreadable ({exc}); "
+            f"{path}: sidecar {sidecar_path.name} is unreadable ({text}); "
             "delete both files and resume from an earlier checkpoint"
         ) from None
     if (
@@ -240,11 +245,22 @@ def load_checkpoint(
         or sidecar.get("format") != SIDECAR_FORMAT
         or not {"sha256", "size", "meta"} <= sidecar.keys()
         or not isinstance(sidecar["meta"], dict)
+        or isinstance(sidecar["size"], bool)
+        or not isinstance(sidecar["size"], int)
+        or sidecar["size"] < 0
     ):
         raise StoreError(
             f"{path}: {sidecar_path.name} is not a sharpminima checkpoint sidecar; "
             "was the file written by save_checkpoint?"
         )
+    try:
+        # Read at most one byte more than the sidecar promises: a device, a FIFO or a
+        # growing file is never read to the end.
+        data = _read_regular(path, sidecar["size"])
+    except FileNotFoundError:
+        raise StoreError(f"{path}: checkpoint not found; check the run folder") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
     if len(data) != sidecar["size"]:
         raise StoreError(
             f"{path}: size {len(data)} bytes differs from {sidecar['size']} in its sidecar "
@@ -269,6 +285,34 @@ def load_checkpoint(
         for key, value in raw_meta.items()
     }
     return tensors, meta
+
+
+def _read_regular(path: Path, max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes of ``path``, which must be a regular file.
+
+    A larger file shows as too long without being read whole; a symlink to ``/dev/zero``,
+    a FIFO or a folder is refused before anything is read.
+
+    Raises:
+        OSError: The file cannot be opened (``FileNotFoundError`` if missing) or is not a
+            regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block the open
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a device, FIFO, folder or socket?)", str(path))
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- flatten

@@ -49,6 +49,7 @@ from sharpminima.store.records import (
     STATUSES,
     RunRecord,
     check_dict,
+    check_run_id,
     check_status,
     check_text,
     measurement_from_row,
@@ -114,10 +115,14 @@ class Store(WorkQueue):
     Args:
         root: Folder of the store; created (with ``runs/``) if missing.
         timeout_s: How long a write waits for another process's write to finish.
+        read_only: Open without ever writing (``runs list``, reports): nothing is
+            created, a missing store reads as empty, a store on read-only media can be
+            read, and every write raises :class:`StoreError`.
 
     Raises:
-        StoreError: ``root`` cannot be created, ``store.sqlite`` is not a SQLite
-            database, or it was written by a newer sharpminima (higher schema version).
+        StoreError: ``root`` is a file or cannot be created, ``store.sqlite`` is not a
+            SQLite database (or is a folder), or it was written by a newer sharpminima
+            (higher schema version).
 
     Example:
         >>> with Store("runs") as store:
@@ -125,17 +130,30 @@ class Store(WorkQueue):
         ...     store.set_status(run.id, "running")
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, timeout_s: float = 60.0, read_only: bool = False
+    ) -> None:
         self.root = Path(root)
         self.path = self.root / DB_NAME
         self.timeout_s = float(timeout_s)
-        try:
-            (self.root / "runs").mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        self.read_only = read_only
+        if self.root.exists() and not self.root.is_dir():
             raise StoreError(
-                f"cannot create store folder {self.root} ({exc.strerror or exc}); "
-                "set SHARPMINIMA_STORE to a writable folder"
-            ) from None
+                f"cannot create store folder {self.root} (it is a file); "
+                "set SHARPMINIMA_STORE (or --store) to a folder"
+            )
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(
+                f"store database {self.path} is not a file (a folder?); move it away or use another store"
+            )
+        if not read_only:
+            try:
+                (self.root / "runs").mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create store folder {self.root} ({exc.strerror or exc}); "
+                    "set SHARPMINIMA_STORE to a writable folder"
+                ) from None
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -159,9 +177,14 @@ class Store(WorkQueue):
     # ------------------------------------------------------------------ connection
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
-        )
+        if self.read_only:
+            return self._open_read_only()
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
@@ -176,6 +199,47 @@ class Store(WorkQueue):
             conn.close()
             raise
         return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """Open without writing anything: ``mode=ro``, or ``immutable=1`` on read-only media.
+
+        A missing database reads as an empty store (an in-memory one with the schema).
+        """
+        if not self.path.exists():
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.executescript(_SCHEMA)
+            return conn
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        # mode=ro still needs the WAL index (-shm) writable; on read-only media (a mounted
+        # snapshot, a CD) nobody writes the file, so immutable=1 reads it as it is.
+        queries = ["mode=ro", "mode=ro&immutable=1"]
+        if not _writable(self.root):  # read-only media (EROFS): go straight to immutable
+            queries.reverse()
+        for query in queries:
+            conn = sqlite3.connect(
+                f"{uri}?{query}", uri=True, timeout=self.timeout_s, isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None or int(row[0]) > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"store {self.path} is not a sharpminima store of schema version "
+                        f"<= {SCHEMA_VERSION}; check the path or upgrade sharpminima"
+                    )
+                return conn
+            except sqlite3.Error as exc:
+                conn.close()
+                last = exc
+            except BaseException:
+                conn.close()
+                raise
+        assert last is not None
+        raise self._error(last) from last
 
     def _set_wal(self, conn: sqlite3.Connection) -> None:
         # Switching to WAL needs a moment of exclusive access, and SQLite may report
@@ -253,6 +317,8 @@ class Store(WorkQueue):
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed if the block succeeds."""
+        if self.read_only:
+            raise StoreError(f"store {self.root} was opened read-only; open it without read_only to write")
         with self._locked() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -445,6 +511,8 @@ class Store(WorkQueue):
         status: str,
         message: str | None = None,
         summary: dict | None = None,
+        *,
+        worker: str | None = None,
     ) -> RunRecord:
         """Set a run's status and message, merging ``summary`` into its summary.
 
@@ -453,6 +521,9 @@ class Store(WorkQueue):
             status: One of :data:`STATUSES`.
             message: Why (for ``failed``/``diverged``); None clears the old message.
             summary: Keys to add or overwrite in the stored summary (``dict.update``).
+            worker: With ``"running"``: the process training it (``host:pid``), so a
+                reader can tell when that process died (:meth:`RunRecord.observed_status`).
+                Ignored for a run a queue worker holds (it has a heartbeat).
 
         Returns:
             The updated record.
@@ -471,8 +542,11 @@ class Store(WorkQueue):
             # Only a running run has a live heartbeat; the worker stays on record.
             conn.execute(
                 "UPDATE runs SET status = ?, message = ?, summary = ?, updated_at = ?,"
-                " heartbeat_at = CASE WHEN ? = 'running' THEN heartbeat_at END WHERE id = ?",
-                (status, message, _json.dumps(merged, what="summary"), utc_now(), status, run_id),
+                " heartbeat_at = CASE WHEN ? = 'running' THEN heartbeat_at END,"
+                " worker = CASE WHEN ? IS NOT NULL AND heartbeat_at IS NULL THEN ? ELSE worker END"
+                " WHERE id = ?",
+                (status, message, _json.dumps(merged, what="summary"), utc_now(), status,
+                 worker if status == "running" else None, worker, run_id),
             )
             row = self._require_run(conn, run_id)
         return RunRecord.from_row(row)
@@ -492,7 +566,10 @@ class Store(WorkQueue):
         rows = self._query("SELECT id FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise self._no_run(run_id)
-        folder = self.root / "runs" / rows[0]["id"]
+        # The id is read back from the database, which anyone may edit: never a path.
+        folder = self.root / "runs" / check_run_id(rows[0]["id"])
+        if self.read_only:
+            return folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -655,6 +732,25 @@ class Store(WorkQueue):
         )
         return measurement_from_row(rows[0]) if rows else None
 
+    def to_pandas(self, *, status: str | None = None, kind: str | None = None) -> Any:
+        """Every run as one row of a ``pandas.DataFrame``: config fields, status, results, measures.
+
+        See :mod:`sharpminima.store.table` for the columns.
+
+        Args:
+            status: Keep only runs with this status.
+            kind: Keep only runs of this kind.
+
+        Returns:
+            The table.
+
+        Raises:
+            ConfigError: pandas is not installed (``pip install 'sharpminima[export]'``).
+        """
+        from sharpminima.store.table import to_pandas
+
+        return to_pandas(self, status=status, kind=kind)
+
     def measurements(
         self, run_id: str | None = None, kind: str | None = None
     ) -> list[dict[str, Any]]:
@@ -673,6 +769,10 @@ class Store(WorkQueue):
             (run_id, kind),
         )
         return [measurement_from_row(row) for row in rows]
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

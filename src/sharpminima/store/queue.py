@@ -30,8 +30,8 @@ class WorkQueue:
     ) -> RunRecord | None:
         """Atomically take the oldest run that needs a worker and mark it running.
 
-        A run needs a worker if it is ``pending``, or ``running`` with a heartbeat older
-        than ``stale_after_s`` (its worker died). A run set ``running`` by
+        A run needs a worker if it is ``pending`` or ``interrupted``, or ``running`` with
+        a heartbeat older than ``stale_after_s`` (its worker died). A run set ``running`` by
         :meth:`set_status` alone has no heartbeat and is never taken. No two callers,
         in any processes, get the same run unless its heartbeat went stale.
 
@@ -53,7 +53,7 @@ class WorkQueue:
         with self._write() as conn:
             row = conn.execute(
                 "SELECT id, status, worker FROM runs"
-                " WHERE (status = 'pending' OR (status = 'running'"
+                " WHERE (status IN ('pending', 'interrupted') OR (status = 'running'"
                 " AND heartbeat_at IS NOT NULL AND heartbeat_at < ?1))"
                 " AND (?2 IS NULL OR kind = ?2) ORDER BY created_at, rowid LIMIT 1",
                 (cutoff, kind),

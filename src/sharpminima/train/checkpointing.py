@@ -16,6 +16,8 @@ moment ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +27,32 @@ import torch
 from torch import Tensor, nn
 
 from sharpminima.config import TrainConfig
-from sharpminima.errors import StoreError
+from sharpminima.errors import ConfigError, StoreError
 
 FINISHED = ("done", "diverged")
 
 
 def _clone_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def load_into(target: Any, state: Any, where: str) -> None:
+    """``target.load_state_dict(state)`` with one clear error when the state does not fit.
+
+    Weights saved for another network (a factory changed since, a tampered file) give
+    torch's multi-line ``size mismatch`` report; here they give one line.
+
+    Raises:
+        StoreError: If the stored state does not fit ``target`` (a model or optimizer).
+    """
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise StoreError(
+            f"{where} does not fit the network ({first}); the network's factory or the file "
+            "changed since it was saved: train it again under another store or config"
+        ) from None
 
 
 @dataclass
@@ -81,7 +102,7 @@ class RunFiles:
 
         model = make_model()
         device = next(model.parameters()).device
-        model.load_state_dict(self._load("final", device)["model"])
+        load_into(model, self._load("final", device)["model"], f"run {self.run_id}'s final weights")
         init_state = self._load("init", device)["model"]
         record = self.store.get_run(self.run_id)
         history = self.store.epochs(self.run_id)
@@ -93,11 +114,14 @@ class RunFiles:
         """Return stored weights named ``RUN_ID`` (final) or ``RUN_ID@EPOCH``.
 
         Raises:
+            ConfigError: If the epoch after ``@`` is not a number of at most 6 digits.
             StoreError: Without a store, or if the run or epoch has no saved weights.
         """
         if self.store is None:
             raise StoreError(f"init_from={spec!r} needs a run store; pass --store DIR")
         run_ref, _, epoch = spec.partition("@")
+        if epoch and not (epoch.isascii() and epoch.isdigit() and len(epoch) <= 6):
+            raise ConfigError(f"--init-from {spec!r}: write RUN_ID or RUN_ID@EPOCH with EPOCH a number")
         run = self.store.get_run(run_ref)
         name = f"epoch_{int(epoch):04d}" if epoch else "final"
         if epoch and int(epoch) == 0:
@@ -114,7 +138,8 @@ class RunFiles:
         """Save (or reload, when resuming) the initial weights and return a copy."""
         if self.store is not None:
             if self._path("init").exists():
-                model.load_state_dict(self._load("init", next(model.parameters()).device)["model"])
+                state = self._load("init", next(model.parameters()).device)["model"]
+                load_into(model, state, f"run {self.run_id}'s initial weights")
             else:
                 self._save("init", {"model": model.state_dict()})
         return _clone_state(model)
@@ -140,8 +165,8 @@ class RunFiles:
         if state is None:
             self.store.truncate_epochs(self.run_id, 0)
             return 0
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        load_into(model, state["model"], f"run {self.run_id}'s checkpoint")
+        load_into(opt, state["optimizer"], f"run {self.run_id}'s optimizer checkpoint")
         stop.best = float(state["stop"]["best"])
         stop.bad_epochs = int(state["stop"]["bad_epochs"])
         epoch = int(state["epoch"])
@@ -150,9 +175,9 @@ class RunFiles:
         return epoch
 
     def mark_running(self) -> None:
-        """Record that training is under way."""
+        """Record that training is under way, and by which process (``host:pid``)."""
         if self.store is not None:
-            self.store.set_status(self.run_id, "running")
+            self.store.set_status(self.run_id, "running", worker=f"{platform.node()}:{os.getpid()}")
 
     def end_epoch(
         self,
@@ -201,6 +226,7 @@ def load_run(
     *,
     dataset: Any = None,
     device: str | torch.device | None = None,
+    require_finite: bool = False,
 ) -> tuple[Any, Any]:
     """Load a finished run (final weights, history) and its dataset from a store.
 
@@ -209,12 +235,15 @@ def load_run(
         run_ref: Run id or unique prefix.
         dataset: The run's dataset if already loaded (else loaded from its config).
         device: Where to put the model (default: CPU).
+        require_finite: Refuse a run whose final weights hold NaN or infinities (a
+            diverged run: measuring it would only report that the loss is NaN).
 
     Returns:
         ``(run, dataset)`` with the dataset limited as in the run's config.
 
     Raises:
-        StoreError: If the run is not finished.
+        StoreError: If the run is not finished, its weights do not fit its network, or
+            (with ``require_finite``) its weights are not finite.
     """
     from sharpminima.data import load
     from sharpminima.train.setup import build_model
@@ -232,4 +261,10 @@ def load_run(
     dev = torch.device(device or "cpu")
     files = RunFiles(store, config, record.id, record.status)
     run = files.load_run(lambda: build_model(config, data).to(dev))
+    if require_finite and not all(bool(torch.isfinite(p).all()) for p in run.model.state_dict().values()
+                                  if p.is_floating_point()):
+        raise StoreError(
+            f"run {record.id} diverged (its weights are NaN or infinite: {record.message or 'no message'}); "
+            "there is no landscape to measure, train it again with a lower --lr"
+        )
     return run, data

@@ -17,10 +17,11 @@ stopping rules, checkpoints) is :func:`run_epochs`, the same for both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,8 +31,9 @@ from torch import Tensor, nn
 from sharpminima.config import TrainConfig
 from sharpminima.data.augment import make_augment
 from sharpminima.data.base import Dataset
+from sharpminima.errors import ConfigError, SharpMinimaError
 from sharpminima.losses import Loss
-from sharpminima.train.checkpointing import RunFiles
+from sharpminima.train.checkpointing import RunFiles, load_into
 from sharpminima.train.methods import make_step
 from sharpminima.train.optim import make_optimizer
 from sharpminima.train.parallel import open_run_files, parallel_evaluate, parallel_step  # torchrun/DDP
@@ -48,6 +50,7 @@ from sharpminima.train.setup import (
     fresh_model,
 )
 from sharpminima.train.step_parts import training_loss
+from sharpminima.validation import check_device
 
 __all__ = [
     "Engine",
@@ -65,7 +68,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``progress(event, info)``: events ``"start"`` (``total_steps``, ``done_steps``),
+#: A run whose full-pass training loss grows past this multiple of the mean loss of its
+#: first epoch's steps (or becomes NaN or infinite) has diverged: it is stopped and
+#: recorded ``diverged``. That mean sits near the loss at initialisation, so a run that
+#: fits its data almost perfectly can fluctuate far below it without tripping the rule;
+#: one that blows up passes 100x within a few epochs and would otherwise run on to NaN.
+DIVERGENCE_FACTOR = 100.0
+
+#: ``progress(event, info)``: events ``"start"`` (``total_steps``, ``done_steps``,
+#: ``run_ids``, ``start_epoch``: the last finished epoch a resumed run starts after),
 #: ``"step"`` and ``"epoch"`` (the epoch's metrics).
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -82,7 +93,8 @@ class Trial:
         opt: Its optimizer (None until an engine builds or slices one).
         stop: Its plateau-rule state.
         history: Its epochs' metrics.
-        status: ``pending`` while training, then ``done``, ``diverged`` or ``failed``.
+        status: ``pending`` while training, then ``done``, ``diverged``, ``failed`` or
+            ``interrupted`` (Ctrl-C or SIGTERM: resumed by the next run of the command).
         message: Why it diverged or failed.
     """
 
@@ -258,7 +270,7 @@ def train(
     dev, data = prepare_data(config, dataset, device)
     check_options(config, data)
     devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), cuda_flags_restored():
+    with torch.random.fork_rng(devices=devices), cuda_flags_restored(), fixed_threads(config.num_threads):
         trial = open_trial(config, data, dev, store, model_factory)
         if isinstance(trial, Run):
             return trial
@@ -272,11 +284,29 @@ def train(
     return trial.run()
 
 
+@contextlib.contextmanager
+def fixed_threads(num_threads: int) -> Iterator[None]:
+    """Train with ``num_threads`` torch intra-op threads, then restore the count.
+
+    CPU kernels split reductions by thread count, so the same run trained with another
+    count differs at float rounding; fixing it per run (``TrainConfig.num_threads``)
+    makes a run id mean the same weights from ``train``, sweep workers or ``reproduce``.
+    """
+    before = torch.get_num_threads()
+    if before != num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def prepare_data(
     config: TrainConfig, dataset: Dataset | None, device: str | torch.device | None
 ) -> tuple[torch.device, Dataset]:
     """The training device and the config's data subset on it (loaded if not given)."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = device if isinstance(device, torch.device) else check_device("device", device)
     if dataset is None:
         from sharpminima.data import load
 
@@ -293,13 +323,59 @@ def open_trial(
     initial weights saved (or, when resuming, reloaded). Under torchrun rank 0 owns the
     record and the other ranks follow (:func:`~sharpminima.train.parallel.open_run_files`).
     """
+    # Built and tried before the run's row exists: a factory that fails, a network or loss
+    # that does not fit the data, or a warm start that is missing or does not fit, leaves
+    # no ``pending`` row.
+    model = fresh_model(config, data, model_factory).to(dev)
+    probe(model, data, config)
+    warm = RunFiles(store, config, "").weights_of(config.init_from) if config.init_from else None
+    if warm is not None:
+        load_into(model, warm, f"warm start {config.init_from!r}")
     files: RunFiles | Any = open_run_files(store, config)
     if files.finished():
-        return files.load_run(lambda: fresh_model(config, data, model_factory).to(dev))
-    model = fresh_model(config, data, model_factory).to(dev)
-    if config.init_from:
-        model.load_state_dict(files.weights_of(config.init_from))
+        return files.load_run(lambda: model)  # the final weights replace every tensor
     return Trial(config, files, model, files.initial_weights(model))
+
+
+def probe(model: nn.Module, data: Dataset, config: TrainConfig) -> None:
+    """Try the network and the loss on two training samples; nothing changes.
+
+    Eval mode (no BatchNorm statistics updated, no dropout draw), no backward pass, so the
+    run's weights and random streams are exactly as without the probe.
+
+    Raises:
+        ConfigError: If the forward pass or the loss raises (a network built for other
+            inputs or classes, a user loss that fails), the loss is not a differentiable
+            0-dim float tensor, or a BatchNorm network is given batches of one sample.
+    """
+    if config.batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(
+            f"network {config.net!r} has BatchNorm, which needs at least 2 samples per batch; "
+            f"use --batch-size 2 or more (got {config.batch_size})"
+        )
+    criterion = training_loss(config)
+    was_training = model.training
+    model.eval()
+    try:
+        out = criterion(model, (data.x_train[:2], data.y_train[:2]))
+    except SharpMinimaError:
+        raise
+    except Exception as exc:  # a user's network or loss may raise anything
+        text = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"network {config.net!r} with loss {config.loss!r} fails on the {config.dataset!r} training "
+            f"data ({type(exc).__name__}: {text}); check its input shape {tuple(data.input_shape)} "
+            f"and {data.num_classes} classes"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not (isinstance(out, Tensor) and out.dim() == 0 and out.is_floating_point() and out.requires_grad):
+        got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else (
+            f"a tensor of shape {tuple(out.shape)}, dtype {out.dtype}, requires_grad={out.requires_grad}")
+        raise ConfigError(
+            f"loss {config.loss!r} returned {got}; it must return the batch's mean loss, a 0-dim "
+            "float tensor computed from the model's output"
+        )
 
 
 def run_epochs(
@@ -321,10 +397,14 @@ def run_epochs(
     schedule = make_schedule(config, n)  # constant batch size, a pure function of the epoch, or one trial
     augment = make_augment(config.augment, config.augment_args, data.input_shape)
     num_steps = steps_done(trials[0].history, n, config.batch_size)  # the same for every trial
+    run_ids = [t.files.run_id for t in trials]
+    if start_epoch:
+        log.info("resuming run(s) %s from epoch %d", ", ".join(run_ids), start_epoch)
     if progress:
         progress(
             "start",
-            {"total_steps": math.ceil(n / config.batch_size) * config.epochs, "done_steps": num_steps},
+            {"total_steps": math.ceil(n / config.batch_size) * config.epochs, "done_steps": num_steps,
+             "run_ids": run_ids, "start_epoch": start_epoch},
         )
     for t in trials:
         t.files.mark_running()
@@ -367,9 +447,15 @@ def run_epochs(
                 engine.keep(keep)
                 active = [active[k] for k in keep]
     except BaseException as exc:
+        # Ctrl-C or SIGTERM (the CLI turns it into KeyboardInterrupt): resumable, not failed.
+        interrupted = isinstance(exc, KeyboardInterrupt)
         for t in trials:
             if t.status == "pending":
-                t.finish("failed", f"{type(exc).__name__}: {exc}")
+                t.finish(
+                    "interrupted" if interrupted else "failed",
+                    "interrupted; rerun the same command to resume" if interrupted
+                    else f"{type(exc).__name__}: {exc}",
+                )
         raise
     for t in trials:
         if t.status == "pending":
@@ -403,11 +489,17 @@ def _end_epoch(
     }
     t.history.append(metrics)
     opt = engine.optimizer(k)
-    if not (math.isfinite(epoch_loss) and math.isfinite(train_loss)):
+    first_loss = t.history[0]["epoch_loss"]  # the mean loss of epoch 1's steps: the level training starts at
+    if not (math.isfinite(epoch_loss) and math.isfinite(train_loss)) or (
+        train_loss > DIVERGENCE_FACTOR * first_loss > 0
+    ):
         t.files.end_epoch(epoch, metrics, t.model, opt, t.stop, save=False)
+        worst = epoch_loss if not math.isfinite(epoch_loss) else train_loss
+        grown = f" (over {DIVERGENCE_FACTOR:g}x epoch 1's mean {first_loss:.4g})"
+        grown = grown if math.isfinite(worst) else ""
         t.finish(
             "diverged",
-            f"training loss became {epoch_loss} in epoch {epoch}; lower the learning rate "
+            f"training loss became {worst:.4g}{grown} in epoch {epoch}; lower the learning rate "
             f"(now {t.config.lr})",
         )
         return False

@@ -93,7 +93,15 @@ from sharpminima.data.base import Dataset
 from sharpminima.errors import ConfigError
 from sharpminima.losses import Loss
 from sharpminima.train.evaluate import evaluate
-from sharpminima.train.loop import Progress, Trial, open_trial, prepare_data, run_epochs, train
+from sharpminima.train.loop import (
+    Progress,
+    Trial,
+    fixed_threads,
+    open_trial,
+    prepare_data,
+    run_epochs,
+    train,
+)
 from sharpminima.train.methods import is_vectorizable
 from sharpminima.train.optim import is_elementwise, make_optimizer
 from sharpminima.train.perf import cuda_flags_restored, set_cuda_flags
@@ -479,7 +487,7 @@ def train_vectorized(
     dev, data = prepare_data(config, dataset, device)
     check_options(config, data)
     devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), cuda_flags_restored():
+    with torch.random.fork_rng(devices=devices), cuda_flags_restored(), fixed_threads(config.num_threads):
         reason = fallback_reason(config, fresh_model(configs[0], data, model_factory), data.input_shape)
         if reason is not None:
             log.info("training %d trials one at a time: %s", len(seeds), reason)
