@@ -19,7 +19,7 @@ def _row(record: Any) -> dict[str, Any]:
     c, s = record.config, record.summary or {}
     return {
         "run_id": record.id,
-        "status": record.status,
+        "status": record.observed_status(),  # a running run whose process died: interrupted
         "kind": record.kind,
         "net": c.get("net"),
         "dataset": c.get("dataset"),
@@ -44,7 +44,12 @@ def list_runs(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List runs with their final metrics."""
-    rows = [_row(r) for r in open_store(store).list_runs(status=status)]
+    st = open_store(store, read_only=True)
+    observed = status in ("running", "interrupted")  # a running run whose process died is interrupted
+    records = st.list_runs(status=None if observed else status)
+    if observed:
+        records = [r for r in records if r.observed_status().split()[0] == status]
+    rows = [_row(r) for r in records]
     if json_output:
         echo_json(rows)
     elif not rows:
@@ -77,7 +82,7 @@ def show(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one run: config, per-epoch metrics and measurements."""
-    st = open_store(store)
+    st = open_store(store, read_only=True)
     record = st.get_run(run_id)
     epochs = st.epochs(record.id)
     measurements = st.measurements(run_id=record.id)
@@ -88,7 +93,7 @@ def show(
         out["measurements"] = measurements
         echo_json(out)
         return
-    echo(f"run {record.id} ({record.status}{': ' + record.message if record.message else ''})")
+    echo(f"run {record.id} ({record.observed_status()}{': ' + record.message if record.message else ''})")
     echo(f"created {record.created_at}, code {record.code_version}")
     echo("config: " + ", ".join(f"{k}={v}" for k, v in record.config.items()))
     if epochs:
@@ -101,3 +106,23 @@ def show(
                 ["kind", "value", "params"],
             )
         )
+
+
+@app.command("export")
+def export(
+    out: Annotated[Path, typer.Argument(help="Output file, e.g. runs.csv or runs.parquet.")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="csv or parquet (default: from the file's suffix).")
+    ] = None,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    store: StoreOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Write every run as one table row (config, status, results, measures) to CSV or Parquet."""
+    from sharpminima.store.table import export_runs
+
+    count = export_runs(open_store(store, read_only=True), out, fmt, status=status)
+    if json_output:
+        echo_json({"path": str(out), "runs": count})
+    else:
+        echo(f"wrote {count} runs to {out}")

@@ -7,6 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
+from sharpminima.cli.backend_opts import (
+    AddressOpt,
+    BackendOpt,
+    CpusOpt,
+    GpusOpt,
+    PartitionOpt,
+    RetriesOpt,
+    SlurmClusterOpt,
+    SlurmFolderOpt,
+    TimeOpt,
+    make_backend,
+)
 from sharpminima.cli.common import echo, echo_json, open_store, table
 from sharpminima.errors import ConfigError, SharpMinimaError
 
@@ -57,15 +69,37 @@ def sweep(
     device: Annotated[str | None, typer.Option(help="cpu, cuda (default: auto).")] = None,
     store: StoreOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    cpus_per_run: CpusOpt = None,
+    gpus_per_run: GpusOpt = None,
+    max_retries: RetriesOpt = 3,
+    partition: PartitionOpt = None,
+    time_limit: TimeOpt = 60,
+    slurm_folder: SlurmFolderOpt = None,
+    slurm_cluster: SlurmClusterOpt = None,
 ) -> None:
-    """Queue a grid of training runs and train them with several workers (resumable)."""
+    """Train a grid of runs: here with --workers N processes, or on Ray or SLURM (resumable)."""
     from sharpminima import distributed
     from sharpminima.config import TrainConfig
-    from sharpminima.sweep import enqueue, expand_grid, parse_grid, run_sweep, run_worker, statuses
+    from sharpminima.sweep import (
+        check_configs,
+        enqueue,
+        expand_grid,
+        parse_grid,
+        run_sweep,
+        run_worker,
+        statuses,
+    )
 
     if distributed.launched():
         raise ConfigError("start sweep workers without torchrun: each worker is one process (--workers N)")
-    run_store = open_store(store)
+    cluster = make_backend(backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                           max_retries=max_retries, partition=partition, time_min=time_limit,
+                           slurm_folder=slurm_folder, slurm_cluster=slurm_cluster, device=device)
+    if cluster.name != "local" and (worker_only or workers != 1):
+        raise ConfigError(f"--worker-only and --workers are for the local backend; --backend {cluster.name} "
+                          "runs as many runs at once as the cluster has room for")
     configs: list[TrainConfig] = []
     if grid:
         base = TrainConfig(
@@ -80,8 +114,16 @@ def sweep(
             data_source=source,
         )
         configs = expand_grid(base, parse_grid(grid))
+        check_configs(configs)  # as train would, before a row is queued
     elif not worker_only:
         raise ConfigError("give the sweep with --grid FIELD=V1,V2 (or join a queue with --worker-only)")
+    if heartbeat is not None and heartbeat >= stale_after:
+        raise ConfigError(f"--heartbeat ({heartbeat:g} s) must be below --stale-after ({stale_after:g} s)")
+    cluster.check()  # reach the cluster before anything is written
+    run_store = open_store(store)
+    if cluster.name != "local":
+        _cluster_sweep(run_store, cluster, configs, json_output)
+        return
     options = {"stale_after_s": stale_after, "heartbeat_s": heartbeat, "poll_s": poll, "device": device}
     if worker_only:
         run_ids = enqueue(run_store, configs) if configs else None
@@ -114,6 +156,22 @@ def sweep(
         poll_s=poll,
     )
     _finish(run_store, result.statuses, json_output, {"exit_codes": result.exit_codes})
+
+
+def _cluster_sweep(store: Any, cluster: Any, configs: list[Any], json_output: bool) -> None:
+    """Train the grid on Ray or SLURM; the driver imports each run and prints a line."""
+    finished = [0]
+
+    def progress(run_id: str, status: str) -> None:
+        finished[0] += 1
+        if not json_output:
+            echo(f"sweep: run {run_id} {status} on {cluster.name} ({finished[0]} trained so far)")
+
+    try:
+        final = cluster.train_many(store, configs, progress=progress)
+    finally:
+        cluster.close()
+    _finish(store, final, json_output, {"backend": cluster.name})
 
 
 def _finish(store: Any, final: dict[str, str], json_output: bool, extra: dict[str, Any]) -> None:

@@ -47,6 +47,8 @@ def trial_runs(ctx: Context, net: str) -> dict[str, list[Run]]:
         keep = (p.along_training > 0 and "fig6" in p.experiments) or (
             p.dynamics_every > 0 and "dynamics" in p.experiments
         )
+        ctx.prefetch([ctx.config(net, regime, 0, save_every_epoch=keep).replace(seed=seed)
+                      for regime in REGIMES for seed in range(p.seed, p.seed + p.trials)])
         cache[net] = {
             regime: ctx.train_group(
                 ctx.config(net, regime, 0, save_every_epoch=keep),

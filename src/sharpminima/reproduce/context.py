@@ -51,6 +51,9 @@ class Context:
             (:func:`~sharpminima.train.vectorized.train_vectorized`; the same store runs
             and hashes as one-at-a-time training). Default: on CUDA only, where it pays off.
         run_seconds: Training seconds of every run this reproduction used, by run id.
+        backend: Where runs train (:mod:`sharpminima.backends`); None or ``local``: here,
+            one after another. On Ray or SLURM each group of runs an experiment needs
+            (trials, batch sizes, warm starts) trains in parallel before it is used.
     """
 
     store: Any
@@ -60,6 +63,7 @@ class Context:
     progress: Progress | None = None
     vectorize: bool = False
     run_seconds: dict[str, float] = field(default_factory=dict)
+    backend: Any = None
     _data: dict[str, Dataset] = field(default_factory=dict)
 
     # -- data ---------------------------------------------------------------------------
@@ -105,6 +109,18 @@ class Context:
         )
         return cfg.replace(**changes)
 
+    def prefetch(self, configs: list[TrainConfig]) -> None:
+        """Train ``configs`` together on the cluster backend (a no-op with the local one).
+
+        Experiments call it with every run they are about to use, so those runs train in
+        parallel; :meth:`train` then finds them finished in the store.
+        """
+        if self.backend is None or self.backend.name == "local" or not configs:
+            return
+        if self.progress is not None:
+            self.progress(0.0, f"{len(configs)} run(s) on {self.backend.name}")
+        self.backend.train_many(self.store, configs)
+
     def train(self, config: TrainConfig, label: str) -> Run:
         """Train (or fetch from the store) one run, advancing the progress bar."""
         return self.train_group(config, [config.seed], label)[0]
@@ -136,6 +152,7 @@ class Context:
 
             return on_event
 
+        self.prefetch([config.replace(seed=seed) for seed in seeds])
         t0 = time.perf_counter()
         if self.vectorize and len(seeds) > 1:
             from sharpminima.train.vectorized import train_vectorized

@@ -310,9 +310,9 @@ def fig4(ctx: Context) -> dict[str, Any]:
     bn = p.bn_modes[0]
     for net in p.nets:
         rows = []
-        for b in p.batch_sizes:
-            if b > ctx.data(net).num_train:
-                continue
+        sizes = [b for b in p.batch_sizes if b <= ctx.data(net).num_train]
+        ctx.prefetch([ctx.config(net, "sb", 0, batch_size=b, epochs=p.sweep_epochs) for b in sizes])
+        for b in sizes:
             cfg = ctx.config(net, "sb", 0, batch_size=b, epochs=p.sweep_epochs)
             run = ctx.train(cfg, f"{net} batch {b}")
             row: dict[str, Any] = {
@@ -340,9 +340,10 @@ def fig5(ctx: Context) -> dict[str, Any]:
         sb_cfg = ctx.config(net, "sb", 0, epochs=p.warm_sb_epochs, stop="epochs", save_every_epoch=True)
         sb = ctx.train(sb_cfg, f"{net} SB for warm starts")
         rows = []
-        for k in p.warm_points:
-            if k > sb.epochs:
-                continue
+        points = [k for k in p.warm_points if k <= sb.epochs]
+        ctx.prefetch([ctx.config(net, "lb", 0, epochs=p.warm_lb_epochs, init_from=f"{sb.id}@{k}")
+                      for k in points])
+        for k in points:
             cfg = ctx.config(net, "lb", 0, epochs=p.warm_lb_epochs, init_from=f"{sb.id}@{k}")
             run = ctx.train(cfg, f"{net} LB from SB epoch {k}")
             row: dict[str, Any] = {

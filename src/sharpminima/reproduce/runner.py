@@ -54,6 +54,7 @@ def reproduce(
     sources: dict[str, str] | None = None,
     progress_factory: Callable[[float], Callable[[float, str], None]] | None = None,
     vectorize: bool | None = None,
+    backend: Any = None,
 ) -> dict[str, Any]:
     """Run the preset's experiments (or the named ones) and write ``out/results.json``.
 
@@ -71,6 +72,8 @@ def reproduce(
         progress_factory: Called with the planned total work; returns the progress callback.
         vectorize: Train each regime's trials as one batched computation (same runs in the
             store). Default (None): on CUDA only; on the 2-core CPU we measured it slower.
+        backend: Where the runs train (:func:`sharpminima.backends.get_backend`); None:
+            here. Measures always run here, on the runs the backend put in the store.
 
     Returns:
         The results dict that the report is drawn from.
@@ -83,6 +86,7 @@ def reproduce(
         device=dev,
         sources=dict(sources or {}),
         vectorize=dev.type == "cuda" if vectorize is None else vectorize,
+        backend=backend,
     )
     advance = progress_factory(planned_units(ctx, names)) if progress_factory is not None else None
     out = Path(out)

@@ -122,6 +122,7 @@ def run_study(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     model_factory: Callable[[], nn.Module] | None = None,
+    backend: Any = None,
 ) -> dict[str, Any]:
     """Train (or reuse) every run of the grid, measure it and correlate measures with the gaps.
 
@@ -133,6 +134,10 @@ def run_study(
         device: Where to train and measure (default: CUDA if available, else CPU).
         progress: Called with units of work done (see :func:`plan` for the total).
         model_factory: Build the network instead of the registry (bring your own model).
+        backend: Where the runs train (:func:`sharpminima.backends.get_backend`); None:
+            here, one after another. A cluster backend trains every run of the grid first,
+            in parallel, loading the data on its workers by the configs' dataset names
+            (``dataset`` is then used for the measures only); the measures run here.
 
     Returns:
         JSON-friendly results: ``preset``, ``runs`` (one per grid point, with its gaps,
@@ -149,6 +154,16 @@ def run_study(
 
         dataset = load(preset.dataset)
     points, measures, _ = plan(preset, dataset.num_train)
+    if backend is not None and backend.name != "local":
+        if store is None or model_factory is not None:
+            raise ConfigError(f"--backend {backend.name} needs a run store and a registered network "
+                              "(or a module:function factory), not a model_factory object")
+
+        def trained(run_id: str, status: str) -> None:
+            if progress is not None:
+                progress(0.0, f"run {run_id} {status} on {backend.name}")
+
+        backend.train_many(store, [pt.config for pt in points], progress=trained)
     subset = dataset.subset(preset.train_limit, preset.test_limit)
     samples = min(preset.measure_samples, subset.num_train)
     x_meas = subset.x_train[:samples].to(dev)
