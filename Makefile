@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SM := $(VENV)/bin/sharpminima
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test test-all lint bench bench-peers check-published clean
+.PHONY: install install-test demo test test-all lint bench bench-peers check-published report-check clean
 
 # The core install (what `make demo` needs); the test install adds the optional integrations
 # (Lightning, Hugging Face, TensorBoard, W&B, MLflow) and the test tools.
@@ -53,6 +53,12 @@ bench-peers: install $(PEERS)/.installed
 # Before a release: every folder in docs/results must have been made by the code at HEAD.
 check-published: install
 	$(PY) scripts/check_published.py docs/results README.md
+
+# Optional, not part of `make test`: render every committed HTML report in headless Chromium
+# (the Debian package `chromium`, where installed) in a 1,400-px window; fails on broken
+# images and table cells past the page's edge. Without a browser it says it skipped.
+report-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/report_check.py docs/results --width 1400
 
 clean:
 	rm -rf $(VENV) $(PEERS) build dist src/*.egg-info .pytest_cache

@@ -72,3 +72,46 @@ def test_verdicts_say_whether_the_interval_settles_it(ci, expected):
 
 def test_a_verdict_without_an_interval_says_why():
     assert "1 trial" in intervals.verdict(None, 1.0, n=1, above="a", below="b")
+
+
+@pytest.mark.parametrize(
+    ("ci", "threshold", "expect", "verdict"),
+    [
+        ([2.0, 5.0], 1.0, "above", "held"),
+        ([0.2, 0.9], 1.0, "above", "did not hold"),
+        ([0.8, 1.3], 1.0, "above", "cannot say"),
+        (None, 1.0, "above", "cannot say"),
+        ([-0.4, -0.1], 0.0, "below", "held"),
+        ([0.1, 0.4], 0.0, "below", "did not hold"),
+    ],
+)
+def test_a_claim_is_judged_by_its_interval(ci, threshold, expect, verdict):
+    assert intervals.judge(ci, threshold, expect=expect) == verdict
+
+
+def test_a_ratio_of_one_with_a_tight_interval_did_not_hold_the_10x_claim():
+    r = intervals.ratio([261.0, 255.0, 267.0], [270.0, 240.0, 300.0])  # 270 +- 30 vs 261 +- 6
+    assert intervals.judge(r["ci"], 1.0) == "cannot say"
+    assert intervals.judge(r["ci"], 10.0) == "did not hold"
+
+
+def test_judge_rejects_an_unknown_side():
+    with pytest.raises(ValueError, match="expect must be"):
+        intervals.judge([0.0, 1.0], 0.5, expect="sideways")
+
+
+def test_judge_range():
+    assert intervals.judge_range([4.0, 6.0], 3.0, 10.0) == "held"
+    assert intervals.judge_range([1.0, 2.0], 3.0, 10.0) == "did not hold"
+    assert intervals.judge_range([2.0, 4.0], 3.0, 10.0) == "cannot say"
+    assert intervals.judge_range(None, 3.0, 10.0) == "cannot say"
+
+
+def test_rank_correlation_is_scipys_spearman_with_an_interval():
+    x, y = [1, 2, 3, 4, 5, 6], [1.0, 3.0, 2.0, 5.0, 4.0, 6.0]
+    r = intervals.rank_correlation(x, y)
+    assert r["value"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    lo, hi = r["ci"]
+    assert -1 < lo < r["value"] < hi < 1
+    assert intervals.rank_correlation(x[:3], y[:3])["ci"] is None  # too few pairs
+    assert intervals.rank_correlation([1, 2], [3.0, 3.0])["value"] is None  # constant

@@ -137,3 +137,74 @@ def verdict(ci: Sequence[float] | None, null: float, *, n: int, above: str, belo
         return below
     return (f"not settled: the {LEVEL:.0%} interval includes {null:g}, so other seeds can "
             "reverse it")
+
+
+#: The three verdicts of a claim tested against an interval.
+HELD, NOT_HELD, CANNOT_SAY = "held", "did not hold", "cannot say"
+
+
+def judge(ci: Sequence[float] | None, threshold: float, *, expect: str = "above") -> str:
+    """A claim's verdict from its interval, never from the point estimate.
+
+    The claim is that a quantity lies above (``expect="above"``) or below ``threshold``:
+    it *held* when the whole interval is on the claimed side, it *did not hold* when the
+    whole interval is on the other side, and otherwise (the interval contains the
+    threshold, or there is no interval: fewer than two trials) we *cannot say*.
+
+    Raises:
+        ValueError: For an ``expect`` other than "above" or "below".
+    """
+    if expect not in ("above", "below"):
+        raise ValueError(f"expect must be 'above' or 'below', got {expect!r}")
+    if ci is None:
+        return CANNOT_SAY
+    lo, hi = ci
+    if (lo > threshold) if expect == "above" else (hi < threshold):
+        return HELD
+    if (hi < threshold) if expect == "above" else (lo > threshold):
+        return NOT_HELD
+    return CANNOT_SAY
+
+
+def judge_range(ci: Sequence[float] | None, low: float, high: float) -> str:
+    """Verdict of a claim that a quantity lies in ``[low, high]`` (see :func:`judge`).
+
+    Held when the interval is inside, did not hold when it is wholly outside, else cannot say.
+    """
+    if ci is None:
+        return CANNOT_SAY
+    lo, hi = ci
+    if low <= lo and hi <= high:
+        return HELD
+    if hi < low or lo > high:
+        return NOT_HELD
+    return CANNOT_SAY
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> dict[str, Any]:
+    """Spearman's rho of paired values, with a Fisher-z interval.
+
+    The interval is ``tanh(atanh(rho) +- z sqrt((1 + rho^2 / 2) / (n - 3)))`` (Bonett and
+    Wright 2000's standard error for Spearman's rho), approximate for few points; rho is
+    clipped to +-0.999 first so that a perfect ranking of a handful of points still gets
+    an interval of finite width. No interval below four pairs.
+
+    Returns:
+        ``{"value", "ci", "n", "level", "method"}``; ``value`` None below two pairs or for
+        a constant series.
+    """
+    from scipy.stats import norm, spearmanr
+
+    pairs = [(float(a), float(b)) for a, b in zip(x, y, strict=True)
+             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    out: dict[str, Any] = {"value": None, "ci": None, "n": len(pairs), "level": level,
+                           "method": "spearman, fisher-z interval (bonett-wright s.e.)"}
+    if len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:  # too few, or constant
+        return out
+    rho = float(spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)
+    out["value"] = rho
+    if len(pairs) >= 4:
+        r = max(min(rho, 0.999), -0.999)
+        half = float(norm.ppf(0.5 + level / 2)) * math.sqrt((1 + r * r / 2) / (len(pairs) - 3))
+        out["ci"] = [math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)]
+    return out

@@ -232,3 +232,15 @@ def test_interpolate_raises_for_models_and_shapes(bn_pair):
         res.at(0.5)
     with pytest.raises(ConfigError, match="unknown path"):
         path_coefficients(0.5, "zigzag")  # type: ignore[arg-type]
+
+
+def test_alpha_grid_gives_exactly_the_points_asked_for():
+    from sharpminima.landscape.interpolate import alpha_grid
+
+    assert alpha_grid(-1.0, 2.0, 5) == [-1.0, 0.0, 0.5, 1.0, 2.0]
+    assert alpha_grid(-1.0, 2.0, 25) == [-1.0 + 0.125 * k for k in range(25)]  # the paper's grid
+    assert alpha_grid(0.0, 1.0, 2) == [0.0, 1.0] and len(alpha_grid(-0.5, 1.5, 11)) == 11
+    with pytest.raises(ConfigError, match="need at least 4 points"):
+        alpha_grid(-1.0, 2.0, 3)
+    with pytest.raises(ConfigError, match="need alpha_max > alpha_min"):
+        alpha_grid(1.0, 1.0, 5)

@@ -69,6 +69,10 @@ def test_sweeps_init_study_and_dynamics(done):
     assert cs["rows"][1]["runs"] == conservative["runs"] != cs["rows"][0]["runs"]
     init = ex["init_study"]["f1"]
     assert [(r["init"], r["scale"]) for r in init] == [("default", 1.0), ("orthogonal", 0.5)]
+    # One set of runs per setting: the sweep's and the init study's baselines are the table's.
+    base = {r["regime"]: r["runs"] for r in ex["remedies"]["f1"] if r["name"] in ("sb", "lb")}
+    assert cs["sb"]["runs"] == init[0]["sb"]["runs"] == base["sb"]
+    assert cs["lb"]["runs"] == init[0]["lb"]["runs"] == base["lb"]
     assert all(r["gap"] is not None for r in init)
     dyn = ex["dynamics"]["f1"]
     assert set(dyn) == {"sgd/sb", "sgd/lb"}

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from tqdm import tqdm
 from typer.core import TyperCommand
 
-from sharpminima.cli.common import echo, echo_json, open_store, parse_options, progress_enabled
+from sharpminima.cli.common import WorkProgress, check_named, echo, echo_json, open_store, parse_options
 from sharpminima.errors import ConfigError
 
 StoreOpt = Annotated[
@@ -112,7 +113,7 @@ def measure(
 
     from sharpminima.landscape.model_objective import ModelObjective
     from sharpminima.landscape.objective import flatten_params
-    from sharpminima.landscape.registry import DataSpec, Inputs, Request, cached_measure
+    from sharpminima.landscape.registry import DataSpec, Inputs, Request, cached_measure, get_measure
 
     max_iters = _deprecated("--maxiter", "--max-iters", maxiter, max_iters)
     num_samples = _deprecated("--samples", "--num-samples", samples, num_samples)
@@ -144,7 +145,7 @@ def measure(
         "sigma": sigma,
         "seed": seed,
     }
-    extra = dict(parse_options("--param", param))
+    extra = check_named("--param", dict(parse_options("--param", param)))
     plan = _plan([w.strip() for w in what.split(",") if w.strip()], options, extra, subspace)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -177,7 +178,7 @@ def measure(
         from sharpminima.train.checkpointing import load_run
 
         assert run_id is not None
-        run, dataset = load_run(st, run_id, device=dev)
+        run, dataset = load_run(st, run_id, device=dev, require_finite=True)
         owner, net = run.id, run.model
         x_in, y_in = dataset.x_train, dataset.y_train
         if num_samples is not None:
@@ -200,26 +201,71 @@ def measure(
                 )
             )
     unique = list({(r.measure, str(sorted(r.key().items()))): r for r in requests}.values())
+    # Everything each measurement needs is checked before the first one starts, so a problem
+    # with the last one surfaces now, not after the others have run for minutes.
+    _preflight(unique, x0=x0, num_data=len(y_in) if not external else num_samples)
     rows: list[dict[str, Any]] = []
     if not json_output:
         echo(f"measuring {owner}: {len(unique)} measurement(s)")
-    for i, request in enumerate(unique, 1):
-        if progress_enabled() and not json_output:
-            print(f"[{i}/{len(unique)}] {request.measure} ...", file=sys.stderr, flush=True)
+    costs = [max(get_measure(r.measure).passes(r.params), 1e-3) for r in unique]
+    bar = WorkProgress(f"measure {owner}", sum(costs))
+    try:
+        for i, (request, cost) in enumerate(zip(unique, costs, strict=True), 1):
+            label = f"[{i}/{len(unique)}] {request.measure}" + (
+                f" (bn {request.data.bn_mode})" if request.data is not None else "")
+            bar(0.0, label)
 
-        def build(request: Request = request) -> Inputs:
-            bn_mode = request.data.bn_mode if request.data is not None else "eval"
-            return Inputs(objective(bn_mode) if request.data is not None else None, x, x0=x0, model=net)
+            def build(request: Request = request) -> Inputs:
+                bn_mode = request.data.bn_mode if request.data is not None else "eval"
+                return Inputs(objective(bn_mode) if request.data is not None else None, x, x0=x0, model=net)
 
-        record = cached_measure(st, owner, request, build)
-        row = _row(owner, record)
-        rows.append(row)
-        if request.measure == "epsilon_study" and plot is not None:
-            _plot_epsilon(record.result, plot)
-        if not json_output:
-            echo(_line(row))
+            record = cached_measure(st, owner, request, build)  # stored as soon as it is done
+            bar(cost, label)
+            row = _row(owner, record)
+            rows.append(row)
+            if request.measure == "epsilon_study" and plot is not None:
+                _plot_epsilon(record.result, plot)
+            if not json_output:
+                with tqdm.external_write_mode(file=sys.stdout):  # print above the bar
+                    echo(_line(row))
+    except Exception as exc:
+        if json_output:  # the finished measurements still make one document, with the error
+            echo_json({"run_id": owner, "measurements": rows, "error": str(exc)})
+        raise
+    finally:
+        bar.close()
     if json_output:
         echo_json({"run_id": owner, "measurements": rows})
+
+
+def _preflight(requests: list[Any], *, x0: Any, num_data: int | None) -> None:
+    """Check that every planned measurement can run, before any does.
+
+    Raises:
+        ConfigError: For a measure that needs what this command cannot give it (a second
+            point, the initial weights) or asks for more samples than the data holds.
+    """
+    from sharpminima.landscape.registry import get_measure
+
+    for request in requests:
+        needs = get_measure(request.measure).needs
+        if needs.other:
+            raise ConfigError(f"{request.measure} needs a second point; use `sharpminima interpolate A B`")
+        if needs.initial and x0 is None:
+            raise ConfigError(f"{request.measure} needs the initial weights, which this run did not keep")
+        params = dataclasses.asdict(request.params)
+        wanted = params.get("num_examples")
+        if num_data is not None and wanted is not None and wanted > num_data:
+            raise ConfigError(
+                f"{request.measure}: num_examples={wanted} is more than the {num_data} samples measured "
+                "over; lower it or raise --num-samples"
+            )
+        groups = params.get("num_groups")
+        if (num_data is not None and groups is not None and params.get("method") == "per_example"
+                and groups > (wanted or num_data)):
+            raise ConfigError(
+                f"{request.measure}: num_groups={groups} is more than the {wanted or num_data} examples drawn"
+            )
 
 
 def _needs(name: str) -> Any:
@@ -344,7 +390,9 @@ def interpolate(
     run_a: Annotated[str, typer.Argument(help="Run at alpha = 0 (e.g. the SB run).")],
     run_b: Annotated[str, typer.Argument(help="Run at alpha = 1 (e.g. the LB run).")],
     path: Annotated[str, typer.Option(help="linear or curvilinear.")] = "linear",
-    points: Annotated[int, typer.Option(help="Grid points on [alpha-min, alpha-max] (0 and 1 added).")] = 25,
+    points: Annotated[
+        int, typer.Option(help="Points from --alpha-min to --alpha-max, exactly this many, 0 and 1 included.")
+    ] = 25,
     alpha_min: Annotated[float, typer.Option(help="Start of the alpha range.")] = -1.0,
     alpha_max: Annotated[float, typer.Option(help="End of the alpha range.")] = 2.0,
     bn: Annotated[str, typer.Option(help="batch, interpolate (running statistics) or recompute.")] = "batch",
@@ -363,10 +411,12 @@ def interpolate(
 
     import torch
 
+    from sharpminima.landscape.interpolate import alpha_grid
     from sharpminima.landscape.interpolate import interpolate as interp
     from sharpminima.landscape.model_objective import ModelObjective
     from sharpminima.landscape.objective import flatten_params
     from sharpminima.report.figures import parametric
+    from sharpminima.report.style import net_name
     from sharpminima.store.checkpoints import atomic_write_text
     from sharpminima.train.checkpointing import load_run
 
@@ -375,16 +425,16 @@ def interpolate(
         raise ConfigError(f"--path must be linear or curvilinear, got {path!r}")
     if bn not in ("batch", "interpolate", "recompute"):
         raise ConfigError(f"--bn must be batch, interpolate or recompute, got {bn!r}")
-    if points < 2 or not alpha_max > alpha_min:
-        raise ConfigError(
-            f"need --points >= 2 and --alpha-max > --alpha-min, got {points}, {alpha_min}, {alpha_max}"
-        )
+    try:
+        alphas = alpha_grid(alpha_min, alpha_max, points)
+    except ConfigError as exc:
+        raise ConfigError(f"--points/--alpha-min/--alpha-max: {exc}") from None
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--out must end in .png, .pdf or .svg, got {out}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     st = open_store(store)
-    a, data = load_run(st, run_a, device=dev)
-    b, _ = load_run(st, run_b, dataset=None, device=dev)
+    a, data = load_run(st, run_a, device=dev, require_finite=True)
+    b, _ = load_run(st, run_b, dataset=None, device=dev, require_finite=True)
     if flatten_params(a.model).numel() != flatten_params(b.model).numel():
         raise ConfigError(f"runs {a.id} and {b.id} have different networks; interpolate runs of one network")
     xt, yt = data.x_train, data.y_train
@@ -398,14 +448,15 @@ def interpolate(
         flatten_params(a.model),
         flatten_params(b.model),
         path=path,  # type: ignore[arg-type]
-        alphas=torch.linspace(alpha_min, alpha_max, points),
+        alphas=torch.tensor(alphas, dtype=torch.float64),
         objective_test=test_obj,
         bn=bn,  # type: ignore[arg-type]
         models=(a.model, b.model) if bn != "batch" else None,
     )
     numbers = result.to_dict()
-    numbers.update(run_a=a.id, run_b=b.id)
-    fig = parametric(f"{a.config.net}: {a.id} -> {b.id}", numbers, path)
+    ends = end_labels(a.config, b.config, a.id, b.id)
+    numbers.update(run_a=a.id, run_b=b.id, label_a=ends[0], label_b=ends[1])
+    fig = parametric(f"{net_name(a.config.net)}, {ends[0]} to {ends[1]}", numbers, path, ends=ends)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     atomic_write_text(out.with_suffix(".json"), json.dumps(numbers, indent=1))
@@ -413,6 +464,32 @@ def interpolate(
         echo_json(numbers)
     else:
         echo(f"figure: {out}, numbers: {out.with_suffix('.json')}")
+
+
+#: Settings that tell two runs apart, in the order an end of a path is named by (with
+#: their short names): the batch size first, the seed last.
+_END_KEYS = (("batch_size", "B"), ("optimizer", ""), ("lr", "lr"), ("method", ""), ("batch_schedule", ""),
+             ("init", "init"), ("init_scale", "init scale"), ("weight_decay", "wd"), ("epochs", "epochs"),
+             ("augment", "augment"), ("seed", "seed"))
+
+
+def end_labels(config_a: Any, config_b: Any, id_a: str, id_b: str) -> tuple[str, str]:
+    """Names for the two ends of a path, from the setting that tells the runs apart.
+
+    ``("B=256", "B=5000")`` for runs that differ in batch size, ``("sgd", "adam")`` for
+    optimizers...; the run ids as they are written (never upper-cased) when no listed
+    setting differs.
+    """
+    def get(config: Any, key: str) -> Any:
+        return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+    for key, short in _END_KEYS:
+        va, vb = get(config_a, key), get(config_b, key)
+        if va != vb and va is not None and vb is not None:
+            text = [f"{v:g}" if isinstance(v, float) else str(v) for v in (va, vb)]
+            text = [t.replace("_", "-").replace("$", "") for t in text]  # safe in a figure's mathtext
+            return (f"{short}={text[0]}", f"{short}={text[1]}") if short else (text[0], text[1])
+    return id_a, id_b
 
 
 def _plot_epsilon(record: dict[str, Any], path: Path) -> None:

@@ -7,12 +7,33 @@ from typing import Annotated, Any
 
 import typer
 
+from sharpminima.cli.backend_opts import (
+    AddressOpt,
+    BackendOpt,
+    CpusOpt,
+    GpusOpt,
+    PartitionOpt,
+    RetriesOpt,
+    SlurmClusterOpt,
+    SlurmFolderOpt,
+    TimeOpt,
+    make_backend,
+)
 from sharpminima.cli.common import WorkProgress, echo, echo_json, is_root_process, open_store
+from sharpminima.errors import ConfigError
 
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Run store folder (default $SHARPMINIMA_STORE or ./runs).")
 ]
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for results.json and the report.")]
+FigureFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--figure-format",
+        help="Files written per figure, comma-separated: png (200 dpi; the HTML embeds it in any "
+        "case), pdf and svg (vector, for papers).",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -65,13 +86,28 @@ def reproduce(
     ] = None,
     out: OutOpt = Path("reports/latest"),
     store: StoreOpt = None,
+    figure_format: FigureFormatOpt = "png,pdf,svg",
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    cpus_per_run: CpusOpt = None,
+    gpus_per_run: GpusOpt = None,
+    max_retries: RetriesOpt = 3,
+    partition: PartitionOpt = None,
+    time_limit: TimeOpt = 60,
+    slurm_folder: SlurmFolderOpt = None,
+    slurm_cluster: SlurmClusterOpt = None,
 ) -> None:
     """Run the paper's experiments through the run store, then write the report."""
     from sharpminima.report import write_report
+    from sharpminima.report.style import parse_figure_formats
+
+    figure_formats = parse_figure_formats(figure_format)  # before any work
     from sharpminima.reproduce import get_preset
     from sharpminima.reproduce import reproduce as run_reproduction
 
+    if nets is not None and any(not n.strip() for n in nets.split(",")):
+        raise ConfigError(f"--nets {nets!r} has an empty item; write e.g. --nets f1,c1")
     overrides: dict[str, Any] = {
         "nets": tuple(n.strip().lower() for n in nets.split(",")) if nets else None,
         "trials": trials,
@@ -81,10 +117,10 @@ def reproduce(
         "train_limit": train_limit,
         "sharpness_samples": sharpness_samples,
     }
-    from sharpminima.cli.common import parse_options
+    from sharpminima.cli.common import check_named, parse_options
     from sharpminima.reproduce.presets import coerce_overrides
 
-    overrides.update(coerce_overrides(dict(parse_options("--set", set_))))
+    overrides.update(coerce_overrides(check_named("--set", dict(parse_options("--set", set_)))))
     p = get_preset(preset, **overrides)
     sources = {k: v for k, v in (("cifar10", cifar10), ("cifar100", cifar100), ("timit", timit)) if v}
     bars: list[WorkProgress] = []
@@ -93,8 +129,15 @@ def reproduce(
         bars.append(WorkProgress(f"reproduce {p.name}", total))
         return bars[-1]
 
+    cluster = make_backend(backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                           max_retries=max_retries, partition=partition, time_min=time_limit,
+                           slurm_folder=slurm_folder, slurm_cluster=slurm_cluster, device=device)
     from sharpminima.train.parallel import follower_store
 
+    if cluster.name != "local" and not is_root_process():
+        raise ConfigError("--backend ray/slurm and torchrun do not mix: start reproduce once, "
+                          "without torchrun")
+    cluster.check()  # reach the cluster before anything is trained or written
     run_store = follower_store(open_store(store))  # under torchrun only rank 0 writes the store
     if not is_root_process():  # ...and the report; the other ranks write theirs aside
         import tempfile
@@ -110,11 +153,13 @@ def reproduce(
             sources=sources,
             progress_factory=factory,
             vectorize=vectorize,
+            backend=cluster,
         )
     finally:
         for bar in bars:
             bar.close()
-    md, page = write_report(out, results)
+        cluster.close()
+    md, page = write_report(out, results, figure_formats)
     if not is_root_process():  # a rank > 0's copy of the report
         import shutil
 
@@ -127,9 +172,15 @@ def reproduce(
 
 def report(
     out: OutOpt = Path("reports/latest"),
+    figure_format: FigureFormatOpt = "png,pdf,svg",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the files written as JSON.")] = False,
 ) -> None:
-    """Write report.md and report.html from a reproduction's results.json."""
+    """Write report.md, report.html and the figures from a reproduction's results.json."""
     from sharpminima.report import write_report
+    from sharpminima.report.style import parse_figure_formats
 
-    md, page = write_report(out)
-    echo(f"report: {page} (and {md})")
+    md, page = write_report(out, figure_formats=parse_figure_formats(figure_format))
+    if json_output:
+        echo_json({"report": str(page), "markdown": str(md)})
+    else:
+        echo(f"report: {page} (and {md})")

@@ -7,7 +7,20 @@ from typing import Annotated, Any
 
 import typer
 
+from sharpminima.cli.backend_opts import (
+    AddressOpt,
+    BackendOpt,
+    CpusOpt,
+    GpusOpt,
+    PartitionOpt,
+    RetriesOpt,
+    SlurmClusterOpt,
+    SlurmFolderOpt,
+    TimeOpt,
+    make_backend,
+)
 from sharpminima.cli.common import WorkProgress, echo, echo_json, open_store, table
+from sharpminima.cli.reproduce_cmd import FigureFormatOpt
 
 app = typer.Typer(help="Studies over many runs: which landscape measure predicts the generalization gap.",
                   no_args_is_help=True)
@@ -20,6 +33,9 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Folder for study.json, stud
 
 def register(root: typer.Typer) -> None:
     """Add the ``study`` command group to ``root``."""
+    from sharpminima.cli import noise_cmd
+
+    noise_cmd.register(app)
     root.add_typer(app, name="study")
 
 
@@ -56,14 +72,27 @@ def correlation(
     ] = False,
     out: OutOpt = Path("reports/study"),
     store: StoreOpt = None,
+    figure_format: FigureFormatOpt = "png,pdf,svg",
     json_output: Annotated[bool, typer.Option("--json", help="Print the correlations as JSON.")] = False,
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    cpus_per_run: CpusOpt = None,
+    gpus_per_run: GpusOpt = None,
+    max_retries: RetriesOpt = 3,
+    partition: PartitionOpt = None,
+    time_limit: TimeOpt = 60,
+    slurm_folder: SlurmFolderOpt = None,
+    slurm_cluster: SlurmClusterOpt = None,
 ) -> None:
     """Train (or reuse) every run of a grid, measure each, rank measures by the generalization gap."""
     from sharpminima.data import load
+    from sharpminima.report.style import parse_figure_formats
     from sharpminima.study.grid import get_preset, parse_grid
     from sharpminima.study.measures import FAMILIES
     from sharpminima.study.report import save_study, write_study_report
     from sharpminima.study.runner import plan, run_study
+
+    figure_formats = parse_figure_formats(figure_format)  # before any work
 
     changes: dict[str, Any] = {
         "net": net.lower() if net and ":" not in net else net,
@@ -84,8 +113,16 @@ def correlation(
     p = get_preset(preset, **changes)
     if p.name != "custom" and (grid or any(v is not None for v in changes.values())):
         p = p.replace(name=f"{p.name} (modified)")
+    cluster = make_backend(backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                           max_retries=max_retries, partition=partition, time_min=time_limit,
+                           slurm_folder=slurm_folder, slurm_cluster=slurm_cluster, device=device)
     data = load(p.dataset)
     points, specs, total = plan(p, data.num_train)
+    if plan_only and json_output:
+        echo_json({"runs": [pt.hparams | {"epochs": pt.config.epochs} for pt in points],
+                   "measures": [s.name for s in specs], "families": list(p.measures),
+                   "families_available": list(FAMILIES), "work": total})
+        return
     if plan_only:
         echo(f"{len(points)} runs x {len(specs)} measures; measure families: {', '.join(p.measures)}")
         echo(table([pt.hparams | {"epochs": pt.config.epochs} for pt in points],
@@ -93,14 +130,17 @@ def correlation(
         echo("measures: " + "; ".join(s.name for s in specs))
         echo(f"families available: {', '.join(FAMILIES)}")
         return
+    cluster.check()  # reach the cluster before anything is trained or written
     bar = WorkProgress(f"study {p.name}", total)
 
     try:
-        results = run_study(p, store=open_store(store), dataset=data, device=device, progress=bar)
+        results = run_study(p, store=open_store(store), dataset=data, device=device, progress=bar,
+                            backend=cluster)
     finally:
         bar.close()
+        cluster.close()
     save_study(out, results)
-    md, page = write_study_report(out, results)
+    md, page = write_study_report(out, results, figure_formats)
     if json_output:
         echo_json({"excluded": results["excluded"], "correlations": results["correlations"],
                    "costs": results["costs"], "report": str(page)})
@@ -118,9 +158,20 @@ def correlation(
 
 
 @app.command("report")
-def report(out: OutOpt = Path("reports/study")) -> None:
-    """Rewrite study.md and study.html from a study's study.json."""
-    from sharpminima.study.report import write_study_report
+def report(
+    out: OutOpt = Path("reports/study"),
+    figure_format: FigureFormatOpt = "png,pdf,svg",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the files written as JSON.")] = False,
+) -> None:
+    """Rewrite study.md, study.html and the figures from a study's study.json."""
+    from sharpminima.report.style import parse_figure_formats
+    from sharpminima.study.noise_report import KIND, write_noise_report
+    from sharpminima.study.report import load_study, write_study_report
 
-    md, page = write_study_report(out)
-    echo(f"report: {page} (and {md})")
+    formats = parse_figure_formats(figure_format)
+    write = write_noise_report if load_study(out).get("kind") == KIND else write_study_report
+    md, page = write(out, figure_formats=formats)
+    if json_output:
+        echo_json({"report": str(page), "markdown": str(md)})
+    else:
+        echo(f"report: {page} (and {md})")

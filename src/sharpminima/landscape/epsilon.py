@@ -238,10 +238,12 @@ def plot_epsilon_study(result: EpsilonStudyResult) -> Figure:
     ax.loglog(eps, positive(result.quadratic_term), ":",
               label=r"quadratic: $50\,\epsilon^2\lambda_{max}\|s\|^2/(1+f)$")
     ax.loglog(eps, positive(result.bound), "-", lw=0.8, color="grey", label="sum (2nd-order bound)")
-    ax.set_xlabel(r"$\epsilon$")
-    ax.set_ylabel("sharpness")
-    ax.set_title(f"slope {result.value:.2f}, " + r"$\lambda_{max}$" + f" = {result.lambda_max:.3g}")
-    ax.legend(fontsize=7)
+    ax.set_xlabel(r"box half-width $\epsilon$ (relative to $|x_i| + 1$)")
+    ax.set_ylabel("Keskar sharpness (%)")
+    ax.set_title("Keskar sharpness against the box size\n"
+                 f"log-log slope {result.value:.2f}, " + r"$\lambda_{max}$" + f" = {result.lambda_max:.3g}",
+                 fontsize=9)
+    ax.legend(fontsize=8)
     return fig
 
 

@@ -106,6 +106,34 @@ def default_alphas() -> Tensor:
     return torch.linspace(-1.0, 2.0, 25, dtype=torch.float64)
 
 
+def alpha_grid(alpha_min: float, alpha_max: float, num_points: int) -> list[float]:
+    """Exactly ``num_points`` values of alpha from ``alpha_min`` to ``alpha_max``, 0 and 1 among them.
+
+    The points are evenly spaced, except that the interior points nearest 0 and 1 move onto
+    them when those lie in the range (the two minimizers are always evaluated exactly):
+    ``alpha_grid(-1, 2, 5) == [-1.0, 0.0, 0.5, 1.0, 2.0]``.
+
+    Raises:
+        ConfigError: If the range is empty or too few points hold its ends and 0 and 1.
+    """
+    if not (math.isfinite(alpha_min) and math.isfinite(alpha_max) and alpha_max > alpha_min):
+        raise ConfigError(f"need alpha_max > alpha_min, got {alpha_min} and {alpha_max}")
+    targets = [a for a in (0.0, 1.0) if alpha_min < a < alpha_max]
+    need = 2 + len(targets)
+    if num_points < need:
+        raise ConfigError(f"need at least {need} points to hold {alpha_min:g}, "
+                          + "".join(f"{t:g}, " for t in targets) + f"and {alpha_max:g}; got {num_points}")
+    lo, hi = float(alpha_min), float(alpha_max)
+    grid = [lo + (hi - lo) * k / (num_points - 1) for k in range(num_points)]
+    grid[-1] = hi  # no rounding at the end
+    fixed = {0, num_points - 1}
+    for t in targets:
+        i = min((i for i in range(num_points) if i not in fixed), key=lambda i: abs(grid[i] - t))
+        grid[i] = t
+        fixed.add(i)
+    return sorted(grid)
+
+
 def path_coefficients(alpha: float, path: PathKind) -> tuple[float, float]:
     """``(c_a, c_b)`` with ``point = c_a x_a + c_b x_b``; exact at integer ``alpha``.
 

@@ -1,4 +1,4 @@
-"""The paper's published numbers (Keskar et al. 2017, Tables 2-4), for side-by-side tables."""
+"""The paper's published numbers (Keskar et al., ICLR 2017, arXiv:1609.04836, Tables 2-4)."""
 
 from __future__ import annotations
 

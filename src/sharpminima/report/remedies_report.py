@@ -5,16 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from sharpminima.report.build import Doc, pm  # noqa: E402
-
-COLORS = {"sb": "tab:blue", "lb": "tab:red"}
+from sharpminima.report import figures
+from sharpminima.report.doc import Doc, num, pm, signed
 
 
 def _mean(stats: dict[str, Any] | None) -> float | None:
@@ -25,86 +17,28 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}g}"
 
 
-# -- figures ------------------------------------------------------------------------------
-def remedy_bars(net: str, rows: list[dict[str, Any]]) -> Figure:
-    """Test accuracy (left) and Keskar sharpness (right, log) of every method, SB/LB coloured."""
-    rows = [r for r in rows if "skipped" not in r and _mean(r.get("test_acc")) is not None]
-    labels = [f"{r['name']} ({r['regime'].upper()})" for r in rows]
-    y = np.arange(len(rows))
-    height = max(3.0, 0.28 * len(rows) + 1.2)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, height), layout="constrained", sharey=True)
-    colors = [COLORS[r["regime"]] for r in rows]
-    acc = [_mean(r["test_acc"]) for r in rows]
-    ax1.barh(y, acc, xerr=[r["test_acc"].get("std") or 0 for r in rows], color=colors, capsize=2)
-    ax1.set_yticks(y, labels, fontsize=8)
-    ax1.invert_yaxis()
-    lo = min(acc) - 0.5
-    ax1.set_xlim(lo, max(acc) + 0.3)
-    sb = next((r for r in rows if r["name"] == "sb"), None)
-    if sb is not None:
-        ax1.axvline(_mean(sb["test_acc"]), color=COLORS["sb"], ls=":", lw=1, label="SB baseline")
-        ax1.legend(loc="lower right", fontsize=8)
-    ax1.set_xlabel("test accuracy (%)")
-    ax1.grid(alpha=0.3, axis="x")
-    sharp = [_mean(r.get("sharpness")) or np.nan for r in rows]
-    ax2.barh(y, sharp, color=colors)
-    ax2.set_xscale("log")
-    ax2.set_xlabel("Keskar sharpness (log)")
-    ax2.grid(alpha=0.3, axis="x", which="both")
-    fig.suptitle(f"{net.upper()}: what closes the gap (blue: SB runs, red: LB runs)")
-    return fig
+def _epochs(epochs: list[int]) -> str:
+    """``15`` when every trial ran as long, else each trial's count (``5, 7``)."""
+    return str(epochs[0]) if epochs and len(set(epochs)) == 1 else ", ".join(str(e) for e in epochs) or "-"
 
 
-def conservative_grid(net: str, data: dict[str, Any]) -> Figure:
-    """Test accuracy and sharpness of conservative LB training against lambda."""
-    rows = data["rows"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
-    for inner in sorted({r["inner_iters"] for r in rows}):
-        sel = [r for r in rows if r["inner_iters"] == inner and _mean(r["test_acc"]) is not None]
-        lams = [r["lambda"] for r in sel]
-        ax1.semilogx(lams, [_mean(r["test_acc"]) for r in sel], "o-", label=f"{inner} inner steps")
-        ax2.loglog(lams, [_mean(r["sharpness"]) or np.nan for r in sel], "o-", label=f"{inner} inner steps")
-    for ax, key in ((ax1, "test_acc"), (ax2, "sharpness")):
-        for regime in ("sb", "lb"):
-            v = _mean(data[regime].get(key))
-            if v is not None:
-                ax.axhline(v, color=COLORS[regime], ls=":", lw=1, label=f"{regime.upper()} baseline")
-        ax.set_xlabel("proximal weight lambda")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    ax1.set_ylabel("test accuracy (%)")
-    ax2.set_ylabel("Keskar sharpness")
-    fig.suptitle(f"{net.upper()}: conservative training (LB), lambda and inner iterations")
-    return fig
+def baselines(rem: dict[str, Any] | None, net: str) -> dict[str, dict[str, Any]] | None:
+    """The remedies table's plain SB and LB rows of ``net``, or None.
+
+    Every section of one report takes its SB and LB baseline from these rows, so one
+    setting is shown from one set of runs (results written before the sweeps shared them
+    kept a first-trial copy of their own).
+    """
+    found = {r["regime"]: r for r in (rem or {}).get(net, []) if r.get("name") == r.get("regime")}
+    return found if set(found) == {"sb", "lb"} else None
 
 
-def dynamics_panels(net: str, data: dict[str, Any]) -> Figure:
-    """Noise scale, top Hessian eigenvalue (with stability lines) and sharpness per epoch."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.0), layout="constrained")
-    styles = {"adam": "-", "sgd": "--"}
-    for run in data.values():
-        pts = run["points"]
-        if not pts:
-            continue
-        ep = [p["epoch"] for p in pts]
-        ls = styles.get(run["optimizer"], "-.")
-        label = f"{run['optimizer']} {run['regime'].upper()} (B={run['batch_size']})"
-        color = COLORS[run["regime"]]
-        axes[0].semilogy(ep, [p["noise_scale"] for p in pts], "o" + ls, color=color, label=label)
-        axes[1].semilogy(ep, [p["top_eigenvalue"] for p in pts], "o" + ls, color=color, label=label)
-        axes[2].semilogy(ep, [p["sharpness"] for p in pts], "o" + ls, color=color, label=label)
-        line = run.get("stability_line")
-        if line:
-            axes[1].axhline(line, color="grey", ls=ls, lw=0.8)
-    axes[0].set_ylabel("gradient noise scale B_simple")
-    axes[1].set_ylabel("top Hessian eigenvalue (grey: 2(1+beta)/lr, SGD)")
-    axes[2].set_ylabel("Keskar sharpness")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{net.upper()}: optimization dynamics, SB vs LB")
-    return fig
+def _trials_note(rows: list[dict[str, Any]]) -> str:
+    counts = sorted({(r.get("test_acc") or {}).get("n") for r in rows if "skipped" not in r} - {None, 0})
+    if counts == [1]:
+        return "One trial per row (no spread shown)."
+    many = ", ".join(str(c) for c in counts if c > 1)
+    return (f"Mean ± std over {many} trials" + ("; a value without ± is one trial." if 1 in counts else "."))
 
 
 # -- sections -----------------------------------------------------------------------------
@@ -126,12 +60,16 @@ def remedies_section(doc: Doc, rem: dict[str, Any]) -> None:
         same_sb = {
             r["name"]: _mean(r["test_acc"]) for r in rows if r["regime"] == "sb" and "skipped" not in r
         }
-        table = []
+        # Two tables, not one of ten columns: the numbers (narrow, never wrapping) and what
+        # each method is and what the paper found (text).
+        table, methods, not_done = [], {}, []
         for r in rows:
+            methods.setdefault(r["name"], [r["name"], r["label"], r.get("paper") or "-"])
             if "skipped" in r:
-                skipped = f"skipped: {r['skipped']}"
-                table.append([r["name"], r["label"], "LB", "-", "-", "-", "-", "-", "-", skipped])
+                table.append([r["name"], "LB", f"skipped: {r['skipped']}", "-", "-", "-", "-", "-"])
                 continue
+            not_done += [f"{r['name']} {r['regime'].upper()}: {b['run']} {b['status']} ({b['message']})"
+                         for b in r.get("not_done") or []]
             acc = _mean(r["test_acc"])
             gap = sb_acc - acc if sb_acc is not None and acc is not None else None
             ref = same_sb.get(r["name"]) if r["regime"] == "lb" and r["name"] != "lb" else None
@@ -139,23 +77,25 @@ def remedies_section(doc: Doc, rem: dict[str, Any]) -> None:
             table.append(
                 [
                     r["name"],
-                    r["label"],
                     r["regime"].upper(),
                     pm(r["test_acc"]),
-                    f"{gap:+.2f}" if gap is not None else "-",
-                    f"{same:+.2f}" if same is not None else "-",
-                    pm(r["sharpness"], 3),
-                    ", ".join(str(e) for e in r["epochs"]),
+                    signed(gap),
+                    signed(same),
+                    pm(r["sharpness"], sig=3),
+                    _epochs(r["epochs"]),
                     _fmt(_mean(r["seconds"])),
-                    r.get("paper", "") + (f"; not done: {r['not_done']}" if r.get("not_done") else ""),
                 ]
             )
         doc.h(3, net.upper())
         doc.table(
-            ["method", "what", "regime", "test acc", "gap to SB", "gap to SB + method", "sharpness", "epochs",
-             "s/run", "paper"],
+            ["method", "regime", "test acc", "gap to SB", "gap to SB + method", "sharpness", "epochs",
+             "s/run"],
             table,
         )
+        doc.p(_trials_note(rows))
+        if not_done:
+            doc.p("Runs left out of the averages: " + "; ".join(not_done) + ".")
+        doc.table(["method", "what it does", "what the paper found"], list(methods.values()))
         closers = [
             r["name"]
             for r in rows
@@ -169,7 +109,7 @@ def remedies_section(doc: Doc, rem: dict[str, Any]) -> None:
             base_gap = sb_acc - _mean(lb["test_acc"])
             lb_sharp = _mean(lb.get("sharpness"))
             flatter = [
-                f"{r['name']} ({_mean(r['sharpness']):.3g})"
+                f"{r['name']} ({num(_mean(r['sharpness']))})"
                 for r in rows
                 if r["regime"] == "lb" and r["name"] != "lb" and "skipped" not in r
                 and lb_sharp and _mean(r.get("sharpness")) is not None
@@ -188,20 +128,26 @@ def remedies_section(doc: Doc, rem: dict[str, Any]) -> None:
             else:
                 verdict = "No LB method came within 0.05 points of SB."
             doc.p(
-                f"{net.upper()}: baseline gap SB - LB = {base_gap:+.2f} points. {verdict} "
+                f"{net.upper()}: baseline gap SB - LB = {signed(base_gap)} points. {verdict} "
                 + (
                     f"LB methods whose minima are at least 10x flatter than plain LB "
-                    f"({lb_sharp:.3g}): {', '.join(flatter)}."
+                    f"({num(lb_sharp)}): {', '.join(flatter)}."
                     if flatter
                     else "No LB method found a minimum 10x flatter than plain LB."
                 )
             )
         caption = f"{net.upper()}: test accuracy and sharpness per method"
-        doc.fig(remedy_bars(net, rows), f"remedies_{net}", caption)
+        doc.fig(figures.remedy_comparison(net, rows), f"remedies_{net}", caption)
 
 
-def conservative_section(doc: Doc, cs: dict[str, Any]) -> None:
-    """The lambda x inner-iterations sweep of conservative training."""
+def conservative_section(doc: Doc, cs: dict[str, Any], remedies: dict[str, Any] | None = None) -> None:
+    """The lambda x inner-iterations sweep of conservative training.
+
+    Args:
+        doc: The report.
+        cs: The sweep's results per network.
+        remedies: The remedies table's results: its SB and LB rows are the baselines here.
+    """
     doc.h(2, "Conservative training: which lambda, how many inner steps")
     doc.p(
         "Each LB step approximately solves argmin_x mean_B f_i(x) + (lambda/2)||x - x_k||^2 "
@@ -210,6 +156,9 @@ def conservative_section(doc: Doc, cs: dict[str, Any]) -> None:
         "single inner step is a plain step for every lambda; lambda acts from the second on."
     )
     for net, data in cs.items():
+        base = baselines(remedies, net)
+        if base is not None:  # the main table's baseline runs, not a copy of their first trial
+            data = {**data, "sb": base["sb"], "lb": base["lb"]}
         doc.table(
             ["lambda", "inner steps", "test acc", "train loss", "sharpness", "s/run"],
             [
@@ -217,28 +166,36 @@ def conservative_section(doc: Doc, cs: dict[str, Any]) -> None:
                     f"{r['lambda']:g}",
                     r["inner_iters"],
                     pm(r["test_acc"]),
-                    _fmt(_mean(r["train_loss"])),
-                    pm(r["sharpness"], 3),
+                    num(_mean(r["train_loss"])),
+                    pm(r["sharpness"], sig=3),
                     _fmt(_mean(r["seconds"])),
                 ]
                 for r in data["rows"]
             ]
             + [
-                ["SB baseline", "-", pm(data["sb"]["test_acc"]), _fmt(_mean(data["sb"]["train_loss"])),
-                 pm(data["sb"]["sharpness"], 3), "-"],
-                ["LB baseline", "-", pm(data["lb"]["test_acc"]), _fmt(_mean(data["lb"]["train_loss"])),
-                 pm(data["lb"]["sharpness"], 3), "-"],
+                [f"{regime.upper()} baseline", "-", pm(data[regime]["test_acc"]),
+                 num(_mean(data[regime]["train_loss"])), pm(data[regime]["sharpness"], sig=3),
+                 _fmt(_mean(data[regime].get("seconds")))]
+                for regime in ("sb", "lb")
             ],
         )
+        if base is not None:
+            doc.p("The SB and LB baselines are the runs of the remedies table above. "
+                  + _trials_note([base["sb"], base["lb"]]))
         caption = f"{net.upper()}: conservative training sweep"
-        doc.fig(conservative_grid(net, data), f"conservative_{net}", caption)
+        doc.fig(figures.conservative_sweep(net, data), f"conservative_{net}", caption)
 
 
-def init_section(doc: Doc, init: dict[str, Any]) -> None:
-    """SB vs LB across initialization schemes."""
+def init_section(doc: Doc, init: dict[str, Any], remedies: dict[str, Any] | None = None) -> None:
+    """SB vs LB across initialization schemes (the default scheme is the remedies baseline)."""
     doc.h(2, "Initialization study")
-    doc.p("The same SB/LB comparison from each initialization scheme and scale (one trial each).")
+    doc.p("The same SB/LB comparison from each initialization scheme and scale (one trial each; "
+          "the default initialization at scale 1 is the baseline, with all its trials).")
     for net, rows in init.items():
+        base = baselines(remedies, net)
+        if base is not None:
+            rows = [_with_baseline(r, base) if (r["init"], float(r["scale"])) == ("default", 1.0) else r
+                    for r in rows]
         doc.h(3, net.upper())
         doc.table(
             ["init", "scale", "SB test acc", "LB test acc", "gap SB - LB", "SB sharpness", "LB sharpness"],
@@ -248,13 +205,19 @@ def init_section(doc: Doc, init: dict[str, Any]) -> None:
                     f"{r['scale']:g}",
                     pm(r["sb"]["test_acc"]),
                     pm(r["lb"]["test_acc"]),
-                    f"{r['gap']:+.2f}" if r["gap"] is not None else "-",
-                    pm(r["sb"]["sharpness"], 3),
-                    pm(r["lb"]["sharpness"], 3),
+                    signed(r["gap"]),
+                    pm(r["sb"]["sharpness"], sig=3),
+                    pm(r["lb"]["sharpness"], sig=3),
                 ]
                 for r in rows
             ],
         )
+
+
+def _with_baseline(row: dict[str, Any], base: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    sb, lb = _mean(base["sb"]["test_acc"]), _mean(base["lb"]["test_acc"])
+    return {**row, "sb": base["sb"], "lb": base["lb"],
+            "gap": sb - lb if sb is not None and lb is not None else None}
 
 
 def dynamics_section(doc: Doc, dyn: dict[str, Any]) -> None:
@@ -282,7 +245,65 @@ def dynamics_section(doc: Doc, dyn: dict[str, Any]) -> None:
                     ]
                 )
         doc.table(["optimizer", "regime", "epoch", "train loss", "noise scale", "top eig", "sharpness"], rows)
-        doc.fig(dynamics_panels(net, data), f"dynamics_{net}", f"{net.upper()}: optimization dynamics")
+        doc.fig(figures.dynamics(net, data), f"dynamics_{net}", f"{net.upper()}: optimization dynamics")
+
+
+#: What the paper found for a method, as claims with a direction: (claim, quantity, the
+#: reference row, the side the claim puts the method on, the threshold). Sharpness is
+#: compared as a ratio method / reference (threshold 1), test accuracy as a difference
+#: method - reference in points.
+PAPER_CLAIMS: dict[str, tuple[tuple[str, str, str, str, float], ...]] = {
+    "warm-start": (("LB warm-started from SB finds flatter minima than LB", "sharpness", "lb", "below",
+                    1.0),),
+    "conservative": (("conservative LB minima stay sharper than SB's", "sharpness", "sb", "above", 1.0),),
+    "augment": (("augmented LB minima stay sharper than SB's", "sharpness", "sb", "above", 1.0),),
+    **{name: ((f"{name} gives no gain over LB (at most 0.5 points)", "test_acc", "lb", "below", 0.5),)
+       for name in ("adversarial", "grad-noise", "iterate-noise")},
+}
+
+
+def remedy_claims(rem: dict[str, Any]) -> list[list[str]]:
+    """Rows ``[claim, paper, measured, verdict]`` for the paper's findings about the methods.
+
+    Each is judged by its interval over trials (see :func:`sharpminima.intervals.judge`):
+    with one trial per method there is none, and the verdict is "cannot say".
+    """
+    from sharpminima import intervals
+
+    out = []
+    for net, rows in rem.items():
+        base = baselines(rem, net) or {}
+        for r in rows:
+            if r["regime"] != "lb" or "skipped" in r or r["name"] not in PAPER_CLAIMS:
+                continue
+            for claim, key, ref_name, side, threshold in PAPER_CLAIMS[r["name"]]:
+                ref = base.get(ref_name)
+                if ref is None or not (r.get(key) or {}).get("values") or not (ref.get(key) or {}).get(
+                        "values"):
+                    continue
+                ours, theirs = r[key]["values"], ref[key]["values"]
+                if key == "sharpness":
+                    est = intervals.ratio(theirs, ours)
+                    value = f"{num(est['value'])}x" if est["value"] is not None else "-"
+                    what = f"sharpness {name_of(r)} / {ref_name.upper()} = {value}"
+                    ci = est["ci"]
+                    shown = None if ci is None else [num(c) for c in ci]
+                else:
+                    est = intervals.difference(ours, theirs)
+                    what = f"test acc {name_of(r)} - {ref_name.upper()} = {signed(est['mean'])} points"
+                    ci = est["ci"]
+                    shown = None if ci is None else [signed(c) for c in ci]
+                n = min(len([v for v in ours if v is not None]), len([v for v in theirs if v is not None]))
+                what += (f", 95% interval [{shown[0]}, {shown[1]}]" if shown is not None
+                         else f" ({n} trial{'s' if n != 1 else ''}: no interval)")
+                out.append([f"{net.upper()}: {claim}", r.get("paper") or "-", what,
+                            intervals.judge(ci, threshold, expect=side)])
+    return out
+
+
+def name_of(row: dict[str, Any]) -> str:
+    """``LB + sam``: a method's row as the text names it."""
+    return f"{row['regime'].upper()} + {row['name']}"
 
 
 def gap_opens(rows: list[dict[str, Any]], tolerance: float = 0.5) -> int | None:

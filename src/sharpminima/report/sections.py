@@ -7,7 +7,15 @@ from typing import Any
 
 from sharpminima import intervals
 from sharpminima.report import figures, paper
-from sharpminima.report.build import Doc, pm, pm_paper
+from sharpminima.report import remedies_report as rr
+from sharpminima.report.doc import Doc, num, pm, pm_paper, ratio_num, signed
+
+#: How every report cites the paper it reproduces: by its arXiv id, nothing outside the repository.
+PAPER_CITATION = (
+    "The paper: N. S. Keskar, D. Mudigere, J. Nocedal, M. Smelyanskiy and P. T. P. Tang, On "
+    "Large-Batch Training for Deep Learning: Generalization Gap and Sharp Minima, ICLR 2017, "
+    "arXiv:1609.04836. Its numbers below are from its Tables 2-4 (`src/sharpminima/report/paper.py`)."
+)
 
 OPEN_SETTINGS = [
     (
@@ -45,12 +53,13 @@ OPEN_SETTINGS = [
         "Adam, lr 1e-3, betas (0.9, 0.999), eps 1e-8 for both regimes (the authors' "
         "code), not re-tuned per batch size.",
     ),
-    ("Learning rate tuned per batch size", "no (the paper's protocol); see Shallue et al. 2019."),
+    ("Learning rate tuned per batch size",
+     "no (the paper's protocol); see Shallue et al. 2019, arXiv:1811.03600."),
 ]
 
 
 def _ci_text(ci: list[float] | None, fmt: str = "+.2f") -> str:
-    return "no interval (one trial)" if ci is None else f"95% interval [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+    return "no interval" if ci is None else f"95% interval [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
 def _gap_of(sb: dict[str, Any], lb: dict[str, Any]) -> dict[str, Any]:
@@ -71,13 +80,16 @@ def gap_text(g: dict[str, Any]) -> str:
 
 
 def ratio_text(r: Any) -> str:
-    """``9.8x [4.1, 23]``: a ratio of geometric means and its 95% interval."""
+    """``9.8x [4.1, 23]``: a ratio of geometric means and its 95% interval.
+
+    Small ratios keep three significant figures (``0.0412x``), never ``0.0x``.
+    """
     if isinstance(r, int | float):  # results written before intervals: a ratio of means
-        return f"{r:.1f}x"
+        return ratio_num(float(r))
     if not r or r.get("value") is None:
-        return "-" if not r or r.get("of_means") is None else f"{r['of_means']:.1f}x (of means)"
-    text = f"{r['value']:.3g}x"
-    return text + (f" [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]" if r.get("ci") else "")
+        return "-" if not r or r.get("of_means") is None else f"{ratio_num(r['of_means'])} (of means)"
+    text = ratio_num(r["value"])
+    return text + (f" [{num(r['ci'][0])}, {num(r['ci'][1])}]" if r.get("ci") else "")
 
 
 def _stop_text(p: dict[str, Any]) -> str:
@@ -96,6 +108,7 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
     ex = res.get("experiments", {})
     title = f"sharpminima reproduction of Keskar et al. (ICLR 2017), preset '{p['name']}'"
     doc.h(1, title)
+    doc.p(PAPER_CITATION)
     doc.p(
         f"Networks: {', '.join(n.upper() for n in p['nets'])}; {p['trials']} "
         f"trial{'s' if p['trials'] != 1 else ''} per "
@@ -131,11 +144,11 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
         )
         for net, paths in ex["fig3"].items():
             for path, result in paths.items():
-                num = 3 if path == "linear" else 7
+                fig_num = 3 if path == "linear" else 7
                 doc.fig(
                     figures.parametric(net, result, path),
-                    f"fig{num}_{net}",
-                    f"Figure {num}, {net.upper()}: {path} path from the SB (alpha=0) to the "
+                    f"fig{fig_num}_{net}",
+                    f"Figure {fig_num}, {net.upper()}: {path} path from the SB (alpha=0) to the "
                     f"LB (alpha=1) minimizer; loss left (log), accuracy right",
                 )
     if "distance" in ex:
@@ -150,18 +163,18 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
             doc.table(
                 ["batch size", "epochs", "train acc", "test acc", "sharpness"],
                 [
-                    [r["batch_size"], r["epochs"], r["train_acc"], r["test_acc"], r.get("sharpness")]
+                    [r["batch_size"], r["epochs"], _acc(r["train_acc"]), _acc(r["test_acc"]),
+                     num(r.get("sharpness"))]
                     for r in rows
                 ],
             )
             doc.fig(
-                figures.versus(net, rows, "batch_size", "batch size", True),
+                figures.versus(net, rows, "batch_size"),
                 f"fig4_{net}",
                 f"{net.upper()}: test accuracy and sharpness of the final iterate vs batch size",
             )
-            from sharpminima.report.remedies_report import gap_opens
 
-            opens = gap_opens(rows)
+            opens = rr.gap_opens(rows)
             num_train = res.get("datasets", {}).get(net, {}).get("num_train") or 0
             where = f" ({100 * opens / num_train:.1f}% of the training set)" if opens and num_train else ""
             doc.p(
@@ -179,10 +192,11 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
             rows = data["rows"]
             doc.table(
                 ["SB epochs before LB", "train acc", "test acc", "sharpness"],
-                [[r["sb_epochs"], r["train_acc"], r["test_acc"], r.get("sharpness")] for r in rows],
+                [[r["sb_epochs"], _acc(r["train_acc"]), _acc(r["test_acc"]), num(r.get("sharpness"))]
+                 for r in rows],
             )
             doc.fig(
-                figures.versus(net, rows, "sb_epochs", "SB epochs before switching to LB", False),
+                figures.versus(net, rows, "sb_epochs"),
                 f"fig5_{net}",
                 f"{net.upper()}: LB runs started from the SB iterate after k epochs",
             )
@@ -194,18 +208,21 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
                 f"fig6_{net}",
                 f"{net.upper()}: sharpness vs training loss, trial 1",
             )
-    from sharpminima.report import remedies_report as rr
 
     if "remedies" in ex:
         rr.remedies_section(doc, ex["remedies"])
     if "conservative_sweep" in ex:
-        rr.conservative_section(doc, ex["conservative_sweep"])
+        rr.conservative_section(doc, ex["conservative_sweep"], ex.get("remedies"))
     if "init_study" in ex:
-        rr.init_section(doc, ex["init_study"])
+        rr.init_section(doc, ex["init_study"], ex.get("remedies"))
     if "dynamics" in ex:
         rr.dynamics_section(doc, ex["dynamics"])
     _environment(doc, res)
     return title
+
+
+def _acc(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _stand_in_text(res: dict[str, Any]) -> str:
@@ -218,6 +235,27 @@ def _stand_in_text(res: dict[str, Any]) -> str:
     )
 
 
+_VERDICT_RULE = (
+    "**held**: the whole 95% interval is on the paper's side of the claim's threshold; "
+    "**did not hold**: the whole interval is on the other side; **cannot say**: the interval "
+    "contains the threshold, or one trial per setting gives no interval. Intervals are Welch t "
+    "over trials (gaps), on log values (ratios), or Fisher z (rank correlations over a sweep, "
+    "one run per point); the point estimate alone never decides."
+)
+
+
+def _claim(claim: str, paper_text: str, measured: str, verdict: str) -> list[str]:
+    return [claim, paper_text, measured, verdict]
+
+
+def _paper_gap(net: str, split: str) -> str:
+    ref = paper.TABLE2.get(net, {})
+    if f"{split}_sb" not in ref:
+        return "-"
+    sb, lb = ref[f"{split}_sb"][0], ref[f"{split}_lb"][0]
+    return signed(sb - lb if split == "test" else lb - sb) + " points"
+
+
 def _verdict(doc: Doc, res: dict[str, Any]) -> None:
     ex = res.get("experiments", {})
     doc.h(2, "Did the paper's claims hold?")
@@ -227,50 +265,38 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
         if sb["mean"] is None or lb["mean"] is None:
             continue
         g = row.get("gap") or _gap_of(sb, lb)
-        n = min(sb["n"], lb["n"])
-        rows.append(
-            [
-                f"{net.upper()}: LB tests worse than SB",
-                f"gap SB - LB = {g['mean']:+.2f} points, {_ci_text(g.get('ci'))} "
-                f"(Welch t, {sb['n']}+{lb['n']} trials)",
-                intervals.verdict(g.get("ci"), 0.0, n=n, above="yes", below="no (LB tested better)"),
-            ]
-        )
+        rows.append(_claim(
+            f"{net.upper()}: LB tests worse than SB (Table 2)",
+            f"gap SB - LB = {_paper_gap(net, 'test')}",
+            f"gap SB - LB = {signed(g['mean'])} points, {_ci_text(g.get('ci'))} "
+            f"(Welch t, {sb['n']}+{lb['n']} trials)",
+            intervals.judge(g.get("ci"), 0.0),
+        ))
         sb_tr, lb_tr = row["sb"]["train_acc"], row["lb"]["train_acc"]
-        if "values" in sb_tr and "values" in lb_tr:
-            t = intervals.difference(lb_tr["values"], sb_tr["values"])
-            held = intervals.verdict(t["ci"], -0.5, n=n, above="yes (within 0.5 points)",
-                                     below="no (LB trains > 0.5 points worse)")
-            measured = f"train acc LB - SB = {t['mean']:+.2f} points, {_ci_text(t['ci'])}"
-        else:
-            tr = lb_tr["mean"] - sb_tr["mean"]
-            held, measured = ("yes" if tr > -0.5 else "no"), f"train acc LB - SB = {tr:+.2f} points"
-        rows.append([f"{net.upper()}: LB trains as well as SB (within 0.5 points)", measured, held])
+        t = (intervals.difference(lb_tr["values"], sb_tr["values"]) if "values" in sb_tr and "values" in lb_tr
+             else {"mean": lb_tr["mean"] - sb_tr["mean"], "ci": None})
+        rows.append(_claim(
+            f"{net.upper()}: LB trains as well as SB, within 0.5 points (Table 2)",
+            f"train LB - SB = {_paper_gap(net, 'train')}",
+            f"train acc LB - SB = {signed(t['mean'])} points, {_ci_text(t.get('ci'))}",
+            intervals.judge(t.get("ci"), -0.5),
+        ))
     for net, rows_bt in ex.get("bn_test", {}).items():
         authors = rows_bt[-1]  # each regime evaluated with its own batch's statistics
         g = authors["gap"]
         if g["mean"] is None:
             continue
-        n = min(authors["sb"]["n"], authors["lb"]["n"])
-        rows.append(
-            [
-                f"{net.upper()}: LB tests worse than SB, with BatchNorm as the authors' code "
-                "evaluated (batch statistics of each regime's own batch)",
-                f"gap SB - LB = {g['mean']:+.2f} points, {_ci_text(g.get('ci'))}",
-                intervals.verdict(g.get("ci"), 0.0, n=n, above="yes", below="no (LB tested better)"),
-            ]
-        )
+        rows.append(_claim(
+            f"{net.upper()}: LB tests worse than SB, with BatchNorm as the authors' code "
+            "evaluated (batch statistics of each regime's own batch)",
+            f"gap SB - LB = {_paper_gap(net, 'test')}",
+            f"gap SB - LB = {signed(g['mean'])} points, {_ci_text(g.get('ci'))}",
+            intervals.judge(g.get("ci"), 0.0),
+        ))
     for net, srows in ex.get("sharpness", {}).items():
         for r in srows:
             if r["subspace"] == "full" and r["eps"] == 1e-3 and r["bn_mode"] == "batch" and r["ratio"]:
-                rows.append(
-                    [
-                        f"{net.upper()}: LB minimizers are sharper (>= 10x, eps 1e-3, full space)",
-                        f"LB/SB = {ratio_text(r['ratio'])} ({r['lb']['mean']:.3g} vs "
-                        f"{r['sb']['mean']:.3g})",
-                        _ratio_verdict(r["ratio"], min(r["sb"]["n"], r["lb"]["n"])),
-                    ]
-                )
+                rows += _ratio_claims(net, r)
     for net, by in ex.get("hessian", {}).items():
         sb, lb = by.get("sb", {}), by.get("lb", {})
         if not sb.get("top_eigenvalue") or not sb.get("trace") or None in (
@@ -278,93 +304,111 @@ def _verdict(doc: Doc, res: dict[str, Any]) -> None:
         ):
             continue
         eig, tr = lb["top_eigenvalue"] / sb["top_eigenvalue"], lb["trace"] / sb["trace"]
-        rows.append(
-            [
-                f"{net.upper()}: the Hessian agrees that LB is sharper (top eigenvalue and trace, trial 1)",
-                f"LB/SB: top eigenvalue {eig:.2f}x, trace {tr:.2f}x",
-                "yes" if eig > 1 and tr > 1 else ("partly" if eig > 1 or tr > 1 else "no"),
-            ]
-        )
+        rows.append(_claim(
+            f"{net.upper()}: the Hessian agrees that LB is sharper (top eigenvalue and trace)",
+            "- (the paper measures Metric 2.1 only)",
+            f"LB/SB: top eigenvalue {eig:.2f}x, trace {tr:.2f}x (trial 1 only: no interval)",
+            intervals.CANNOT_SAY,
+        ))
     for net, d in ex.get("distance", {}).items():
         m = d["ratio"]["mean"]
         if m is not None:
             lo, hi = paper.DISTANCE_RATIO
-            rows.append(
-                [
-                    f"{net.upper()}: SB moves 3-10x farther from the start than LB",
-                    f"ratio = {m:.2f}",
-                    "yes" if lo <= m <= hi else ("farther, but below 3x" if m > 1 else "no"),
-                ]
-            )
+            rows.append(_claim(
+                f"{net.upper()}: SB moves 3-10x farther from the start than LB",
+                f"{lo:g}x to {hi:g}x",
+                f"ratio = {ratio_num(m)}, " + ("no interval (too few trials)" if not d["ratio"].get("ci")
+                                               else f"95% interval [{num(d['ratio']['ci'][0])}, "
+                                                    f"{num(d['ratio']['ci'][1])}]"),
+                intervals.judge_range(d["ratio"].get("ci"), lo, hi),
+            ))
     rows += _figure_verdicts(ex)
+    if "remedies" in ex:
+
+        rows += rr.remedy_claims(ex["remedies"])
     if rows:
-        doc.table(["claim", "measured here", "held?"], rows)
+        doc.table(["claim", "paper", "measured here", "verdict"], rows)
+        doc.p(_VERDICT_RULE)
     else:
         doc.p("No experiment with a verdict has been run yet.")
 
 
-def _ratio_verdict(r: Any, n: int) -> str:
-    """Whether LB is sharper, and >= 10x as the paper found, from the ratio's interval.
-
-    Both thresholds are read off the interval, not the point estimate, so the verdict only
-    changes between seeds when the evidence does.
-    """
-    if isinstance(r, int | float):  # results written before intervals
-        return "yes" if r >= 10 else ("partly (sharper, < 10x)" if r > 1 else "no")
-    if r.get("value") is None:
-        return "-"
-    ci = r.get("ci")
-    if ci is not None and ci[0] > 1:
-        if ci[0] >= 10:
-            return "yes"
-        if ci[1] < 10:
-            return "partly (sharper, but < 10x)"
-        return "sharper; whether by >= 10x is not settled (the interval spans 10x)"
-    return intervals.verdict(ci, 1.0, n=n, above="", below="no (SB sharper)")
+def _ratio_claims(net: str, r: dict[str, Any]) -> list[list[str]]:
+    """Two claims of Table 3 from the LB/SB ratio's interval: LB is sharper, and by >= 10x."""
+    ref_sb, ref_lb = paper.sharpness(net, "full", 1e-3, "sb"), paper.sharpness(net, "full", 1e-3, "lb")
+    theirs = f"LB/SB = {ratio_num(ref_lb[0] / ref_sb[0])}" if ref_sb and ref_lb else "-"
+    ratio = r["ratio"]
+    ci = None if isinstance(ratio, int | float) else ratio.get("ci")
+    n = min(r["sb"]["n"], r["lb"]["n"])
+    measured = (f"LB/SB = {ratio_text(ratio)} ({pm(r['lb'], sig=3)} vs {pm(r['sb'], sig=3)}; "
+                f"{n} trial{'s' if n != 1 else ''} per regime)")
+    return [
+        _claim(f"{net.upper()}: LB minimizers are sharper than SB ones (Table 3, eps 1e-3, full space)",
+               theirs, measured, intervals.judge(ci, 1.0)),
+        _claim(f"{net.upper()}: LB minimizers are 10x or more sharper than SB ones (Table 3)",
+               theirs, measured, intervals.judge(ci, 10.0)),
+    ]
 
 
 def _figure_verdicts(ex: dict[str, Any]) -> list[list[str]]:
-    """Verdict rows for Figures 4-6 (sharpness vs batch size, warm starts, along training)."""
+    """Claims of Figures 4-6: sharpness and test accuracy against batch size, warm starts, training."""
     rows: list[list[str]] = []
     for net, fig_rows in ex.get("fig4", {}).items():
-        pts = [(r["batch_size"], r["sharpness"]) for r in fig_rows if r.get("sharpness") is not None]
-        if len(pts) >= 3:
-            from scipy.stats import spearmanr
-
-            rho = float(spearmanr([b for b, _ in pts], [v for _, v in pts]).statistic)
-            rows.append(
-                [
-                    f"{net.upper()}: sharpness grows with the batch size (Figure 4)",
-                    f"Spearman rho = {rho:+.2f} over {len(pts)} batch sizes "
-                    f"({pts[0][1]:.3g} at {pts[0][0]}, {pts[-1][1]:.3g} at {pts[-1][0]})",
-                    "yes" if rho >= 0.7 else ("partly" if rho > 0 else "no"),
-                ]
-            )
+        pts = sorted((r for r in fig_rows if r.get("batch_size") is not None), key=lambda r: r["batch_size"])
+        for key, claim, expect, noun in (
+            ("sharpness", "sharpness grows with the batch size", "above", "sharpness"),
+            ("test_acc", "test accuracy falls as the batch size grows", "below", "test acc"),
+        ):
+            sel = [r for r in pts if r.get(key) is not None]
+            if len(sel) < 3:
+                continue
+            rc = intervals.rank_correlation([r["batch_size"] for r in sel], [r[key] for r in sel])
+            if rc["value"] is None:
+                continue
+            fmt = _acc if key == "test_acc" else num
+            ends = (f"{fmt(sel[0][key])} at {sel[0]['batch_size']}, {fmt(sel[-1][key])} at "
+                    f"{sel[-1]['batch_size']}")
+            rows.append(_claim(
+                f"{net.upper()}: {claim} (Figure 4)",
+                "yes (rank correlation " + ("> 0)" if expect == "above" else "< 0)"),
+                f"Spearman rho = {signed(rc['value'])}, {_ci_text(rc['ci'])}, over {len(sel)} batch "
+                f"sizes ({noun} {ends})",
+                intervals.judge(rc["ci"], 0.0, expect=expect),
+            ))
     for net, data in ex.get("fig5", {}).items():
-        pts = [r for r in data.get("rows", []) if r.get("sharpness") is not None]
-        if len(pts) >= 2 and pts[0]["sb_epochs"] == 0:
-            first, last = pts[0], pts[-1]
-            rows.append(
-                [
-                    f"{net.upper()}: LB started from later SB iterates finds flatter minima (Figure 5)",
-                    f"sharpness {first['sharpness']:.3g} from scratch, {last['sharpness']:.3g} after "
-                    f"{last['sb_epochs']} SB epochs",
-                    "yes" if last["sharpness"] < first["sharpness"] / 10 else (
-                        "partly" if last["sharpness"] < first["sharpness"] else "no"
-                    ),
-                ]
-            )
+        pts = sorted((r for r in data.get("rows", []) if r.get("sb_epochs") is not None),
+                     key=lambda r: r["sb_epochs"])
+        for key, claim, expect, noun in (
+            ("sharpness", "LB started from later SB iterates finds flatter minima", "below", "sharpness"),
+            ("test_acc", "LB started from later SB iterates tests better", "above", "test acc"),
+        ):
+            sel = [r for r in pts if r.get(key) is not None]
+            if len(sel) < 2:
+                continue
+            rc = intervals.rank_correlation([r["sb_epochs"] for r in sel], [r[key] for r in sel])
+            if rc["value"] is None:
+                continue
+            fmt = _acc if key == "test_acc" else num
+            rows.append(_claim(
+                f"{net.upper()}: {claim} (Figure 5)",
+                "yes (rank correlation with SB epochs " + ("< 0)" if expect == "below" else "> 0)"),
+                f"Spearman rho = {signed(rc['value'])}, {_ci_text(rc['ci'])}, over {len(sel)} starts "
+                f"({noun} {fmt(sel[0][key])} from scratch, {fmt(sel[-1][key])} after "
+                f"{sel[-1]['sb_epochs']} SB epochs)",
+                intervals.judge(rc["ci"], 0.0, expect=expect),
+            ))
     for net, by in ex.get("fig6", {}).items():
         sb = [p["sharpness"] for p in by.get("sb", []) if p.get("sharpness") is not None]
         lb = [p["sharpness"] for p in by.get("lb", []) if p.get("sharpness") is not None]
         if sb and lb:
-            rows.append(
-                [
-                    f"{net.upper()}: LB iterates stay sharper than SB ones along training (Figure 6)",
-                    f"LB {min(lb):.3g}-{max(lb):.3g}, SB {min(sb):.3g}-{max(sb):.3g}",
-                    "yes" if min(lb) > max(sb) else "no",
-                ]
-            )
+            r = intervals.ratio(sb, lb)
+            rows.append(_claim(
+                f"{net.upper()}: LB iterates stay sharper than SB ones along training (Figure 6)",
+                "yes",
+                f"LB/SB over the measured epochs = {ratio_text(r)} (LB {num(min(lb))} to {num(max(lb))}, "
+                f"SB {num(min(sb))} to {num(max(sb))})",
+                intervals.judge(r["ci"], 1.0),
+            ))
     return rows
 
 
@@ -389,6 +433,10 @@ def _settings(doc: Doc, res: dict[str, Any]) -> None:
 
 def _table2(doc: Doc, t2: dict[str, Any]) -> None:
     doc.h(2, "Table 2: accuracy (mean ± std over trials)")
+    counts = sorted({row[r]["test_acc"].get("n") for row in t2.values() for r in ("sb", "lb")} - {None})
+    if counts:
+        doc.p(f"Trials per cell: {', '.join(str(c) for c in counts)}; a cell from one trial shows "
+              "its value alone (no spread).")
     rows = []
     for net, row in t2.items():
         ref = paper.TABLE2.get(net, {})
@@ -403,7 +451,7 @@ def _table2(doc: Doc, t2: dict[str, Any]) -> None:
                         f"{split} {regime.upper()}",
                         pm(ours),
                         pm_paper(theirs),
-                        "-" if diff is None else f"{diff:+.2f}",
+                        signed(diff),
                     ]
                 )
     doc.table(["net", "accuracy", "ours", "paper", "ours - paper"], rows)
@@ -436,7 +484,7 @@ def _sharpness(doc: Doc, sh: dict[str, Any], p: dict[str, Any]) -> None:
         "Full space is Table 3 (A = I); random subspace is Table 4 (p = "
         f"{p['subspace_dim']}). Mean ± std over trials. The paper's numbers correspond to "
         "BatchNorm in batch mode: the authors' Keras-1 code normalised with each chunk's own "
-        "statistics when it evaluated the loss (see the settings above; the project's README, "
+        "statistics when it evaluated the loss (see the settings above, and `README.md`, section "
         "'Choices where the paper is silent')."
     )
     for net, rows in sh.items():
@@ -452,11 +500,14 @@ def _sharpness(doc: Doc, sh: dict[str, Any], p: dict[str, Any]) -> None:
                         f"{r['eps']:g}",
                         r["bn_mode"],
                         regime.upper(),
-                        pm(r[regime]),
+                        pm(r[regime], sig=3),
                         pm_paper(ref),
                     ]
                 )
-            table.append(["", "", "", "LB/SB", ratio_text(r["ratio"]), ""])
+            ref_sb, ref_lb = (paper.sharpness(net, r["subspace"], r["eps"], g) if r["bn_mode"] == "batch"
+                              else None for g in ("sb", "lb"))
+            theirs = ratio_num(ref_lb[0] / ref_sb[0]) if ref_sb and ref_lb and ref_sb[0] else "-"
+            table.append(["", "", "", "LB/SB", ratio_text(r["ratio"]), theirs])
         doc.h(3, net.upper())
         doc.table(["subspace", "eps", "BN mode", "regime", "ours", "paper"], table)
         doc.p(
@@ -466,7 +517,7 @@ def _sharpness(doc: Doc, sh: dict[str, Any], p: dict[str, Any]) -> None:
         )
         _per_trial(doc, rows)
         doc.fig(
-            figures.sharpness_bars(net, rows),
+            figures.sharpness_by_setting(net, rows),
             f"sharpness_{net}",
             f"{net.upper()}: Keskar sharpness of SB and LB minimizers (log scale)",
         )
@@ -485,7 +536,7 @@ def _per_trial(doc: Doc, rows: list[dict[str, Any]]) -> None:
                     notes.append(srch)
                 table.append([
                     r["subspace"], f"{r['eps']:g}", r["bn_mode"], regime.upper(),
-                    str(srch.get("seed", k)), "-" if v is None else f"{v:.4g}",
+                    str(srch.get("seed", k)), num(v),
                     path + (" (starts disagree)" if srch.get("disagree") else ""),
                 ])
     if not table:
@@ -521,11 +572,11 @@ def _hessian(doc: Doc, hs: dict[str, Any]) -> None:
                 [
                     net.upper(),
                     regime.upper(),
-                    r["top_eigenvalue"],
-                    f"{r['trace']:.4g} ± {r['trace_stderr']:.2g}"
+                    num(r["top_eigenvalue"]),
+                    f"{num(r['trace'])} ± {num(r['trace_stderr'], 2)}"
                     if r.get("trace_stderr") is not None
-                    else r["trace"],
-                    r["sharpness"],
+                    else num(r["trace"]),
+                    num(r["sharpness"]),
                     r["bn_mode"],
                     r["samples"],
                 ]
@@ -582,7 +633,7 @@ def _stopping(doc: Doc, st: dict[str, Any], curves: dict[str, Any]) -> None:
             doc.fig(
                 figures.test_accuracy_bands(net, curves[net]),
                 f"test_acc_{net}",
-                f"{net.upper()}: test accuracy per epoch, mean ± 1 std over trials; dots mark "
+                f"{net.upper()}: test accuracy per epoch, mean and 95% interval over trials; markers show "
                 "where each trial stopped",
             )
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sharpminima.errors import SharpMinimaError
-from sharpminima.report.build import Doc
+from sharpminima.report.doc import Doc
+from sharpminima.report.style import DEFAULT_FIGURE_FORMATS
 
 RESULTS_FILE = "study.json"
 
@@ -99,9 +100,9 @@ def build_study(doc: Doc, res: dict[str, Any]) -> str:
     doc.p(
         "Statistics over the included runs: **Kendall's tau-b** (scipy's default variant; ties "
         "handled the same way), **Spearman's rho** (Pearson correlation of average ranks), and the "
-        "**granulated tau** of Jiang et al. (ICLR 2020): for each grid axis, runs that share every "
-        "other axis form a group; psi(axis) is the mean Kendall tau inside the groups, and Psi the "
-        "mean of psi over the axes except `seed` (a replicate). Brackets: "
+        "**granulated tau** of Jiang et al. (ICLR 2020, arXiv:1912.02178): for each grid axis, runs "
+        "that share every other axis form a group; psi(axis) is the mean Kendall tau inside the "
+        "groups, and Psi the mean of psi over the axes except `seed` (a replicate). Brackets: "
         f"{100 * p['level']:.0f}% percentile bootstrap intervals, {p['num_bootstrap']} resamples of "
         f"the runs (seed {p['bootstrap_seed']}). A positive value means a larger measure goes with a "
         "larger gap."
@@ -113,13 +114,17 @@ def build_study(doc: Doc, res: dict[str, Any]) -> str:
         rows.sort(key=_abs_tau, reverse=True)
         label = "test - train error (points)" if gap == "error" else "test - train cross-entropy"
         doc.h(2, f"Ranking by the {label} gap")
-        header = ["measure", "n", "Kendall tau-b", "granulated Psi", *[f"psi({a})" for a in axes],
-                  "Spearman rho"]
-        doc.table(header, [
-            [r["measure"], r["n"], _ci(r["kendall"]), _ci(r["granulated_mean"]),
-             *[_ci(r["granulated"].get(a, {})) for a in axes], _ci(r["spearman"])]
+        # Two tables of at most five intervals each, so no cell wraps on a laptop screen: the
+        # overall statistics, then Psi's per-axis parts.
+        doc.table(["measure", "n", "Kendall tau-b", "granulated Psi", "Spearman rho"], [
+            [r["measure"], r["n"], _ci(r["kendall"]), _ci(r["granulated_mean"]), _ci(r["spearman"])]
             for r in rows
         ])
+        for start in range(0, len(axes), 4):
+            part = axes[start:start + 4]
+            doc.p(f"Granulated tau per grid axis ({', '.join(part)}), same order:")
+            doc.table(["measure", *[f"psi({a})" for a in part]],
+                      [[r["measure"], *[_ci(r["granulated"].get(a, {})) for a in part]] for r in rows])
         doc.fig(sf.correlation_bars(rows, gap), f"study_tau_{gap}",
                 f"Kendall tau-b and granulated Psi against the {label} gap, with {100 * p['level']:.0f}% "
                 "bootstrap intervals")
@@ -177,12 +182,17 @@ def _environment(doc: Doc, res: dict[str, Any]) -> None:
     doc.table(["what", "value"], rows)
 
 
-def write_study_report(out: Path, results: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write ``study.md``, ``study.html`` and the figures' PNGs into ``out``.
+def write_study_report(
+    out: Path,
+    results: dict[str, Any] | None = None,
+    figure_formats: tuple[str, ...] = DEFAULT_FIGURE_FORMATS,
+) -> tuple[Path, Path]:
+    """Write ``study.md``, ``study.html`` and the figures (PNG, PDF, SVG) into ``out``.
 
     Args:
         out: Output folder.
         results: The study's results (read from ``out/study.json`` if None).
+        figure_formats: Files written per figure (see ``style.parse_figure_formats``).
 
     Returns:
         Paths of the Markdown and HTML files.
@@ -191,7 +201,7 @@ def write_study_report(out: Path, results: dict[str, Any] | None = None) -> tupl
 
     res = results if results is not None else load_study(out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = Doc(out)
+    doc = Doc(out, figure_formats=figure_formats)
     title = build_study(doc, res)
     md, page = out / "study.md", out / "study.html"
     atomic_write_text(md, doc.markdown())

@@ -1,0 +1,518 @@
+"""Every figure of the reports, built from small synthetic results and walked through matplotlib's API.
+
+No pixels are compared: each figure is checked for what a reader needs (axis labels with
+units, a title, a legend wherever there is more than one series, fonts of at least 8 pt at
+a two-column paper's widths, no interval below zero on a log axis, bars only from zero),
+and the files are checked for their formats and the PNG for its resolution.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import re
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from matplotlib.axes import Axes
+from matplotlib.collections import Collection, LineCollection
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from sharpminima import intervals
+from sharpminima.errors import ConfigError, SharpMinimaError
+from sharpminima.report import figures, study_figures, style
+from sharpminima.report.build import Doc, write_report
+from sharpminima.reproduce import get_preset
+
+# -- synthetic results, shaped as the experiments write them --------------------------------
+RNG = np.random.default_rng(0)
+
+
+def _history(epochs: int, first: float, last: float, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    acc = np.linspace(first, last, epochs) + rng.normal(0, 0.1, epochs)
+    return [{"epoch": e + 1, "train_acc": min(100.0, a + 1.0), "test_acc": a,
+             "train_loss": 0.5 / (e + 1), "test_loss": 0.6 / (e + 1)} for e, a in enumerate(acc)]
+
+
+FIG2 = {"sb": [_history(5, 96.0, 98.0, s) for s in range(3)],
+        "lb": [_history(9, 70.0, 98.3, s) for s in range(3)]}
+
+
+def _sharpness_row(subspace: str, bn: str, sb: list[float], lb: list[float]) -> dict[str, Any]:
+    return {"subspace": subspace, "eps": 1e-3, "bn_mode": bn,
+            "sb": intervals.summary(sb), "lb": intervals.summary(lb), "ratio": intervals.ratio(sb, lb)}
+
+
+SHARPNESS = [
+    _sharpness_row("full", "batch", [22.8, 10.4, 28.6], [413.1, 236.7, 208.4]),
+    # spread larger than the mean: a symmetric sd bar would run below zero on the log axis
+    _sharpness_row("full", "eval", [0.5, 40.0, 3.0], [900.0, 20.0, 3000.0]),
+    _sharpness_row("random", "batch", [0.009], [0.002]),  # one trial: no interval
+]
+
+ALPHAS = np.linspace(-1.0, 2.0, 25)
+FIG3 = {"alphas": ALPHAS.tolist(), "train_loss": (0.01 + (ALPHAS - 0.5) ** 4).tolist(),
+        "test_loss": (0.05 + (ALPHAS - 0.5) ** 4).tolist(),
+        "train_acc": (100 - 20 * np.clip(np.abs(ALPHAS - 0.5) - 0.6, 0, None) ** 2).tolist(),
+        "test_acc": (98 - 20 * np.clip(np.abs(ALPHAS - 0.5) - 0.6, 0, None) ** 2).tolist()}
+
+
+def _stopping_rules() -> list[dict[str, Any]]:
+    rules = []
+    for e_sb in (1, 2, 5):
+        for e_lb in (1, 2, 5, 10):
+            sb = [96.0 + e_sb * 0.3 + d for d in (0.0, 0.2, -0.1)]
+            lb = [98.0 - 30.0 / e_lb**2 + d for d in (0.1, -0.2, 0.3)]
+            rules.append({"rule": f"SB {e_sb} ep / LB {e_lb} ep", "sb": intervals.summary(sb),
+                          "lb": intervals.summary(lb), "gap": intervals.difference(sb, lb)})
+    for patience in (1, 2, 3):
+        sb, lb = [97.5, 97.7, 97.6], [97.9 - 0.1 * patience, 98.0, 97.8]
+        rules.append({"rule": f"plateau, patience {patience}", "sb": intervals.summary(sb),
+                      "lb": intervals.summary(lb), "gap": intervals.difference(sb, lb)})
+    rules.append({"rule": "plateau, patience 5", "sb": {"mean": 97.6, "std": 0.1, "n": 3},
+                  "lb": {"mean": 97.7, "std": 0.1, "n": 3}, "gap": {"mean": -0.1, "se": 0.05}})  # old results
+    return rules
+
+
+STOPPING = _stopping_rules()
+FIG4 = [{"batch_size": b, "test_acc": 98.4 - 0.05 * k, "train_acc": 100.0, "epochs": 20,
+         "sharpness": 1.0 * 3**k} for k, b in enumerate((256, 1000, 6000, 20000))]
+FIG4.append({"batch_size": 40000, "test_acc": None, "train_acc": None, "epochs": 0})  # a failed run
+FIG5 = {"sb_run": "abc", "rows": [{"sb_epochs": k, "test_acc": 98.4 + 0.02 * k, "train_acc": 100.0,
+                                   "sharpness": 250.0 / (1 + k**2)} for k in (0, 1, 2, 5, 10)]}
+FIG6 = {"sb": [{"epoch": e, "train_loss": 0.1 / e, "sharpness": 5.0 / e} for e in (1, 5, 10)],
+        "lb": [{"epoch": e, "train_loss": 0.02 / e, "sharpness": 300.0 + e} for e in (1, 5, 10, 15)]}
+
+
+def _method(name: str, regime: str, acc: list[float], sharp: list[float]) -> dict[str, Any]:
+    return {"name": name, "label": name, "regime": regime, "test_acc": intervals.summary(acc),
+            "train_acc": intervals.summary([100.0] * len(acc)),
+            "train_loss": intervals.summary([0.01] * len(acc)), "sharpness": intervals.summary(sharp),
+            "epochs": [5] * len(acc), "seconds": intervals.summary([20.0] * len(acc)),
+            "runs": ["r"] * len(acc), "not_done": []}
+
+
+REMEDIES = [
+    _method("sb", "sb", [97.86, 97.97], [22.7, 10.4]),
+    _method("lb", "lb", [98.42, 98.22], [413.0, 236.0]),
+    _method("sam", "lb", [98.3], [300.0]),
+    _method("sam", "sb", [98.1], [12.0]),
+    {"name": "lars", "label": "LARS", "regime": "lb", "skipped": "needs a GPU"},
+]
+CONSERVATIVE = {
+    "rows": [_method("conservative", "lb", [98.5 + 0.01 * k], [340.0 * (1 + k)]) | {"lambda": lam,
+                                                                                 "inner_iters": inner}
+             for k, (lam, inner) in enumerate(((1e-4, 2), (1e-3, 2), (1e-2, 2), (1e-3, 3)))],
+    "sb": _method("sb", "sb", [97.86, 97.97], [22.7, 10.4]),
+    "lb": _method("lb", "lb", [98.42, 98.22], [413.0, 236.0]),
+}
+
+
+def _dynamics_run(optimizer: str, regime: str, batch: int, line: float | None) -> dict[str, Any]:
+    return {"run": "r", "optimizer": optimizer, "lr": 1e-3, "regime": regime, "batch_size": batch,
+            "status": "done", "stability_line": line,
+            "points": [{"epoch": e, "train_loss": 0.1 / e, "test_acc": 97.0, "top_eigenvalue": 2.0 + e,
+                        "noise_scale": 400.0 * e, "sharpness": 100.0 / e} for e in (1, 5, 10)]}
+
+
+DYNAMICS = {f"{opt}/{regime}": _dynamics_run(opt, regime, 256 if regime == "sb" else 6000, line)
+            for opt, line in (("adam", None), ("sgd", 40.0)) for regime in ("sb", "lb")}
+
+STUDY_MEASURES = ["keskar full eps=0.001 BN batch", "keskar random eps=0.0005 BN eval",
+                  "Hessian top eigenvalue", "Hessian trace", "average sharpness sigma=0.001",
+                  "PAC-Bayes flatness (magnitude-aware)",
+                  "gradient noise scale", "weight norm", "distance from init", "final train loss",
+                  "hparam: batch_size", "hparam: lr"]
+
+
+def _study_runs() -> list[dict[str, Any]]:
+    runs = []
+    for k, (b, lr, seed) in enumerate((b, lr, s) for b in (256, 1000) for lr in (1e-3, 3e-3) for s in (0, 1)):
+        values = {m: float(abs(RNG.lognormal(0, 2))) for m in STUDY_MEASURES}
+        values.update({"hparam: batch_size": float(b), "hparam: lr": lr,
+                       "keskar full eps=0.001 BN batch": 10.0**k})  # spans decades: a log axis
+        runs.append({"hparams": {"batch_size": b, "lr": lr, "seed": seed}, "converged": k != 3,
+                     "gap_error": 5.0 + 0.1 * k, "gap_loss": 0.2 + 0.01 * k,
+                     "measures": {m: {"value": v} for m, v in values.items()}})
+    return runs
+
+
+STUDY_RUNS = _study_runs()
+
+
+def _estimate(value: float | None) -> dict[str, Any]:
+    return {"value": value, "low": None if value is None else max(-1.0, value - 0.4),
+            "high": None if value is None else min(1.0, value + 0.4)}
+
+
+CORRELATIONS = [{"measure": m, "gap": gap, "kendall": _estimate(math.sin(k) if k != 2 else None),
+                 "granulated_mean": _estimate(math.cos(k))}
+                for gap in ("error", "loss") for k, m in enumerate(STUDY_MEASURES)]
+
+#: Every figure the reports build: (name, figure function, arguments).
+FIGURES: list[tuple[str, Callable[..., Figure], tuple[Any, ...]]] = [
+    ("fig2", figures.accuracy_per_epoch, ("f1", FIG2)),
+    ("test_acc", figures.test_accuracy_bands, ("f1", FIG2)),
+    ("fig3", figures.parametric, ("f1", FIG3, "linear")),
+    ("fig7", figures.parametric, ("f1", FIG3, "curvilinear")),
+    ("sharpness", figures.sharpness_by_setting, ("f1", SHARPNESS)),
+    ("stopping", figures.stopping_study, ("f1", STOPPING)),
+    ("fig4", figures.versus, ("f1", FIG4, "batch_size")),
+    ("fig5", figures.versus, ("f1", FIG5["rows"], "sb_epochs")),
+    ("fig6", figures.sharpness_vs_loss, ("f1", FIG6)),
+    ("remedies", figures.remedy_comparison, ("f1", REMEDIES)),
+    ("conservative", figures.conservative_sweep, ("f1", CONSERVATIVE)),
+    ("dynamics", figures.dynamics, ("f1", DYNAMICS)),
+    ("study_tau_error", study_figures.correlation_bars, (CORRELATIONS, "error")),
+    ("study_tau_loss", study_figures.correlation_bars, (CORRELATIONS, "loss")),
+]
+SCATTERS = [(f"study_scatter_{gap}", gap) for gap in ("error", "loss")]
+
+
+def _scatter(gap: str) -> Figure:
+    taus = {m: math.sin(k) for k, m in enumerate(STUDY_MEASURES)}
+    return study_figures.measure_scatter(STUDY_RUNS, STUDY_MEASURES, gap, color_by="batch_size",
+                                         marker_by="lr", taus=taus)
+
+
+def _all_figures() -> list[tuple[str, Callable[[], Figure]]]:
+    built: list[tuple[str, Callable[[], Figure]]] = [
+        (name, lambda f=func, a=args: f(*a)) for name, func, args in FIGURES
+    ]
+    return built + [(name, lambda g=gap: _scatter(g)) for name, gap in SCATTERS]
+
+
+# -- what every figure must satisfy -----------------------------------------------------------
+UNIT_RULES = [  # (word in a label, the unit it must carry)
+    (re.compile(r"keskar", re.I), "(%)"),
+    (re.compile(r"accuracy(?! gap)", re.I), "(%)"),
+    (re.compile(r"cross-entropy|\bloss\b", re.I), "(nats)"),
+    (re.compile(r"error gap|accuracy gap", re.I), "(points)"),
+    (re.compile(r"batch size", re.I), "(samples)"),
+]
+
+
+def _has_data(ax: Axes) -> bool:
+    return bool(ax.lines or ax.collections or ax.images or ax.patches or ax.containers)
+
+
+def _twins(fig: Figure, ax: Axes) -> list[Axes]:
+    """Axes drawn over ``ax`` (``twinx``), ``ax`` included."""
+    return [o for o in fig.axes if o.get_position().bounds == ax.get_position().bounds]
+
+
+def _label_of(fig: Figure, ax: Axes, which: str) -> str:
+    """The axis label of ``ax``, or of an axes sharing that axis with it (a shared grid, a twin)."""
+    shared = ax.get_shared_x_axes() if which == "x" else ax.get_shared_y_axes()
+    for other in [ax, *(o for o in fig.axes if o is not ax and shared.joined(ax, o))]:
+        text = other.get_xlabel() if which == "x" else other.get_ylabel()
+        if text:
+            return text
+    return ""
+
+
+def _legend_texts(fig: Figure) -> set[str]:
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+    return {t.get_text() for leg in legends for t in leg.get_texts()}
+
+
+def _log_coordinates(ax: Axes, axis: int) -> list[float]:
+    """Every data coordinate along ``axis`` (0: x, 1: y) of the collections and lines of ``ax``."""
+    values: list[float] = []
+    for coll in ax.collections:
+        assert isinstance(coll, Collection)
+        if isinstance(coll, LineCollection):
+            for seg in coll.get_segments():
+                values.extend(np.asarray(seg)[:, axis].tolist())
+        else:
+            for path in coll.get_paths():
+                if coll.get_transform() == ax.transData:
+                    values.extend(path.vertices[:, axis].tolist())
+            offsets = np.asarray(coll.get_offsets())
+            if offsets.size:
+                values.extend(offsets[:, axis].tolist())
+    for line in ax.lines:
+        data = line.get_xdata() if axis == 0 else line.get_ydata()
+        if line.get_transform() == ax.transData:
+            values.extend(np.asarray(data, dtype=float).tolist())
+    return [v for v in values if math.isfinite(v)]
+
+
+def check_figure(fig: Figure) -> None:
+    """Assert what a reader of a paper needs from ``fig`` (see the module docstring)."""
+    width = fig.get_size_inches()[0]
+    assert style.SINGLE_COLUMN - 0.1 <= width <= style.DOUBLE_COLUMN + 1e-6, f"width {width} in"
+    small = {t.get_text(): t.get_fontsize() for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and t.get_fontsize() < style.MIN_FONT_PT}
+    assert not small, f"text below {style.MIN_FONT_PT} pt: {small}"
+    legend_texts = _legend_texts(fig)
+    drawn = [ax for ax in fig.axes if ax.axison and _has_data(ax) and ax.get_label() != "<colorbar>"]
+    assert drawn, "a figure without data"
+    for ax in drawn:
+        xlabel, ylabel = _label_of(fig, ax, "x"), _label_of(fig, ax, "y")
+        assert xlabel and ylabel, f"axes {ax.get_title()!r} lacks an axis label: {xlabel!r}, {ylabel!r}"
+        assert any(o.get_title() for o in _twins(fig, ax)) or fig.get_suptitle(), "an axes without title"
+        for label in (xlabel, ylabel):
+            for word, unit in UNIT_RULES:
+                if word.search(label) and "rank correlation" not in label:
+                    assert unit in label, f"label {label!r} should carry the unit {unit}"
+        labels = {lab for o in _twins(fig, ax) for lab in o.get_legend_handles_labels()[1]}
+        if len(labels) > 1:
+            assert labels <= legend_texts, f"series without a legend entry: {labels - legend_texts}"
+        for axis, scale in ((0, ax.get_xscale()), (1, ax.get_yscale())):
+            if scale == "log":
+                coords = _log_coordinates(ax, axis)
+                assert min(coords, default=1.0) > 0, "something is drawn at or below zero on a log axis"
+        for container in ax.containers:
+            if isinstance(container, BarContainer):
+                assert ax.get_xscale() == "linear" and ax.get_yscale() == "linear", "bars on a log axis"
+                horizontal = container.orientation == "horizontal"
+                for bar in container.patches:
+                    base = bar.get_x() if horizontal else bar.get_y()
+                    assert base == 0, f"a bar starting at {base}, not at zero"
+                lo, hi = ax.get_xlim() if horizontal else ax.get_ylim()
+                assert lo <= 0 <= hi, "bars whose origin (zero) is off the axis"
+    assert fig.get_suptitle() or all(
+        any(o.get_title() for o in _twins(fig, ax)) for ax in drawn
+    ), "no title says what the figure shows"
+
+
+@pytest.mark.parametrize(("name", "build"), _all_figures(), ids=[n for n, _ in _all_figures()])
+def test_figure_is_labelled_for_a_paper(name: str, build: Callable[[], Figure]) -> None:
+    check_figure(build())
+
+
+def test_every_figure_function_is_walked() -> None:
+    tested = {func.__name__ for _, func, _ in FIGURES} | {"measure_scatter"}
+    for module in (figures, study_figures):
+        for name, func in inspect.getmembers(module, inspect.isfunction):
+            if func.__module__ == module.__name__ and not name.startswith("_"):
+                if inspect.signature(func).return_annotation in ("Figure", Figure):
+                    assert name in tested, f"{module.__name__}.{name} builds a figure no test walks"
+
+
+def test_sharpness_intervals_are_geometric_and_positive() -> None:
+    fig = figures.sharpness_by_setting("f1", SHARPNESS)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "Keskar sharpness (%)"
+    center, lo, hi = figures.center_and_interval([0.5, 40.0, 3.0], log=True)
+    assert center == pytest.approx((0.5 * 40.0 * 3.0) ** (1 / 3))
+    assert 0 < lo < center < hi  # the arithmetic mean +- sd would give 14.5 - 21.8 < 0
+    assert figures.center_and_interval([7.0], log=True) == (pytest.approx(7.0), None, None)
+
+
+def test_center_and_interval_needs_a_value() -> None:
+    with pytest.raises(ValueError, match="none is positive"):
+        figures.center_and_interval([0.0, -1.0], log=True)
+    with pytest.raises(ValueError, match="no value to summarise"):
+        figures.center_and_interval([], log=False)
+
+
+def test_stopping_study_is_a_heat_map_of_sb_by_lb_epochs() -> None:
+    fig = figures.stopping_study("f1", STOPPING)
+    heat = next(ax for ax in fig.axes if ax.images)
+    assert heat.images[0].get_array().shape == (3, 4)  # SB {1, 2, 5} x LB {1, 2, 5, 10}
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["1", "2", "5", "10"]
+    assert "SB" in heat.get_ylabel() and "LB" in heat.get_xlabel()
+    # the colour scale is not stretched by the cells where LB barely trained
+    norm = heat.images[0].norm
+    assert norm.vmax < max(abs(r["gap"]["mean"]) for r in STOPPING)
+    plateau = next(ax for ax in fig.axes if ax is not heat and ax.get_label() != "<colorbar>")
+    assert [t.get_text() for t in plateau.get_yticklabels()] == ["1", "2", "3", "5"]
+
+
+def test_twin_axes_figures_have_one_legend_for_both_axes() -> None:
+    for fig in (figures.versus("f1", FIG4, "batch_size"), figures.parametric("f1", FIG3, "linear")):
+        texts = _legend_texts(fig)
+        assert {"test accuracy"} <= texts or {"train loss", "train accuracy"} <= texts
+        assert fig.axes[0].get_title().startswith("F1: ")
+
+
+def test_parametric_names_its_ends_and_keeps_run_ids_as_given() -> None:
+    fig = figures.parametric("f1: 3f2a9c -> 77be01", FIG3, "linear", ends=("B=256", "B=6000"))
+    ax = fig.axes[0]
+    assert "3f2a9c" in ax.get_title() and "B=256" in ax.get_xlabel() and "B=6000" in ax.get_xlabel()
+
+
+def test_dynamics_legend_tells_optimizers_and_regimes_apart() -> None:
+    fig = figures.dynamics("f1", DYNAMICS)
+    assert len(fig.legends) == 1
+    styles = {}
+    for line in fig.axes[0].lines:
+        if not line.get_label().startswith("_"):
+            styles[line.get_label()] = (line.get_color(), line.get_linestyle(), line.get_marker())
+    assert len(set(styles.values())) == len(styles) == 4
+    assert "SGD stability line 2(1+β)/lr" in _legend_texts(fig)
+
+
+def test_accuracy_is_drawn_as_points_not_bars() -> None:
+    fig = figures.remedy_comparison("f1", REMEDIES)
+    assert not any(isinstance(c, BarContainer) for ax in fig.axes for c in ax.containers)
+    assert fig.axes[1].get_xscale() == "log"
+
+
+# -- files ------------------------------------------------------------------------------------
+def _png_dpi(data: bytes) -> float:
+    """Dots per inch from the PNG's pHYs chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos = 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"pHYs":
+            ppu_x, ppu_y, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
+            assert unit == 1  # metres
+            return min(ppu_x, ppu_y) * 0.0254
+        pos += 12 + length
+    raise AssertionError("no pHYs chunk")
+
+
+def test_save_figure_writes_each_format_atomically(tmp_path: Path) -> None:
+    fig = figures.sharpness_vs_loss("f1", FIG6)
+    png = style.save_figure(fig, tmp_path / "fig6_f1", ("png", "pdf", "svg"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig6_f1.pdf", "fig6_f1.png", "fig6_f1.svg"]
+    assert (tmp_path / "fig6_f1.png").read_bytes() == png and _png_dpi(png) >= 200
+    assert (tmp_path / "fig6_f1.pdf").read_bytes().startswith(b"%PDF")
+    assert b"<svg" in (tmp_path / "fig6_f1.svg").read_bytes()[:2000]
+    width_px = struct.unpack(">I", png[16:20])[0]
+    assert width_px == round(style.SINGLE_COLUMN * style.PNG_DPI)
+    # reproducible vector files: the same figure gives the same bytes
+    again = tmp_path / "again"
+    style.save_figure(figures.sharpness_vs_loss("f1", FIG6), again / "fig6_f1", ("pdf", "svg"))
+    for fmt in ("pdf", "svg"):
+        assert (again / f"fig6_f1.{fmt}").read_bytes() == (tmp_path / f"fig6_f1.{fmt}").read_bytes()
+
+
+def test_save_figure_reports_a_folder_it_cannot_write(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SharpMinimaError, match="cannot write the figure"):
+        style.save_figure(figures.sharpness_vs_loss("f1", FIG6), blocker / "fig6", ("png",))
+
+
+def test_render_rejects_an_unknown_format() -> None:
+    with pytest.raises(ConfigError, match="unknown figure format 'jpg'"):
+        style.render(figures.sharpness_vs_loss("f1", FIG6), "jpg")
+
+
+def test_parse_figure_formats() -> None:
+    assert style.parse_figure_formats("png, PDF,svg,png") == ("png", "pdf", "svg")
+    assert style.parse_figure_formats(["svg", "pdf,.png"]) == ("svg", "pdf", "png")
+    with pytest.raises(ConfigError, match="unknown figure format 'jpg'"):
+        style.parse_figure_formats("png,jpg")
+    with pytest.raises(ConfigError, match="no figure format given"):
+        style.parse_figure_formats(" , ")
+
+
+@given(st.text(max_size=30))
+def test_parse_figure_formats_gives_formats_or_our_error(text: str) -> None:
+    try:
+        formats = style.parse_figure_formats(text)
+    except ConfigError:
+        return
+    assert formats and set(formats) <= set(style.FIGURE_FORMATS)
+
+
+def _results() -> dict[str, Any]:
+    return {"preset": get_preset("quick").to_dict(), "experiments": {
+        "fig2": {"f1": FIG2}, "sharpness": {"f1": SHARPNESS}, "fig3": {"f1": {"linear": FIG3}},
+        "stopping": {"f1": STOPPING}, "fig4": {"f1": FIG4}, "fig5": {"f1": FIG5}, "fig6": {"f1": FIG6},
+    }}
+
+
+def test_report_writes_every_figure_in_every_format(tmp_path: Path) -> None:
+    md, page = write_report(tmp_path, _results(), ("png", "pdf", "svg"))
+    names = ["fig2_f1", "sharpness_f1", "fig3_f1", "stopping_f1", "test_acc_f1", "fig4_f1", "fig5_f1",
+             "fig6_f1"]
+    for name in names:
+        for fmt in ("png", "pdf", "svg"):
+            assert (tmp_path / f"{name}.{fmt}").stat().st_size > 1000, f"{name}.{fmt}"
+        assert _png_dpi((tmp_path / f"{name}.png").read_bytes()) >= 200
+        assert f"({name}.png)" in md.read_text() and f"[PDF]({name}.pdf)" in md.read_text()
+        assert f"href='{name}.svg'" in page.read_text()
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_report_with_only_vector_figures_links_them(tmp_path: Path) -> None:
+    md, page = write_report(tmp_path, _results(), ("svg",))
+    assert not list(tmp_path.glob("*.png")) and (tmp_path / "fig2_f1.svg").exists()
+    assert "(fig2_f1.svg)" in md.read_text() and "data:image/png;base64," in page.read_text()
+
+
+def test_doc_defaults_to_every_format(tmp_path: Path) -> None:
+    doc = Doc(tmp_path)
+    doc.fig(figures.sharpness_vs_loss("f1", FIG6), "fig6_f1", "caption")
+    assert {p.suffix for p in tmp_path.iterdir()} == {".png", ".pdf", ".svg"}
+
+
+# -- the command line -------------------------------------------------------------------------
+def _run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    from sharpminima.cli.app import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    return int(exc.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["report"], ["study", "report"], ["reproduce", "table2"]])
+def test_figure_format_is_checked_before_any_work(capsys, tmp_path: Path, command: list[str]) -> None:
+    # the folder holds no results: a command that read them first would complain about that instead
+    code, err = _run_cli(capsys, *command, "--out", str(tmp_path / "none"), "--figure-format", "png,jpg")
+    assert code == 2 and "unknown figure format 'jpg'" in err
+    assert not (tmp_path / "none").exists()
+
+
+def test_report_command_writes_the_formats_asked_for(capsys, tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text(json.dumps(_results()))
+    code, _ = _run_cli(capsys, "report", "--out", str(tmp_path), "--figure-format", "pdf")
+    assert code == 0
+    assert (tmp_path / "fig2_f1.pdf").exists() and not (tmp_path / "fig2_f1.png").exists()
+
+
+def _bad_sharpness_bars() -> Figure:
+    """The old drawing: symmetric sd bars on a log axis."""
+    fig, ax = style.new_figure()
+    ax.bar([0, 1], [10.0, 300.0], yerr=[15.0, 50.0], label="SB")
+    ax.set_yscale("log")
+    ax.set(xlabel="setting", ylabel="Keskar sharpness (%)", title="F1")
+    ax.legend()
+    return fig
+
+
+def _bad_accuracy_bars() -> Figure:
+    fig, ax = style.new_figure()
+    ax.bar([0, 1], [3.0, 4.0], bottom=94.0)
+    ax.set(xlabel="method", ylabel="test accuracy (%)", title="F1", ylim=(94, 99))
+    return fig
+
+
+def _bad_twin_axes() -> Figure:
+    fig, ax = style.new_figure()
+    ax.plot([1, 2], [98.0, 97.0], label="test accuracy")
+    ax.set(xlabel="batch size (samples)", ylabel="test accuracy (%)", title="F1")
+    ax2 = ax.twinx()
+    ax2.plot([1, 2], [10.0, 300.0], label="sharpness")
+    ax2.set_ylabel("Keskar sharpness (%)")
+    return fig
+
+
+@pytest.mark.parametrize(("build", "why"), [(_bad_sharpness_bars, "below zero on a log axis"),
+                                           (_bad_accuracy_bars, "not at zero"),
+                                           (_bad_twin_axes, "without a legend entry")])
+def test_the_walk_catches_what_the_old_figures_got_wrong(build: Callable[[], Figure], why: str) -> None:
+    with pytest.raises(AssertionError, match=why):
+        check_figure(build())
+
+
+def test_stopping_study_without_results_says_so() -> None:
+    fig = figures.stopping_study("f1", [{"rule": "SB 1 ep / LB 1 ep", "gap": {"mean": None}}])
+    assert any("no stopping rule has results" in t.get_text() for t in fig.axes[0].texts)
