@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError
+from sharpminima.train.noise_methods import batch_noise
 from sharpminima.train.perf import compiled
 from sharpminima.train.remedy_steps import adversarial, conservative, ghost_bn, grad_noise, iterate_noise
 from sharpminima.train.sam import asam, sam
@@ -96,6 +97,9 @@ def plain(config: TrainConfig) -> StepFn:
 #:   ``eta/(1+t)^gamma``, Neelakantan et al. 2015.
 #: * ``iterate_noise``: ``std`` (1e-4), ``gamma`` (0), ``ghost_batch_size``.
 #: * ``ghost_bn``: ``ghost_batch_size`` (256). Hoffer et al. 2017.
+#: * ``batch_noise``: ``noise_batch_size`` (256), ``structure`` ("anisotropic" or
+#:   "isotropic"), ``scale`` (1). A small batch's gradient noise injected into a large
+#:   batch's step, see :mod:`sharpminima.train.noise_methods`; Zhu et al. 2019.
 #:
 #: SAM, ASAM, adversarial and the noise methods wrap whatever ``config.optimizer`` names.
 METHODS: dict[str, MethodFactory] = {
@@ -107,6 +111,7 @@ METHODS: dict[str, MethodFactory] = {
     "grad_noise": grad_noise,
     "iterate_noise": iterate_noise,
     "ghost_bn": ghost_bn,
+    "batch_noise": batch_noise,
 }
 
 
