@@ -11,7 +11,13 @@ and ``cached_measure`` reach them by name.
 
 from sharpminima.landscape.curvature import layer_eigenvalues, layer_traces, subspace_ritz_values
 from sharpminima.landscape.density import slq, spectral_density
-from sharpminima.landscape.eigen import hessian_eigenvalues, lanczos, power_iteration, top_eigenvalues
+from sharpminima.landscape.eigen import (
+    block_lanczos,
+    hessian_eigenvalues,
+    lanczos,
+    power_iteration,
+    top_eigenvalues,
+)
 from sharpminima.landscape.epsilon import epsilon_study, plot_epsilon_study
 from sharpminima.landscape.facade import Landscape
 from sharpminima.landscape.flatness import adaptive_sharpness, average_sharpness
@@ -64,7 +70,8 @@ __all__ = [
     "BlockOperator", "Cost", "CostMeter", "CountedObjective", "Counters", "DataSpec", "DenseOperator",
     "FunctionObjective", "GGNOperator", "GraphHVP", "HessianOperator", "Landscape", "Measure",
     "MeasureParams", "ModelObjective", "NetworkObjective", "Objective", "Operator", "Request", "Result",
-    "adaptive_sharpness", "all_measures", "as_objective", "as_operator", "average_sharpness", "bn_mode",
+    "adaptive_sharpness", "all_measures", "as_objective", "as_operator", "average_sharpness", "block_lanczos",
+    "bn_mode",
     "cached_measure", "compute", "distance_ratio", "epsilon_study", "flatten_params", "get_measure",
     "gradient_noise_scale", "hessian_eigenvalues", "hessian_trace", "hutchinson", "interpolate",
     "keskar_sharpness", "keskar_sharpness_multistart", "lanczos", "layer_eigenvalues", "layer_traces",

@@ -149,7 +149,7 @@ def layer_eigenvalues(
         x: The point, shape ``(n,)``.
         k: Eigenvalues per block (at most the block's size).
         groups: Name -> 1-D index tensor into ``x``; default: by module.
-        method: ``"lanczos"``, ``"arpack"`` or ``"power"``.
+        method: ``"lanczos"``, ``"block-lanczos"``, ``"arpack"`` or ``"power"``.
         tol: Relative residual tolerance.
         max_iters: As in :func:`~sharpminima.landscape.eigen.hessian_eigenvalues`.
         seed: Seed of the start vectors (the same for every block).
@@ -253,7 +253,7 @@ class LayerEigenParams(MeasureParams):
     """Parameters of ``layer_eigenvalues``."""
 
     k: int = 1
-    method: Literal["lanczos", "arpack", "power"] = "lanczos"
+    method: EigenMethod = "lanczos"
     tol: float = 1e-3
     max_iters: int | None = None
     seed: int = 0
