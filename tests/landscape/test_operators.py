@@ -97,7 +97,7 @@ def test_hessian_operator_on_a_plain_callable_is_the_quadratic_matrix():
     f, a, x0 = quadratic([3.0, 1.0, -2.0, 0.5, 0.0])
     op = HessianOperator(f, x0)
     torch.testing.assert_close(op @ torch.eye(5, dtype=torch.float64), a)
-    assert op.settings() == {"operator": "hessian", "dim": 5}
+    assert op.settings() == {"operator": "hessian", "dim": 5, "hvp_mode": "graph"}
 
 
 @pytest.mark.parametrize("name", MLP_CASES)

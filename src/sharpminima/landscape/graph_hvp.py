@@ -5,6 +5,12 @@ symmetric). Double backpropagation builds ``g``'s graph (a forward and a backwar
 then differentiates it; at a fixed ``x`` that graph is the same for every ``v``, so
 :class:`GraphHVP` builds it once, on the first product, and each product is then a single
 reverse pass through it (about 6 instead of 9 matrix products per dense layer).
+
+:class:`ForwardHVP` computes the same product by forward-over-reverse: ``H(x) v`` is the
+directional derivative of ``g`` along ``v``, a ``torch.func.jvp`` of ``torch.func.grad``.
+It keeps nothing between products. On a 2-core CPU it measured 3.6 gradients per product on
+an MLP (F1) and 5.7 on a small GPT-style model, against 1.9 and 1.6 from the kept graph;
+:class:`~sharpminima.landscape.operators.HessianOperator` picks between the two.
 """
 
 from __future__ import annotations
@@ -93,6 +99,11 @@ class GraphHVP:
         #: batched pass measured 2.26 gradients per column on F1 against 1.91 one at a time.
         #: Set to False after ``vmap`` failed once.
         self.batched = self.x.device.type != "cpu"
+
+    def build(self) -> None:
+        """Build the kept graph now, if it is not built (otherwise the first product does)."""
+        if self.cached_chunks is None:
+            self._build()
 
     def release(self) -> None:
         """Free the kept graph (the next product builds it again)."""
@@ -218,3 +229,46 @@ class GraphHVP:
                 "HVP graph: %d of %d chunks kept (%.2f GB budget); the rest are recomputed per product",
                 cached, self.num_chunks, budget / 1e9,
             )
+
+
+class ForwardHVP:
+    """Hessian-vector products at a fixed point by forward-over-reverse differentiation.
+
+    ``H(x) v = d/dt grad f(x + t v)`` at ``t = 0``: a ``torch.func.jvp`` of the gradient
+    function, which keeps no graph between products. A network objective offering
+    ``hvp_forward(x, v)`` computes it batch by batch (``sum_b w_b H_b v``, in its BatchNorm
+    mode); for any other objective it is ``jvp(grad(f))`` of the objective as a function of
+    ``x``, which must then be written in ``torch`` operations that ``torch.func`` can
+    transform. Each product is one counted HVP. The value equals :class:`GraphHVP`'s to
+    float round-off.
+
+    Args:
+        objective: The objective (its counters are advanced).
+        x: The point, shape ``(n,)`` (copied).
+    """
+
+    def __init__(self, objective: Any, x: Tensor) -> None:
+        self.objective = objective
+        self.x = x.detach().clone()
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """Return ``H(x) v``, shape ``(n,)``, detached (one counted HVP)."""
+        obj = self.objective
+        v = v.detach().to(dtype=self.x.dtype, device=self.x.device)
+        per_batch = getattr(obj, "hvp_forward", None)
+        if callable(per_batch):
+            hv = per_batch(self.x, v)
+        else:
+            try:
+                _, hv = torch.func.jvp(torch.func.grad(obj), (self.x,), (v,))
+            except NotImplementedError:
+                raise ConfigError(
+                    f"forward-over-reverse products need a differentiable objective function; "
+                    f"{type(obj).__name__} has none: use the kept graph (hvp_mode='graph')"
+                ) from None
+        obj.counters.num_hvp += 1  # counted once computed (a failed probe spends nothing)
+        return hv.detach()
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """Return ``H(x) V`` for a block ``V`` of shape ``(n, k)``, one column at a time."""
+        return torch.stack([self(V[:, j]) for j in range(V.shape[1])], dim=1)

@@ -429,6 +429,25 @@ class ModelObjective(CountedObjective):
                 out += w * hv
         return out
 
+    def hvp_forward(self, x: Tensor, v: Tensor) -> Tensor:
+        """``H(x) v = sum_b w_b H_b v`` by forward-over-reverse (not counted here).
+
+        For each batch ``torch.func.jvp`` of ``torch.func.grad`` of its mean loss, through
+        :func:`torch.func.functional_call` (see
+        :class:`~sharpminima.landscape.graph_hvp.ForwardHVP`).
+        """
+        out = torch.zeros_like(x)
+        v = v.to(x.dtype)
+        with bn_mode(self.model, self.bn_mode), second_order():
+            for b, w in self.batches():
+
+                def batch_loss(p: Tensor, b: Batch = b) -> Tensor:
+                    return self._batch_loss(self._params(p), b)
+
+                _, hv = torch.func.jvp(grad(batch_loss), (x,), (v,))
+                out += w * hv
+        return out
+
     def _hvp(self, x: Tensor, v: Tensor) -> Tensor:
         return self.hvp_from(x, v, 0)
 
