@@ -3,6 +3,7 @@ import json
 import pytest
 
 from sharpminima.cli.app import main
+from sm_testing import check_figure, png_dpi
 
 
 def run_cli(capsys, *args):
@@ -149,10 +150,47 @@ def test_interpolate_writes_figure_and_numbers(capsys, trained, tmp_path):
 def test_epsilon_study_with_plot(capsys, trained, tmp_path):
     store, ids = trained
     plot = tmp_path / "eps.png"
-    code, out, err = run_cli(capsys, "measure", ids[0], "--what", "epsilon-study", "--eps", "1e-4",
-                             "--eps", "1e-3", "--num-samples", "100", "--max-iters", "3", "--plot", str(plot),
-                             "--store", str(store), "--json")
+    args = ["measure", ids[0], "--what", "epsilon-study", "--eps", "1e-4", "--eps", "1e-3", "--num-samples",
+            "100", "--max-iters", "3", "--store", str(store), "--json"]
+    code, out, err = run_cli(capsys, *args, "--plot", str(plot))
     assert code == 0, err
     (row,) = json.loads(out)["measurements"]
     assert row["kind"] == "epsilon_study" and row["settings"]["eps"] == [1e-4, 1e-3]
-    assert plot.stat().st_size > 5000
+    assert plot.stat().st_size > 5000 and png_dpi(plot.read_bytes()) >= 200
+    code, _, err = run_cli(capsys, *args, "--plot", str(tmp_path / "eps.pdf"))  # the stored study, redrawn
+    assert code == 0, err
+    assert (tmp_path / "eps.pdf").read_bytes().startswith(b"%PDF")
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The figures the CLI writes, as it writes them (through ``figstyle.save_figure_as``)."""
+    from sharpminima import figstyle
+
+    saved = []
+    save = figstyle.save_figure_as
+
+    def keep(fig, path, option="the figure file"):
+        saved.append(fig)
+        return save(fig, path, option)
+
+    monkeypatch.setattr(figstyle, "save_figure_as", keep)
+    return saved
+
+
+def test_cli_plots_are_in_the_figure_style_and_labelled(capsys, trained, tmp_path, saved_figures):
+    store, ids = trained
+    out = tmp_path / "path.svg"
+    code, _, err = run_cli(capsys, "interpolate", ids[0], ids[1], "--points", "5", "--num-samples", "100",
+                           "--out", str(out), "--store", str(store))
+    assert code == 0, err
+    assert out.read_bytes().startswith(b"<?xml") and out.with_suffix(".json").is_file()
+    code, _, err = run_cli(capsys, "measure", ids[0], "--what", "epsilon-study", "--eps", "1e-4", "--eps",
+                           "1e-3", "--num-samples", "100", "--max-iters", "3", "--store", str(store),
+                           "--plot", str(tmp_path / "eps.png"))
+    assert code == 0, err
+    path_fig, eps_fig = saved_figures
+    for fig in saved_figures:
+        check_figure(fig)
+    assert "B=50" in path_fig.axes[0].get_xlabel() and "B=200" in path_fig.axes[0].get_xlabel()
+    assert "Keskar sharpness" in eps_fig.axes[0].get_title()

@@ -1,9 +1,11 @@
 """Every figure of the reports, built from small synthetic results and walked through matplotlib's API.
 
-No pixels are compared: each figure is checked for what a reader needs (axis labels with
-units, a title, a legend wherever there is more than one series, fonts of at least 8 pt at
-a two-column paper's widths, no interval below zero on a log axis, bars only from zero),
-and the files are checked for their formats and the PNG for its resolution.
+The epsilon study that ``measure --plot`` draws is walked here too; the CLI's own plots are
+walked in ``tests/cli``. No pixels are compared: each figure is checked for what a reader
+needs (``sm_testing.check_figure``: axis labels with units, a title, a legend wherever there
+is more than one series, fonts of at least 8 pt at a two-column paper's widths, no interval
+below zero on a log axis, bars only from zero), and the files are checked for their formats
+and the PNG for its resolution.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -21,17 +22,16 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from matplotlib.axes import Axes
-from matplotlib.collections import Collection, LineCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
-from matplotlib.text import Text
 
-from sharpminima import intervals
+from sharpminima import figstyle, intervals
 from sharpminima.errors import ConfigError, SharpMinimaError
+from sharpminima.landscape import epsilon
 from sharpminima.report import figures, study_figures, style
 from sharpminima.report.build import Doc, write_report
 from sharpminima.reproduce import get_preset
+from sm_testing import check_figure, legend_texts, png_dpi
 
 # -- synthetic results, shaped as the experiments write them --------------------------------
 RNG = np.random.default_rng(0)
@@ -177,6 +177,17 @@ FIGURES: list[tuple[str, Callable[..., Figure], tuple[Any, ...]]] = [
     ("study_tau_loss", study_figures.correlation_bars, (CORRELATIONS, "loss")),
 ]
 SCATTERS = [(f"study_scatter_{gap}", gap) for gap in ("error", "loss")]
+EPS = (1e-5, 1e-4, 1e-3, 1e-2)
+#: An epsilon study as ``measure --what epsilon_study --plot`` draws it (its first point at zero:
+#: a sharpness of 0 must not reach the log axis).
+EPSILON = epsilon.EpsilonStudyResult(
+    value=1.6, eps_values=EPS, sharpness=(0.0, 2e-4, 1.5e-2, 1.1), linear_term=tuple(2 * e for e in EPS),
+    quadratic_term=tuple(5e3 * e**2 for e in EPS), bound=tuple(2 * e + 5e3 * e**2 for e in EPS),
+    f0=0.3, lambda_max=12.0)
+#: Figures drawn outside the reports, in the same figstyle.
+OTHER_FIGURES: list[tuple[str, Callable[..., Figure], tuple[Any, ...]]] = [
+    ("epsilon_study", epsilon.plot_epsilon_study, (EPSILON,)),
+]
 
 
 def _scatter(gap: str) -> Figure:
@@ -187,104 +198,9 @@ def _scatter(gap: str) -> Figure:
 
 def _all_figures() -> list[tuple[str, Callable[[], Figure]]]:
     built: list[tuple[str, Callable[[], Figure]]] = [
-        (name, lambda f=func, a=args: f(*a)) for name, func, args in FIGURES
+        (name, lambda f=func, a=args: f(*a)) for name, func, args in FIGURES + OTHER_FIGURES
     ]
     return built + [(name, lambda g=gap: _scatter(g)) for name, gap in SCATTERS]
-
-
-# -- what every figure must satisfy -----------------------------------------------------------
-UNIT_RULES = [  # (word in a label, the unit it must carry)
-    (re.compile(r"keskar", re.I), "(%)"),
-    (re.compile(r"accuracy(?! gap)", re.I), "(%)"),
-    (re.compile(r"cross-entropy|\bloss\b", re.I), "(nats)"),
-    (re.compile(r"error gap|accuracy gap", re.I), "(points)"),
-    (re.compile(r"batch size", re.I), "(samples)"),
-]
-
-
-def _has_data(ax: Axes) -> bool:
-    return bool(ax.lines or ax.collections or ax.images or ax.patches or ax.containers)
-
-
-def _twins(fig: Figure, ax: Axes) -> list[Axes]:
-    """Axes drawn over ``ax`` (``twinx``), ``ax`` included."""
-    return [o for o in fig.axes if o.get_position().bounds == ax.get_position().bounds]
-
-
-def _label_of(fig: Figure, ax: Axes, which: str) -> str:
-    """The axis label of ``ax``, or of an axes sharing that axis with it (a shared grid, a twin)."""
-    shared = ax.get_shared_x_axes() if which == "x" else ax.get_shared_y_axes()
-    for other in [ax, *(o for o in fig.axes if o is not ax and shared.joined(ax, o))]:
-        text = other.get_xlabel() if which == "x" else other.get_ylabel()
-        if text:
-            return text
-    return ""
-
-
-def _legend_texts(fig: Figure) -> set[str]:
-    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
-    return {t.get_text() for leg in legends for t in leg.get_texts()}
-
-
-def _log_coordinates(ax: Axes, axis: int) -> list[float]:
-    """Every data coordinate along ``axis`` (0: x, 1: y) of the collections and lines of ``ax``."""
-    values: list[float] = []
-    for coll in ax.collections:
-        assert isinstance(coll, Collection)
-        if isinstance(coll, LineCollection):
-            for seg in coll.get_segments():
-                values.extend(np.asarray(seg)[:, axis].tolist())
-        else:
-            for path in coll.get_paths():
-                if coll.get_transform() == ax.transData:
-                    values.extend(path.vertices[:, axis].tolist())
-            offsets = np.asarray(coll.get_offsets())
-            if offsets.size:
-                values.extend(offsets[:, axis].tolist())
-    for line in ax.lines:
-        data = line.get_xdata() if axis == 0 else line.get_ydata()
-        if line.get_transform() == ax.transData:
-            values.extend(np.asarray(data, dtype=float).tolist())
-    return [v for v in values if math.isfinite(v)]
-
-
-def check_figure(fig: Figure) -> None:
-    """Assert what a reader of a paper needs from ``fig`` (see the module docstring)."""
-    width = fig.get_size_inches()[0]
-    assert style.SINGLE_COLUMN - 0.1 <= width <= style.DOUBLE_COLUMN + 1e-6, f"width {width} in"
-    small = {t.get_text(): t.get_fontsize() for t in fig.findobj(Text)
-             if t.get_visible() and t.get_text().strip() and t.get_fontsize() < style.MIN_FONT_PT}
-    assert not small, f"text below {style.MIN_FONT_PT} pt: {small}"
-    legend_texts = _legend_texts(fig)
-    drawn = [ax for ax in fig.axes if ax.axison and _has_data(ax) and ax.get_label() != "<colorbar>"]
-    assert drawn, "a figure without data"
-    for ax in drawn:
-        xlabel, ylabel = _label_of(fig, ax, "x"), _label_of(fig, ax, "y")
-        assert xlabel and ylabel, f"axes {ax.get_title()!r} lacks an axis label: {xlabel!r}, {ylabel!r}"
-        assert any(o.get_title() for o in _twins(fig, ax)) or fig.get_suptitle(), "an axes without title"
-        for label in (xlabel, ylabel):
-            for word, unit in UNIT_RULES:
-                if word.search(label) and "rank correlation" not in label:
-                    assert unit in label, f"label {label!r} should carry the unit {unit}"
-        labels = {lab for o in _twins(fig, ax) for lab in o.get_legend_handles_labels()[1]}
-        if len(labels) > 1:
-            assert labels <= legend_texts, f"series without a legend entry: {labels - legend_texts}"
-        for axis, scale in ((0, ax.get_xscale()), (1, ax.get_yscale())):
-            if scale == "log":
-                coords = _log_coordinates(ax, axis)
-                assert min(coords, default=1.0) > 0, "something is drawn at or below zero on a log axis"
-        for container in ax.containers:
-            if isinstance(container, BarContainer):
-                assert ax.get_xscale() == "linear" and ax.get_yscale() == "linear", "bars on a log axis"
-                horizontal = container.orientation == "horizontal"
-                for bar in container.patches:
-                    base = bar.get_x() if horizontal else bar.get_y()
-                    assert base == 0, f"a bar starting at {base}, not at zero"
-                lo, hi = ax.get_xlim() if horizontal else ax.get_ylim()
-                assert lo <= 0 <= hi, "bars whose origin (zero) is off the axis"
-    assert fig.get_suptitle() or all(
-        any(o.get_title() for o in _twins(fig, ax)) for ax in drawn
-    ), "no title says what the figure shows"
 
 
 @pytest.mark.parametrize(("name", "build"), _all_figures(), ids=[n for n, _ in _all_figures()])
@@ -293,8 +209,8 @@ def test_figure_is_labelled_for_a_paper(name: str, build: Callable[[], Figure]) 
 
 
 def test_every_figure_function_is_walked() -> None:
-    tested = {func.__name__ for _, func, _ in FIGURES} | {"measure_scatter"}
-    for module in (figures, study_figures):
+    tested = {func.__name__ for _, func, _ in FIGURES + OTHER_FIGURES} | {"measure_scatter"}
+    for module in (figures, study_figures, epsilon):
         for name, func in inspect.getmembers(module, inspect.isfunction):
             if func.__module__ == module.__name__ and not name.startswith("_"):
                 if inspect.signature(func).return_annotation in ("Figure", Figure):
@@ -333,7 +249,7 @@ def test_stopping_study_is_a_heat_map_of_sb_by_lb_epochs() -> None:
 
 def test_twin_axes_figures_have_one_legend_for_both_axes() -> None:
     for fig in (figures.versus("f1", FIG4, "batch_size"), figures.parametric("f1", FIG3, "linear")):
-        texts = _legend_texts(fig)
+        texts = legend_texts(fig)
         assert {"test accuracy"} <= texts or {"train loss", "train accuracy"} <= texts
         assert fig.axes[0].get_title().startswith("F1: ")
 
@@ -352,7 +268,7 @@ def test_dynamics_legend_tells_optimizers_and_regimes_apart() -> None:
         if not line.get_label().startswith("_"):
             styles[line.get_label()] = (line.get_color(), line.get_linestyle(), line.get_marker())
     assert len(set(styles.values())) == len(styles) == 4
-    assert "SGD stability line 2(1+β)/lr" in _legend_texts(fig)
+    assert "SGD stability line 2(1+β)/lr" in legend_texts(fig)
 
 
 def test_accuracy_is_drawn_as_points_not_bars() -> None:
@@ -362,32 +278,18 @@ def test_accuracy_is_drawn_as_points_not_bars() -> None:
 
 
 # -- files ------------------------------------------------------------------------------------
-def _png_dpi(data: bytes) -> float:
-    """Dots per inch from the PNG's pHYs chunk."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos = 8
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"pHYs":
-            ppu_x, ppu_y, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
-            assert unit == 1  # metres
-            return min(ppu_x, ppu_y) * 0.0254
-        pos += 12 + length
-    raise AssertionError("no pHYs chunk")
-
-
 def test_save_figure_writes_each_format_atomically(tmp_path: Path) -> None:
     fig = figures.sharpness_vs_loss("f1", FIG6)
-    png = style.save_figure(fig, tmp_path / "fig6_f1", ("png", "pdf", "svg"))
+    png = figstyle.save_figure(fig, tmp_path / "fig6_f1", ("png", "pdf", "svg"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig6_f1.pdf", "fig6_f1.png", "fig6_f1.svg"]
-    assert (tmp_path / "fig6_f1.png").read_bytes() == png and _png_dpi(png) >= 200
+    assert (tmp_path / "fig6_f1.png").read_bytes() == png and png_dpi(png) >= 200
     assert (tmp_path / "fig6_f1.pdf").read_bytes().startswith(b"%PDF")
     assert b"<svg" in (tmp_path / "fig6_f1.svg").read_bytes()[:2000]
     width_px = struct.unpack(">I", png[16:20])[0]
-    assert width_px == round(style.SINGLE_COLUMN * style.PNG_DPI)
+    assert width_px == round(figstyle.SINGLE_COLUMN * figstyle.PNG_DPI)
     # reproducible vector files: the same figure gives the same bytes
     again = tmp_path / "again"
-    style.save_figure(figures.sharpness_vs_loss("f1", FIG6), again / "fig6_f1", ("pdf", "svg"))
+    figstyle.save_figure(figures.sharpness_vs_loss("f1", FIG6), again / "fig6_f1", ("pdf", "svg"))
     for fmt in ("pdf", "svg"):
         assert (again / f"fig6_f1.{fmt}").read_bytes() == (tmp_path / f"fig6_f1.{fmt}").read_bytes()
 
@@ -396,30 +298,47 @@ def test_save_figure_reports_a_folder_it_cannot_write(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(SharpMinimaError, match="cannot write the figure"):
-        style.save_figure(figures.sharpness_vs_loss("f1", FIG6), blocker / "fig6", ("png",))
+        figstyle.save_figure(figures.sharpness_vs_loss("f1", FIG6), blocker / "fig6", ("png",))
+
+
+def test_save_figure_as_writes_the_format_its_suffix_names(tmp_path: Path) -> None:
+    fig = epsilon.plot_epsilon_study(EPSILON)
+    for name, magic in (("eps.png", b"\x89PNG"), ("eps.PDF", b"%PDF"), ("sub/eps.svg", b"<?xml")):
+        path = figstyle.save_figure_as(fig, tmp_path / name, "--plot")
+        assert path == tmp_path / name and path.read_bytes().startswith(magic)
+    assert png_dpi((tmp_path / "eps.png").read_bytes()) >= 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eps.PDF", "eps.png", "sub"]  # no temporaries
+    with pytest.raises(ConfigError, match=r"--plot must end in .png, .pdf or .svg, got .*eps\.jpg"):
+        figstyle.save_figure_as(fig, tmp_path / "eps.jpg", "--plot")
+    assert not (tmp_path / "eps.jpg").exists()
+
+
+def test_report_style_is_the_figure_style_under_its_former_name() -> None:
+    assert style.save_figure is figstyle.save_figure and style.RC is figstyle.RC
+    assert set(style.__all__) == set(figstyle.__all__)
 
 
 def test_render_rejects_an_unknown_format() -> None:
     with pytest.raises(ConfigError, match="unknown figure format 'jpg'"):
-        style.render(figures.sharpness_vs_loss("f1", FIG6), "jpg")
+        figstyle.render(figures.sharpness_vs_loss("f1", FIG6), "jpg")
 
 
 def test_parse_figure_formats() -> None:
-    assert style.parse_figure_formats("png, PDF,svg,png") == ("png", "pdf", "svg")
-    assert style.parse_figure_formats(["svg", "pdf,.png"]) == ("svg", "pdf", "png")
+    assert figstyle.parse_figure_formats("png, PDF,svg,png") == ("png", "pdf", "svg")
+    assert figstyle.parse_figure_formats(["svg", "pdf,.png"]) == ("svg", "pdf", "png")
     with pytest.raises(ConfigError, match="unknown figure format 'jpg'"):
-        style.parse_figure_formats("png,jpg")
+        figstyle.parse_figure_formats("png,jpg")
     with pytest.raises(ConfigError, match="no figure format given"):
-        style.parse_figure_formats(" , ")
+        figstyle.parse_figure_formats(" , ")
 
 
 @given(st.text(max_size=30))
 def test_parse_figure_formats_gives_formats_or_our_error(text: str) -> None:
     try:
-        formats = style.parse_figure_formats(text)
+        formats = figstyle.parse_figure_formats(text)
     except ConfigError:
         return
-    assert formats and set(formats) <= set(style.FIGURE_FORMATS)
+    assert formats and set(formats) <= set(figstyle.FIGURE_FORMATS)
 
 
 def _results() -> dict[str, Any]:
@@ -436,7 +355,7 @@ def test_report_writes_every_figure_in_every_format(tmp_path: Path) -> None:
     for name in names:
         for fmt in ("png", "pdf", "svg"):
             assert (tmp_path / f"{name}.{fmt}").stat().st_size > 1000, f"{name}.{fmt}"
-        assert _png_dpi((tmp_path / f"{name}.png").read_bytes()) >= 200
+        assert png_dpi((tmp_path / f"{name}.png").read_bytes()) >= 200
         assert f"({name}.png)" in md.read_text() and f"[PDF]({name}.pdf)" in md.read_text()
         assert f"href='{name}.svg'" in page.read_text()
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
@@ -480,7 +399,7 @@ def test_report_command_writes_the_formats_asked_for(capsys, tmp_path: Path) -> 
 
 def _bad_sharpness_bars() -> Figure:
     """The old drawing: symmetric sd bars on a log axis."""
-    fig, ax = style.new_figure()
+    fig, ax = figstyle.new_figure()
     ax.bar([0, 1], [10.0, 300.0], yerr=[15.0, 50.0], label="SB")
     ax.set_yscale("log")
     ax.set(xlabel="setting", ylabel="Keskar sharpness (%)", title="F1")
@@ -489,14 +408,14 @@ def _bad_sharpness_bars() -> Figure:
 
 
 def _bad_accuracy_bars() -> Figure:
-    fig, ax = style.new_figure()
+    fig, ax = figstyle.new_figure()
     ax.bar([0, 1], [3.0, 4.0], bottom=94.0)
     ax.set(xlabel="method", ylabel="test accuracy (%)", title="F1", ylim=(94, 99))
     return fig
 
 
 def _bad_twin_axes() -> Figure:
-    fig, ax = style.new_figure()
+    fig, ax = figstyle.new_figure()
     ax.plot([1, 2], [98.0, 97.0], label="test accuracy")
     ax.set(xlabel="batch size (samples)", ylabel="test accuracy (%)", title="F1")
     ax2 = ax.twinx()

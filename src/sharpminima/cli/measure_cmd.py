@@ -132,8 +132,10 @@ def measure(
     if loss is not None and not external:
         raise ConfigError("--loss applies to external data (--data); a trained run keeps its own loss")
     bn_modes = _choices("bn", bn, ("batch", "eval"))
-    if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ConfigError(f"--plot must end in .png, .pdf or .svg, got {plot}")
+    if plot is not None:
+        from sharpminima.figstyle import figure_format
+
+        figure_format(plot, "--plot")
     options = {
         "eps": eps,
         "p": p,
@@ -411,12 +413,12 @@ def interpolate(
 
     import torch
 
+    from sharpminima.figstyle import figure_format, net_name, save_figure_as
     from sharpminima.landscape.interpolate import alpha_grid
     from sharpminima.landscape.interpolate import interpolate as interp
     from sharpminima.landscape.model_objective import ModelObjective
     from sharpminima.landscape.objective import flatten_params
     from sharpminima.report.figures import parametric
-    from sharpminima.report.style import net_name
     from sharpminima.store.checkpoints import atomic_write_text
     from sharpminima.train.checkpointing import load_run
 
@@ -429,8 +431,7 @@ def interpolate(
         alphas = alpha_grid(alpha_min, alpha_max, points)
     except ConfigError as exc:
         raise ConfigError(f"--points/--alpha-min/--alpha-max: {exc}") from None
-    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ConfigError(f"--out must end in .png, .pdf or .svg, got {out}")
+    figure_format(out, "--out")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     st = open_store(store)
     a, data = load_run(st, run_a, device=dev, require_finite=True)
@@ -457,8 +458,7 @@ def interpolate(
     ends = end_labels(a.config, b.config, a.id, b.id)
     numbers.update(run_a=a.id, run_b=b.id, label_a=ends[0], label_b=ends[1])
     fig = parametric(f"{net_name(a.config.net)}, {ends[0]} to {ends[1]}", numbers, path, ends=ends)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    save_figure_as(fig, out, "--out")
     atomic_write_text(out.with_suffix(".json"), json.dumps(numbers, indent=1))
     if json_output:
         echo_json(numbers)
@@ -494,10 +494,9 @@ def end_labels(config_a: Any, config_b: Any, id_a: str, id_b: str) -> tuple[str,
 
 def _plot_epsilon(record: dict[str, Any], path: Path) -> None:
     """Redraw a stored epsilon study (its record holds every number the plot needs)."""
+    from sharpminima.figstyle import save_figure_as
     from sharpminima.landscape.epsilon import EpsilonStudyResult, plot_epsilon_study
 
     names = {f.name for f in dataclasses.fields(EpsilonStudyResult)}
     fields = {k: v for k, v in record.items() if k in names and k not in ("cost", "results")}
-    fig = plot_epsilon_study(EpsilonStudyResult(**fields))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure_as(plot_epsilon_study(EpsilonStudyResult(**fields)), path, "--plot")

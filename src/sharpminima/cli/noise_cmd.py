@@ -70,7 +70,7 @@ def noise(
 ) -> None:
     """Why LB finds sharp minima: critical batch size, temperature, noise structure, escape, stability."""
     from sharpminima.data import load
-    from sharpminima.report.style import parse_figure_formats
+    from sharpminima.figstyle import parse_figure_formats
     from sharpminima.study.noise import get_noise_preset, plan_noise, run_noise_study
     from sharpminima.study.noise_report import write_noise_report
     from sharpminima.study.report import save_study

@@ -99,8 +99,8 @@ def reproduce(
     slurm_cluster: SlurmClusterOpt = None,
 ) -> None:
     """Run the paper's experiments through the run store, then write the report."""
+    from sharpminima.figstyle import parse_figure_formats
     from sharpminima.report import write_report
-    from sharpminima.report.style import parse_figure_formats
 
     figure_formats = parse_figure_formats(figure_format)  # before any work
     from sharpminima.reproduce import get_preset
@@ -176,8 +176,8 @@ def report(
     json_output: Annotated[bool, typer.Option("--json", help="Print the files written as JSON.")] = False,
 ) -> None:
     """Write report.md, report.html and the figures from a reproduction's results.json."""
+    from sharpminima.figstyle import parse_figure_formats
     from sharpminima.report import write_report
-    from sharpminima.report.style import parse_figure_formats
 
     md, page = write_report(out, figure_formats=parse_figure_formats(figure_format))
     if json_output:

@@ -86,7 +86,7 @@ def correlation(
 ) -> None:
     """Train (or reuse) every run of a grid, measure each, rank measures by the generalization gap."""
     from sharpminima.data import load
-    from sharpminima.report.style import parse_figure_formats
+    from sharpminima.figstyle import parse_figure_formats
     from sharpminima.study.grid import get_preset, parse_grid
     from sharpminima.study.measures import FAMILIES
     from sharpminima.study.report import save_study, write_study_report
@@ -164,7 +164,7 @@ def report(
     json_output: Annotated[bool, typer.Option("--json", help="Print the files written as JSON.")] = False,
 ) -> None:
     """Rewrite study.md, study.html and the figures from a study's study.json."""
-    from sharpminima.report.style import parse_figure_formats
+    from sharpminima.figstyle import parse_figure_formats
     from sharpminima.study.noise_report import KIND, write_noise_report
     from sharpminima.study.report import load_study, write_study_report
 

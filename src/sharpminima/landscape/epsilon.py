@@ -215,7 +215,9 @@ def epsilon_study(
 def plot_epsilon_study(result: EpsilonStudyResult) -> Figure:
     """Log-log plot of sharpness against eps with the linear, quadratic and total bounds.
 
-    Uses :class:`matplotlib.figure.Figure` directly (no pyplot state; any backend).
+    Drawn in the one style of :mod:`sharpminima.figstyle` (one column of a two-column paper);
+    a bare :class:`matplotlib.figure.Figure`, no pyplot state, any backend. Write it with
+    :func:`sharpminima.figstyle.save_figure` or :func:`~sharpminima.figstyle.save_figure_as`.
 
     Args:
         result: An :class:`EpsilonStudyResult`.
@@ -223,28 +225,32 @@ def plot_epsilon_study(result: EpsilonStudyResult) -> Figure:
     Returns:
         The figure (one axes).
     """
-    from matplotlib.figure import Figure
+    from sharpminima.figstyle import SINGLE_COLUMN, new_figure, styled  # matplotlib only when drawn
 
-    fig = Figure(figsize=(5.0, 3.6), layout="constrained")
-    ax = fig.add_subplot()
     eps = np.asarray(result.eps_values)
 
     def positive(v: Sequence[float]) -> np.ndarray:
         arr = np.asarray(v, dtype=float)
         return np.where(arr > 0, arr, np.nan)
 
-    ax.loglog(eps, positive(result.sharpness), "o-", label="sharpness (L-BFGS-B)")
-    ax.loglog(eps, positive(result.linear_term), "--", label=r"linear: $100\,\epsilon\,\sum|g_i|s_i/(1+f)$")
-    ax.loglog(eps, positive(result.quadratic_term), ":",
-              label=r"quadratic: $50\,\epsilon^2\lambda_{max}\|s\|^2/(1+f)$")
-    ax.loglog(eps, positive(result.bound), "-", lw=0.8, color="grey", label="sum (2nd-order bound)")
-    ax.set_xlabel(r"box half-width $\epsilon$ (relative to $|x_i| + 1$)")
-    ax.set_ylabel("Keskar sharpness (%)")
-    ax.set_title("Keskar sharpness against the box size\n"
-                 f"log-log slope {result.value:.2f}, " + r"$\lambda_{max}$" + f" = {result.lambda_max:.3g}",
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    return fig
+    @styled
+    def draw() -> Figure:
+        fig, ax = new_figure(SINGLE_COLUMN, 3.9)
+        ax.loglog(eps, positive(result.sharpness), "o-", label="sharpness (L-BFGS-B)")
+        ax.loglog(eps, positive(result.linear_term), "--",
+                  label=r"linear: $100\,\epsilon\,\sum|g_i|s_i/(1+f)$")
+        ax.loglog(eps, positive(result.quadratic_term), ":",
+                  label=r"quadratic: $50\,\epsilon^2\lambda_{max}\|s\|^2/(1+f)$")
+        ax.loglog(eps, positive(result.bound), "-", lw=0.8, color="grey", label="sum (2nd-order bound)")
+        ax.set_xlabel(r"box half-width $\epsilon$ (relative to $|x_i| + 1$)")
+        ax.set_ylabel("Keskar sharpness (%)")
+        ax.set_title("Keskar sharpness against the box size\n"
+                     f"log-log slope {result.value:.2f}, "
+                     + r"$\lambda_{max}$" + f" = {result.lambda_max:.3g}")
+        fig.legend(loc="outside lower center")  # four long labels: below, not over the lines
+        return fig
+
+    return draw()
 
 
 # -------------------------------------------------------------------------- registration

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sharpminima.errors import SharpMinimaError
+from sharpminima.figstyle import DEFAULT_FIGURE_FORMATS
 from sharpminima.report import figures, paper
 from sharpminima.report.doc import (
     Doc,
@@ -20,7 +21,6 @@ from sharpminima.report.doc import (
     signed,
 )
 from sharpminima.report.sections import build_document
-from sharpminima.report.style import DEFAULT_FIGURE_FORMATS
 
 RESULTS_FILE = "results.json"
 
@@ -56,15 +56,10 @@ def write_report(
     Returns:
         Paths of the Markdown and HTML files.
     """
-    from sharpminima.store import atomic_write_text
-
     res = results if results is not None else load_results(out)
     doc = Doc(out, figure_formats=figure_formats)
     title = build_document(doc, res)
-    md, page = out / "report.md", out / "report.html"
-    atomic_write_text(md, doc.markdown())
-    atomic_write_text(page, doc.html(title))
-    return md, page
+    return doc.save("report", title)
 
 
 __all__ = [

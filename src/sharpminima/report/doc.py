@@ -17,7 +17,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from sharpminima.report.style import DEFAULT_FIGURE_FORMATS, save_figure
+from sharpminima.figstyle import DEFAULT_FIGURE_FORMATS, PNG_DPI, save_figure
 
 
 @dataclass
@@ -110,6 +110,26 @@ class Doc:
         parts.append("</body></html>")
         return "\n".join(parts)
 
+    def save(self, stem: str, title: str) -> tuple[Path, Path]:
+        """Write ``out/stem.md`` (:meth:`markdown`) and ``out/stem.html`` (:meth:`html`), atomically.
+
+        Args:
+            stem: File name without suffix (``"report"``, ``"study"``).
+            title: The HTML page's title.
+
+        Returns:
+            Paths of the Markdown and HTML files.
+
+        Raises:
+            StoreError: If a file cannot be written.
+        """
+        from sharpminima.store import atomic_write_text
+
+        md, page = self.out / f"{stem}.md", self.out / f"{stem}.html"
+        atomic_write_text(md, self.markdown())
+        atomic_write_text(page, self.html(title))
+        return md, page
+
     def _figure_files(self, name: str) -> list[str]:
         """The files written for figure ``name``: the one to show first (PNG, else SVG, else PDF)."""
         order = {"png": 0, "svg": 1, "pdf": 2}
@@ -122,8 +142,6 @@ def _fmt_name(path: str) -> str:
 
 def _css_width(png: bytes) -> int:
     """Display width (CSS px) showing a figure at 1.6x its size in print (8 pt text ~ 17 px)."""
-    from sharpminima.report.style import PNG_DPI
-
     pixels = int.from_bytes(png[16:20], "big")  # IHDR width
     return round(pixels * 96 * 1.6 / PNG_DPI)
 

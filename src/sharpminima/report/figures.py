@@ -1,6 +1,6 @@
 """Figures of the reports: each a pure function from results data to a matplotlib Figure.
 
-Every figure is drawn in the one style of :mod:`sharpminima.report.style` (sizes for a
+Every figure is drawn in the one style of :mod:`sharpminima.figstyle` (sizes for a
 two-column paper) and shows the spread of its trials: each trial as a point, over the mean
 and its 95% t-interval (:func:`sharpminima.intervals.summary`). On a logarithmic axis
 (Keskar sharpness) the centre is the geometric mean and the interval is computed on the
@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sharpminima import intervals
-from sharpminima.report.style import (
+from sharpminima.figstyle import (
     DOUBLE_COLUMN,
     REGIME_COLORS,
     REGIME_LABELS,

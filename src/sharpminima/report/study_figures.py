@@ -1,6 +1,6 @@
 """Figures of the correlation study: pure functions from results data to matplotlib Figures.
 
-Drawn in the one style of :mod:`sharpminima.report.style`.
+Drawn in the one style of :mod:`sharpminima.figstyle`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from sharpminima.report.style import DOUBLE_COLUMN, PALETTE, new_figure, styled
+from sharpminima.figstyle import DOUBLE_COLUMN, PALETTE, new_figure, styled
 
 GAP_LABELS = {
     "loss": "gap: test - train cross-entropy",

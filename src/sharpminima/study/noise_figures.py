@@ -1,6 +1,6 @@
 """Figures of the noise study: pure functions from its results to matplotlib Figures.
 
-Drawn in the one style of :mod:`sharpminima.report.style`.
+Drawn in the one style of :mod:`sharpminima.figstyle`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from sharpminima.report.style import DOUBLE_COLUMN, PALETTE, REGIME_COLORS, new_figure, styled
+from sharpminima.figstyle import DOUBLE_COLUMN, PALETTE, REGIME_COLORS, new_figure, styled
 
 
 def _ok(v: Any) -> bool:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from sharpminima.errors import SharpMinimaError
+from sharpminima.figstyle import DEFAULT_FIGURE_FORMATS
 from sharpminima.report.doc import Doc, num
-from sharpminima.report.style import DEFAULT_FIGURE_FORMATS
 from sharpminima.study.report import load_study
 
 KIND = "noise_study"
@@ -473,13 +473,8 @@ def write_noise_report(
     Returns:
         Paths of the Markdown and HTML files.
     """
-    from sharpminima.store import atomic_write_text
-
     res = results if results is not None else load_noise(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = Doc(out, figure_formats=figure_formats)
     title = build_noise(doc, res)
-    md, page = out / "study.md", out / "study.html"
-    atomic_write_text(md, doc.markdown())
-    atomic_write_text(page, doc.html(title))
-    return md, page
+    return doc.save("study", title)
