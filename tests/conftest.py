@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from sharpminima.data.base import Dataset
 from sm_testing import make_tiny
+
+# Property tests: no deadline (first calls compile and warm caches); under CI the examples
+# are derived from each test's name, so a run is reproducible and a failure prints its blob.
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,7 @@ from sharpminima.landscape.eigen import (
     lanczos,
     top_eigenvalues,
 )
-from sharpminima.landscape.operators import as_operator
+from sharpminima.landscape.operators import Operator, as_operator
 from sharpminima.landscape.registry import get_measure
 
 
@@ -133,10 +135,82 @@ def test_no_convergence_is_reported():
     assert not result.converged and result.num_matvecs == 4 and result.settings["max_iters"] == 2
 
 
+def test_max_iters_is_recorded_capped_at_the_steps_that_fill_the_space():
+    a = random_symmetric(61, 0)
+    # Block steps of b products, capped at ceil(n / b) as lanczos caps its steps at n.
+    assert block_lanczos(a, 1, block_size=2, max_iters=1000).settings["max_iters"] == 31
+    assert lanczos(a, 1, max_iters=1000).settings["max_iters"] == 61
+
+
+def _spectrum_with_vectors(spectrum: list[float], seed: int, dtype: torch.dtype = torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(spectrum), len(spectrum), generator=g, dtype=torch.float64))
+    a = q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ q.T
+    return ((a + a.T) / 2).to(dtype), q
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("criterion", ["residual", "eigenvalue"])
+def test_a_start_column_that_is_an_eigenvector_is_a_breakdown(dtype, criterion):
+    # The first column deflates at once (A v = 8 v lies in the span): its Ritz pair has a
+    # round-off residual, but lambda_1 = 10 is not in the space yet and must be found.
+    spectrum = [10.0, 8.0, *np.linspace(5.0, -1.0, 38).tolist()]
+    a, q = _spectrum_with_vectors(spectrum, seed=1, dtype=dtype)
+    g = torch.Generator().manual_seed(2)
+    noise = 1e-3 * torch.randn(40, generator=g, dtype=torch.float64)
+    for other in (torch.randn(40, generator=g, dtype=torch.float64), q[:, -1] + noise):
+        start = torch.stack([q[:, 1], other], dim=1).to(dtype)
+        result = block_lanczos(a, 1, tol=1e-5, start=start, criterion=criterion)
+        assert result.converged and result.value == pytest.approx(10.0, rel=1e-5)
+        assert result.settings["start"] == "given"
+    assert "start" not in block_lanczos(a, 1, tol=1e-5).settings
+
+
+class _Diagonal(Operator):
+    kind = "diagonal"
+
+    def __init__(self, d: torch.Tensor) -> None:
+        super().__init__()
+        self.d, self.shape, self.dtype, self.device = d, (d.numel(), d.numel()), d.dtype, d.device
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.d * v
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.d[:, None] * V
+
+
+def test_a_large_step_limit_allocates_only_what_the_run_uses():
+    # n = 20,000, b = 8, max_iters = 10,000: a band preallocated for every allowed step would
+    # be 20,000^2 float64 (3.2 GB); grown by doubling it stays a few blocks wide.
+    d = torch.cat([
+        torch.tensor([10.0, 9.0, 8.0], dtype=torch.float64),
+        torch.linspace(5.0, 0.0, 19_997, dtype=torch.float64),
+    ])
+    tracemalloc.start()
+    try:
+        result = block_lanczos(_Diagonal(d), 2, block_size=8, tol=1e-6, max_iters=10_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.converged and result.values == pytest.approx([10.0, 9.0], rel=1e-6)
+    assert result.settings["max_iters"] == 2_500
+    assert peak < 200e6
+
+
 # -- the "eigenvalue" criterion -------------------------------------------------------------
 
 
-@settings(max_examples=30, deadline=None)
+def _separated_top(seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    # A top separated by relative gaps of 5-30% (a close pair is the documented exception,
+    # tested below with a block); bulk below it.
+    rng = np.random.default_rng(seed)
+    top = 10.0 * np.cumprod(1.0 - rng.uniform(0.05, 0.3, 4))
+    spectrum = np.concatenate([[10.0], top, np.sort(rng.uniform(-1.0, 1.5, 115))[::-1]])
+    return spectrum, known_spectrum(spectrum.tolist(), seed=seed)
+
+
+@settings(max_examples=30)
 @given(
     seed=st.integers(0, 10_000),
     tol=st.sampled_from([1e-2, 1e-3, 1e-4, 1e-6]),
@@ -144,12 +218,7 @@ def test_no_convergence_is_reported():
     block=st.sampled_from([0, 1, 2]),
 )
 def test_eigenvalue_criterion_meets_its_tolerance(seed, tol, k, block):
-    # A top separated by relative gaps of 5-30% (a close pair is the documented exception,
-    # tested below with a block); bulk below it.
-    rng = np.random.default_rng(seed)
-    top = 10.0 * np.cumprod(1.0 - rng.uniform(0.05, 0.3, 4))
-    spectrum = np.concatenate([[10.0], top, np.sort(rng.uniform(-1.0, 1.5, 115))[::-1]])
-    a = known_spectrum(spectrum.tolist(), seed=seed)
+    spectrum, a = _separated_top(seed)
     if block == 0:
         fast = lanczos(a, k, tol=tol, seed=seed, criterion="eigenvalue")
         slow = lanczos(a, k, tol=tol, seed=seed)
@@ -157,8 +226,15 @@ def test_eigenvalue_criterion_meets_its_tolerance(seed, tol, k, block):
         fast = block_lanczos(a, k, block_size=block, tol=tol, seed=seed, criterion="eigenvalue")
         slow = block_lanczos(a, k, block_size=block, tol=tol, seed=seed)
     assert fast.converged and fast.settings["criterion"] == "eigenvalue"
-    errors = np.abs(np.array(fast.values) - spectrum[:k])
-    assert np.all(errors <= tol * np.abs(spectrum[:k]))
+    values = np.array(fast.values)
+    # What Ritz values can promise: each is within tol of an eigenvalue (no miss in 10,800
+    # runs). Not always of lambda_i: an eigenvalue the Krylov space has not found yet is
+    # invisible to both rules, and at tol 1e-2 to 1e-4 0.2-2.5% of runs return lambda_{i+1}
+    # (see lanczos); at 1e-6 none did in 4,700 runs.
+    nearest = np.abs(values[:, None] - spectrum[None, :]).min(axis=1)
+    assert np.all(nearest <= tol * np.abs(values))
+    if tol <= 1e-6:
+        assert np.all(np.abs(values - spectrum[:k]) <= tol * np.abs(spectrum[:k]))
     assert fast.num_matvecs <= slow.num_matvecs
 
 
@@ -183,9 +259,37 @@ def test_eigenvalue_criterion_saves_products():
     assert abs(fast.value - 10.0) <= 1e-6 * 10.0
 
 
-def test_default_criterion_unchanged():
-    a = random_symmetric(40, 2)
-    assert lanczos(a, 2, tol=1e-6).values == lanczos(a, 2, tol=1e-6, criterion="residual").values
+@pytest.mark.parametrize(
+    ("seed", "tol", "k", "block"), [(25, 1e-2, 1, 2), (23, 1e-2, 3, 0), (23, 1e-2, 3, 1)]
+)
+def test_eigenvalue_criterion_on_the_reviewed_family(seed, tol, k, block):
+    # Cases where the half-Ritz-gap bound stopped on the wrong eigenvalue (seed 25: 9.0855
+    # for lambda_1 = 10 after 8 products, lambda_2 = 9.098); the refined gap subtracts the
+    # neighbours' residuals and waits.
+    spectrum, a = _separated_top(seed)
+    if block == 0:
+        result = lanczos(a, k, tol=tol, seed=seed, criterion="eigenvalue")
+    else:
+        result = block_lanczos(a, k, block_size=block, tol=tol, seed=seed, criterion="eigenvalue")
+    assert result.converged
+    assert np.all(np.abs(np.array(result.values) - spectrum[:k]) <= tol * spectrum[:k])
+
+
+@pytest.mark.parametrize(
+    ("n", "matrix_seed", "k", "tol", "seed", "dtype", "num_matvecs", "values"),
+    [
+        # From the code before criterion="eigenvalue" and block Lanczos (commit 59d8144).
+        (40, 2, 2, 1e-6, 0, torch.float64, 33, [7.414568090607177, 6.525561141932499]),
+        (80, 0, 1, 1e-3, 3, torch.float64, 20, [11.965918888583861]),
+        (60, 1, 3, 1e-4, 1, torch.float32, 37, [9.917482857328451, 9.486178667992048, 8.937688695912835]),
+    ],
+)
+def test_default_criterion_unchanged(n, matrix_seed, k, tol, seed, dtype, num_matvecs, values):
+    a = random_symmetric(n, matrix_seed, dtype)
+    for result in (lanczos(a, k, tol=tol, seed=seed), top_eigenvalues(a, k, tol=tol, seed=seed)):
+        assert result.converged and result.num_matvecs == num_matvecs
+        assert result.values == pytest.approx(values, rel=1e-12)  # the same up to BLAS round-off
+        assert result.settings["max_iters"] == n
 
 
 # -- through the Hessian and the registry ----------------------------------------------------
@@ -209,6 +313,10 @@ def test_registry_params():
     p = EigenParams(k=2, method="block-lanczos", block_size=3, criterion="eigenvalue")
     assert p.key()["block_size"] == 3 and p.key()["criterion"] == "eigenvalue"
     assert "criterion" not in EigenParams().key() and "block_size" not in EigenParams().key()
+    # The default block size and the same size given explicitly are one measurement.
+    default = EigenParams(method="block-lanczos")
+    assert default.key() == EigenParams(method="block-lanczos", block_size=2).key()
+    assert EigenParams(k=3, method="block-lanczos").key()["block_size"] == 3
     with pytest.raises(ConfigError, match="criterion must be one of"):
         EigenParams(criterion="error")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="method must be one of"):
@@ -235,8 +343,12 @@ def test_errors():
         block_lanczos(a, block_size=0)
     with pytest.raises(ConfigError, match="max_iters must be a positive integer"):
         block_lanczos(a, max_iters=0)
-    with pytest.raises(ConfigError, match=r"max_iters \(1\) block steps of 2 give fewer than k \(3\)"):
+    with pytest.raises(ConfigError, match=r"max_iters \(1\) block steps of 2 products must give at least k"):
         block_lanczos(a, 3, block_size=2, max_iters=1)
+    for solver in (lanczos, block_lanczos):
+        for bad in (0, 2.5, True):
+            with pytest.raises(ConfigError, match="max_iters must be a positive integer"):
+                solver(a, max_iters=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"start must be a block of shape \(4, b\)"):
         block_lanczos(a, start=torch.ones(3, 2, dtype=torch.float64))
     with pytest.raises(ConfigError, match=r"block_size \(3\) differs from the start block's 2 columns"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 
 import pytest
 import torch
@@ -139,8 +140,9 @@ def test_a_forced_probe_chooses_caches_and_counts_its_products():
     assert chosen in ("graph", "forward")
     assert op.probe_seconds is not None and set(op.probe_seconds) == {"graph", "forward"}
     assert list(operators._PROBED.values()) == [chosen]
-    # the first column went both ways: one HVP more than the operator's products
-    assert (op.num_matvecs, obj.counters.num_hvp, obj.counters.num_grad) == (3, 4, 1)
+    # the first column went both ways twice: three HVPs more than the operator's products
+    assert (op.num_matvecs, obj.counters.num_hvp, obj.counters.num_grad) == (3, 6, 1)
+    assert op.settings()["hvp_probe"] == op.probe_seconds  # the extra products are explained
 
     # a second operator on the same model and data takes the cached decision: no probe
     twin = case.objective()
@@ -156,11 +158,19 @@ def test_a_forced_probe_chooses_caches_and_counts_its_products():
     third = HessianOperator(other, case.x0, probe=True)
     torch.testing.assert_close(third @ vs[:, 0], case.hessian @ vs[:, 0], rtol=1e-9, atol=1e-10)
     assert third.probe_seconds is not None and len(operators._PROBED) == 2
-    assert other.counters.num_hvp == 2
+    assert other.counters.num_hvp == 4
 
 
-@pytest.mark.parametrize(("clock", "winner"), [((0.0, 1.0, 1.5), "forward"), ((0.0, 1.0, 3.0), "graph")])
-def test_the_probe_keeps_the_faster_path(monkeypatch, clock, winner):
+@pytest.mark.parametrize(
+    ("clock", "seconds", "winner"),
+    [
+        # graph 1.0 then 0.5 s, forward 3.0 (first call) then 0.25 s: the best of each counts
+        ((0.0, 1.0, 4.0, 5.0, 5.5, 5.75), {"graph": 0.5, "forward": 0.25}, "forward"),
+        ((0.0, 1.0, 1.5, 2.0, 3.0, 5.0), {"graph": 1.0, "forward": 0.5}, "forward"),
+        ((0.0, 1.0, 4.0, 5.0, 5.5, 7.0), {"graph": 0.5, "forward": 1.5}, "graph"),
+    ],
+)
+def test_the_probe_keeps_the_faster_path(monkeypatch, clock, seconds, winner):
     ticks = itertools.chain(clock, itertools.repeat(10.0))
     monkeypatch.setattr(operators.time, "perf_counter", lambda: next(ticks))
     case = mlp_case("plain")
@@ -169,10 +179,208 @@ def test_the_probe_keeps_the_faster_path(monkeypatch, clock, winner):
     v = _probes(case.x0.numel(), 1)[:, 0]
     torch.testing.assert_close(op @ v, case.hessian @ v, rtol=1e-9, atol=1e-10)
     assert op.settings()["hvp_mode"] == winner
-    assert op.probe_seconds == {"graph": 1.0, "forward": clock[2] - 1.0}
+    assert op.probe_seconds == seconds and op.settings()["hvp_probe"] == seconds
     torch.testing.assert_close(op @ v, case.hessian @ v, rtol=1e-9, atol=1e-10)
-    assert (obj.counters.num_grad, obj.counters.num_hvp, op.num_matvecs) == (1, 3, 2)
+    assert (obj.counters.num_grad, obj.counters.num_hvp, op.num_matvecs) == (1, 5, 2)
     assert isinstance(op._products, ForwardHVP) == (winner == "forward")  # the graph is freed
+
+
+def test_a_winning_forward_path_releases_the_kept_graph(monkeypatch):
+    ticks = itertools.chain((0.0, 1.0, 1.5, 2.0, 3.0, 3.5), itertools.repeat(10.0))
+    monkeypatch.setattr(operators.time, "perf_counter", lambda: next(ticks))
+    graphs = []
+    case = mlp_case("plain")
+    obj = case.objective()
+    hvp_at = obj.hvp_at
+
+    def keep(x, **kw):
+        graphs.append(hvp_at(x, **kw))
+        return graphs[-1]
+
+    obj.hvp_at = keep  # type: ignore[method-assign]
+    op = HessianOperator(obj, case.x0, probe=True)
+    op @ _probes(case.x0.numel(), 1)[:, 0]
+    assert op.settings()["hvp_mode"] == "forward"
+    (graph,) = graphs
+    assert graph._grad is None and graph._xr is None and graph.cached_chunks is None
+
+
+def test_the_cache_is_guarded_by_a_lock():
+    assert isinstance(operators._PROBED_LOCK, type(threading.Lock()))
+    key = ("k",)
+    operators._remember_path(key, "graph")
+    assert operators._cached_path(key) == "graph" and operators._PROBED == {key: "graph"}
+
+
+def _reviewer_objectives():
+    """The review's pair: same sizes and batch shapes, other activation, BN mode and data."""
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    relu = ModelObjective(
+        nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), inputs, targets, bn_mode="eval"
+    )
+    tanh = ModelObjective(
+        nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), inputs * 5, targets, bn_mode="batch"
+    )
+    return relu, tanh
+
+
+def test_probe_keys_tell_architectures_and_bn_modes_apart():
+    relu, tanh = _reviewer_objectives()
+    key_relu = operators._probe_key(relu, relu.base_point())
+    assert key_relu != operators._probe_key(tanh, tanh.base_point())
+    assert key_relu != operators._probe_key(relu.with_bn_mode("batch"), relu.base_point())
+    assert relu.fingerprint() is relu.fingerprint()  # computed once per objective
+    assert key_relu == operators._probe_key(relu.with_model(copy.deepcopy(relu.model)), relu.base_point())
+    other_loss = ModelObjective(relu.model, relu.inputs, relu.targets.float()[:, None].expand(8, 2),
+                                loss="mse", bn_mode="eval")
+    assert key_relu != operators._probe_key(other_loss, relu.base_point())
+
+
+def test_the_key_needs_no_extra_pass_over_the_data():
+    relu, _ = _reviewer_objectives()
+    passes = [0]
+    batches = relu.source.batches
+
+    def counted():
+        passes[0] += 1
+        return batches()
+
+    relu.source.batches = counted  # type: ignore[method-assign]
+    relu.weights  # the survey every product makes  # noqa: B018
+    before = passes[0]
+    operators._probe_key(relu, relu.base_point())
+    operators._probe_key(relu, relu.base_point())
+    assert passes[0] == before
+
+
+class _NoSetupContext(torch.autograd.Function):
+    """tanh as an old-style autograd.Function (no ``setup_context``): torch.func refuses it."""
+
+    @staticmethod
+    def forward(ctx, t):
+        out = torch.tanh(t)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * (1 - out * out)
+
+
+class _CustomTanh(nn.Module):
+    def forward(self, t):
+        return _NoSetupContext.apply(t)
+
+
+def _custom_objective() -> tuple[ModelObjective, ModelObjective]:
+    """The custom-Function model and the same network with ``nn.Tanh`` (its reference)."""
+    g = torch.Generator().manual_seed(5)
+    inputs, targets = torch.randn(12, 3, generator=g, dtype=DTYPE), torch.randint(0, 3, (12,), generator=g)
+    plain = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).to(DTYPE)
+    custom = copy.deepcopy(plain)
+    custom[1] = _CustomTanh()
+    return (ModelObjective(custom, inputs, targets, bn_mode="eval"),
+            ModelObjective(plain, inputs, targets, bn_mode="eval"))
+
+
+def test_a_custom_function_gives_one_line_under_forward_and_falls_back_under_auto():
+    custom, plain = _custom_objective()
+    x0 = custom.base_point()
+    v = _probes(x0.numel(), 1)[:, 0]
+    op = HessianOperator(custom, x0, hvp_mode="forward")
+    with pytest.raises(ConfigError, match=r"^forward-over-reverse Hessian-vector products are not available "
+                       r"for this model \(RuntimeError: .*\); use hvp_mode='graph'$") as info:
+        op @ v
+    assert "\n" not in str(info.value) and "first batch" not in str(info.value)
+    assert custom.counters.num_hvp == 0
+
+    reference = HessianOperator(plain, x0, hvp_mode="graph") @ v
+    auto = HessianOperator(custom, x0, probe=True)
+    torch.testing.assert_close(auto @ v, reference, rtol=1e-9, atol=1e-10)
+    assert auto.settings()["hvp_mode"] == "graph" and list(operators._PROBED.values()) == ["graph"]
+
+
+def test_a_plain_function_with_a_custom_function_gives_the_one_line_error():
+    x0 = torch.linspace(-1.0, 1.0, 4, dtype=DTYPE)
+
+    def f(x):
+        return _NoSetupContext.apply(x).pow(2).sum()
+
+    op = HessianOperator(f, x0, hvp_mode="forward")
+    message = r"not available for this objective \(RuntimeError: .*hvp_mode='graph'$"
+    with pytest.raises(ConfigError, match=message):
+        op @ torch.ones(4, dtype=DTYPE)
+
+
+def test_a_cached_forward_decision_falls_back_to_the_graph_and_is_rewritten():
+    custom, plain = _custom_objective()
+    x0 = custom.base_point()
+    key = operators._probe_key(custom, x0)
+    operators._PROBED[key] = "forward"  # as if a probe on another model had chosen it
+    vs = _probes(x0.numel())
+    reference = HessianOperator(plain, x0, hvp_mode="graph") @ vs
+    op = HessianOperator(custom, x0, probe=True)
+    torch.testing.assert_close(op @ vs[:, 0], reference[:, 0], rtol=1e-9, atol=1e-10)
+    assert op.settings()["hvp_mode"] == "graph" and operators._PROBED[key] == "graph"
+    assert "hvp_probe" not in op.settings()
+    # and a block, under another cached forward decision
+    operators._PROBED[key] = "forward"
+    block = HessianOperator(custom, x0, probe=True)
+    torch.testing.assert_close(block @ vs, reference, rtol=1e-9, atol=1e-10)
+    assert block.settings()["hvp_mode"] == "graph" and operators._PROBED[key] == "graph"
+
+
+def test_a_loss_error_under_forward_still_blames_the_loss():
+    case = mlp_case("plain")
+    obj = ModelObjective(case.model, case.inputs, case.targets.float(), loss="cross_entropy", bn_mode="eval")
+    op = HessianOperator(obj, case.x0, hvp_mode="forward")
+    with pytest.raises(ConfigError, match="evaluating the loss 'cross_entropy' on the first batch failed"):
+        op @ _probes(case.x0.numel(), 1)[:, 0]
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "batch"])
+def test_forward_blocks_are_one_vmap_equal_to_the_column_loop(bn_mode):
+    obj = _conv_objective(bn_mode=bn_mode)
+    x0 = obj.base_point()
+    vs = _probes(x0.numel(), 4)
+    batched = ForwardHVP(obj, x0)
+    block = batched.matmat(vs)
+    assert batched.batched  # vmap went through
+    looped = torch.stack([ForwardHVP(obj, x0)(vs[:, j]) for j in range(4)], dim=1)
+    torch.testing.assert_close(block, looped, rtol=1e-10, atol=1e-12)
+    assert obj.counters.num_hvp == 8
+
+
+def test_forward_blocks_fall_back_to_columns_when_vmap_fails(monkeypatch):
+    case = mlp_case("plain")
+    obj = case.objective()
+    forward = ForwardHVP(obj, case.x0)
+
+    def no_vmap(*args, **kwargs):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(torch.func, "vmap", no_vmap)
+    vs = _probes(case.x0.numel())
+    torch.testing.assert_close(forward.matmat(vs), case.hessian @ vs, rtol=1e-9, atol=1e-10)
+    assert not forward.batched and obj.counters.num_hvp == 3
+
+
+def test_a_sharded_objective_refuses_forward_and_is_never_probed():
+    from sharpminima.landscape.sharded import DistributedObjective
+
+    case = mlp_case("plain")
+    sharded = DistributedObjective(case.objective())
+    with pytest.raises(ConfigError, match=r"not available for DistributedObjective .*hvp_mode='graph'"):
+        HessianOperator(sharded, case.x0, hvp_mode="forward")
+    with pytest.raises(ConfigError, match="not available for DistributedObjective"):
+        ForwardHVP(sharded, case.x0)
+    auto = HessianOperator(sharded, case.x0, probe=True)
+    assert auto.settings()["hvp_mode"] == "graph"
+    v = _probes(case.x0.numel(), 1)[:, 0]
+    torch.testing.assert_close(auto @ v, case.hessian @ v, rtol=1e-9, atol=1e-10)
+    assert operators._PROBED == {}
 
 
 def test_a_model_without_forward_mode_keeps_the_graph():

@@ -231,6 +231,46 @@ class GraphHVP:
             )
 
 
+class ForwardModeUnavailable(ConfigError):
+    """Forward-over-reverse products cannot be computed for this model or objective.
+
+    Raised for an operation without a forward-mode derivative or a ``torch.func`` rule
+    (e.g. a custom :class:`torch.autograd.Function` without ``setup_context``), and for
+    objectives whose evaluation communicates across ranks; the kept graph
+    (``hvp_mode='graph'``) still works. ``hvp_mode='auto'`` falls back to it.
+    """
+
+
+def unavailable(reason: BaseException | str, what: str = "this model") -> ForwardModeUnavailable:
+    """The one-line error for a model whose products have no forward-over-reverse path."""
+    text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    if isinstance(reason, BaseException):
+        text = f"{type(reason).__name__}: {text}"
+    return ForwardModeUnavailable(
+        f"forward-over-reverse Hessian-vector products are not available for {what} "
+        f"({text[:200]}); use hvp_mode='graph'"
+    )
+
+
+def check_forward_mode(objective: Any) -> None:
+    """Refuse objectives whose products cannot be taken by forward-over-reverse.
+
+    A network objective (one with a ``model``) must offer the per-batch ``hvp_forward``;
+    one that does not (the sharded :class:`~sharpminima.landscape.sharded.DistributedObjective`,
+    whose loss is all-reduced across ranks) is refused rather than transformed as a whole.
+
+    Raises:
+        ForwardModeUnavailable: For a network objective without ``hvp_forward``.
+    """
+    if getattr(objective, "model", None) is not None and not callable(
+        getattr(objective, "hvp_forward", None)
+    ):
+        raise unavailable(
+            "it offers no per-batch hvp_forward; a sharded objective all-reduces across ranks",
+            type(objective).__name__,
+        )
+
+
 class ForwardHVP:
     """Hessian-vector products at a fixed point by forward-over-reverse differentiation.
 
@@ -242,33 +282,68 @@ class ForwardHVP:
     transform. Each product is one counted HVP. The value equals :class:`GraphHVP`'s to
     float round-off.
 
+    A block ``(n, k)`` (:meth:`matmat`) is one ``torch.func.vmap`` over the tangents, so
+    each batch's forward pass is shared by the ``k`` columns; a model ``vmap`` cannot batch
+    (logged once, :attr:`batched` then False) goes column by column.
+
     Args:
         objective: The objective (its counters are advanced).
         x: The point, shape ``(n,)`` (copied).
+
+    Raises:
+        ForwardModeUnavailable: For a network objective without ``hvp_forward`` (a sharded
+            objective); see :func:`check_forward_mode`.
     """
 
     def __init__(self, objective: Any, x: Tensor) -> None:
+        check_forward_mode(objective)
         self.objective = objective
         self.x = x.detach().clone()
+        #: Whether :meth:`matmat` batches its columns with ``vmap`` (False after it failed).
+        self.batched = True
 
-    def __call__(self, v: Tensor) -> Tensor:
-        """Return ``H(x) v``, shape ``(n,)``, detached (one counted HVP)."""
+    def _product(self, v: Tensor) -> Tensor:
+        """``H(x) v`` for one column ``(n,)`` (also the function ``vmap`` batches)."""
         obj = self.objective
-        v = v.detach().to(dtype=self.x.dtype, device=self.x.device)
         per_batch = getattr(obj, "hvp_forward", None)
         if callable(per_batch):
-            hv = per_batch(self.x, v)
-        else:
-            try:
-                _, hv = torch.func.jvp(torch.func.grad(obj), (self.x,), (v,))
-            except NotImplementedError:
-                raise ConfigError(
-                    f"forward-over-reverse products need a differentiable objective function; "
-                    f"{type(obj).__name__} has none: use the kept graph (hvp_mode='graph')"
-                ) from None
-        obj.counters.num_hvp += 1  # counted once computed (a failed probe spends nothing)
+            return per_batch(self.x, v)
+        try:
+            _, hv = torch.func.jvp(torch.func.grad(obj), (self.x,), (v,))
+        except NotImplementedError:
+            raise ConfigError(
+                f"forward-over-reverse products need a differentiable objective function; "
+                f"{type(obj).__name__} has none: use the kept graph (hvp_mode='graph')"
+            ) from None
+        except RuntimeError as exc:  # e.g. an autograd.Function torch.func cannot transform
+            raise unavailable(exc, "this objective") from None
+        return hv
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """Return ``H(x) v``, shape ``(n,)``, detached (one counted HVP).
+
+        Raises:
+            ForwardModeUnavailable: If the model has no forward-over-reverse path.
+        """
+        v = v.detach().to(dtype=self.x.dtype, device=self.x.device)
+        hv = self._product(v)
+        self.objective.counters.num_hvp += 1  # counted once computed (a failed probe spends nothing)
         return hv.detach()
 
     def matmat(self, V: Tensor) -> Tensor:
-        """Return ``H(x) V`` for a block ``V`` of shape ``(n, k)``, one column at a time."""
+        """Return ``H(x) V`` for a block ``V`` of shape ``(n, k)`` (``k`` counted HVPs).
+
+        One ``torch.func.vmap`` of the product over the columns; column by column where that
+        fails (logged once). Equal to the column loop to float round-off.
+        """
+        V = V.detach().to(dtype=self.x.dtype, device=self.x.device)
+        if self.batched and V.shape[1] > 1:
+            try:
+                out = torch.func.vmap(self._product, in_dims=1, out_dims=1)(V)  # (n, k)
+            except (RuntimeError, NotImplementedError, ConfigError) as exc:
+                log.info("batched forward-over-reverse products unavailable (%s); one column at a time", exc)
+                self.batched = False
+            else:
+                self.objective.counters.num_hvp += int(V.shape[1])
+                return out.detach()
         return torch.stack([self(V[:, j]) for j in range(V.shape[1])], dim=1)

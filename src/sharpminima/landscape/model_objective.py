@@ -149,6 +149,8 @@ class ModelObjective(CountedObjective):
         self._weights: list[float] | None = None
         self._sizes: list[int] | None = None
         self._validated = False
+        self._first_shapes: tuple[tuple[int, ...], ...] = ()
+        self._fingerprint: tuple[Any, ...] | None = None
 
     # -- the loss and the data ---------------------------------------------------------------
     @property
@@ -183,9 +185,13 @@ class ModelObjective(CountedObjective):
         criterion = self.criterion
         counts: list[float] = []
         sizes: list[int] = []
+        shapes: list[tuple[int, ...]] = []
         for batch in self.source.batches():
+            if not sizes:  # the first batch's layout, for fingerprint()
+                tree_map(lambda t: shapes.append(tuple(t.shape)), batch)
             counts.append(criterion.count(batch))
             sizes.append(leading_size(batch))
+        self._first_shapes = tuple(shapes)
         total = sum(counts)
         if not total > 0:
             raise DataError("the data source holds nothing the loss averages over (no sample or token)")
@@ -434,19 +440,59 @@ class ModelObjective(CountedObjective):
 
         For each batch ``torch.func.jvp`` of ``torch.func.grad`` of its mean loss, through
         :func:`torch.func.functional_call` (see
-        :class:`~sharpminima.landscape.graph_hvp.ForwardHVP`).
+        :class:`~sharpminima.landscape.graph_hvp.ForwardHVP`, which also ``vmap``-s this
+        over the columns of a block). The loss is first checked by a plain forward pass on
+        the first batch, so a failure inside the transforms is the transform's.
+
+        Raises:
+            ConfigError: If the loss cannot be evaluated on the first batch.
+            ForwardModeUnavailable: If the model has an operation ``torch.func`` cannot
+                differentiate forward-over-reverse (a ``ConfigError``).
         """
+        from sharpminima.landscape.graph_hvp import unavailable
+
         out = torch.zeros_like(x)
         v = v.to(x.dtype)
         with bn_mode(self.model, self.bn_mode), second_order():
             for b, w in self.batches():
+                if not self._validated:  # the loss's own errors, outside any transform
+                    with torch.no_grad():
+                        self._batch_loss(self._params(x.detach()), b)
 
                 def batch_loss(p: Tensor, b: Batch = b) -> Tensor:
                     return self._batch_loss(self._params(p), b)
 
-                _, hv = torch.func.jvp(grad(batch_loss), (x,), (v,))
-                out += w * hv
+                try:
+                    _, hv = torch.func.jvp(grad(batch_loss), (x,), (v,))
+                except (RuntimeError, NotImplementedError) as exc:
+                    raise unavailable(exc) from None
+                out = out + w * hv  # not in place: under vmap ``hv`` is batched, ``out`` not yet
         return out
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What identifies this objective's evaluation for a cached decision (computed once).
+
+        The model's modules (qualified names and types, in order), its trainable
+        parameters' names and shapes, the BatchNorm mode, the loss (type and spec), the
+        batch count, the number of samples and the first batch's tensor shapes (recorded by
+        the survey of the batch weights, so no extra pass over the data is made).
+        """
+        if self._fingerprint is None:
+            weights = self.weights  # the survey every product needs anyway
+            criterion = self.criterion
+            kind = type(criterion)
+            modules = self.model.named_modules()
+            self._fingerprint = (
+                tuple((name, f"{type(m).__module__}.{type(m).__qualname__}") for name, m in modules),
+                tuple((n, tuple(s)) for n, s in zip(self.names, self.shapes, strict=True)),
+                self.bn_mode,
+                f"{kind.__module__}.{kind.__qualname__}",
+                criterion.spec(),
+                len(weights),
+                self.num_samples,
+                self._first_shapes,
+            )
+        return self._fingerprint
 
     def _hvp(self, x: Tensor, v: Tensor) -> Tensor:
         return self.hvp_from(x, v, 0)
@@ -634,6 +680,7 @@ class ModelObjective(CountedObjective):
             chunk_size=self.chunk_size,
         )
         twin._weights, twin._sizes = self._weights, self._sizes
+        twin._first_shapes = self._first_shapes
         if self._weights is not None:
             twin._total = self._total
         return twin

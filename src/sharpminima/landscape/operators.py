@@ -17,6 +17,8 @@ to it (``.objective``) so that results can report the objective's counted evalua
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -26,9 +28,8 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 
-from sharpminima.data.sources import tree_map
 from sharpminima.errors import ConfigError
-from sharpminima.landscape.graph_hvp import ForwardHVP
+from sharpminima.landscape.graph_hvp import ForwardHVP, ForwardModeUnavailable, check_forward_mode
 from sharpminima.landscape.objective import (
     LossFn,
     NetworkObjective,
@@ -43,9 +44,25 @@ log = logging.getLogger(__name__)
 HVPMode = Literal["auto", "graph", "forward"]
 HVP_MODES = ("auto", "graph", "forward")
 
-#: Paths chosen by probes, per (model or function, dimension, dtype, device, batches), for
-#: the life of the process (:class:`HessianOperator` with ``hvp_mode="auto"``).
+#: Paths chosen by probes, per (model structure, loss, BatchNorm mode, batches, dimension,
+#: dtype, device), for the life of the process (:class:`HessianOperator` with
+#: ``hvp_mode="auto"``); read and written under :data:`_PROBED_LOCK`.
 _PROBED: dict[tuple[Any, ...], str] = {}
+_PROBED_LOCK = threading.Lock()
+#: Timed products per path in a probe (the best is kept: the first pays one-off costs).
+_PROBE_ROUNDS = 2
+#: What a forward-over-reverse product raises for a model it cannot differentiate.
+_FORWARD_ERRORS = (RuntimeError, NotImplementedError, ForwardModeUnavailable)
+
+
+def _cached_path(key: tuple[Any, ...]) -> str | None:
+    with _PROBED_LOCK:
+        return _PROBED.get(key)
+
+
+def _remember_path(key: tuple[Any, ...], path: str) -> None:
+    with _PROBED_LOCK:
+        _PROBED[key] = path
 
 
 class Operator:
@@ -177,19 +194,29 @@ class HessianOperator(Operator):
       double backpropagation, for memory that stays within ``max_graph_bytes``.
     * ``"forward"`` (forward-over-reverse): a ``torch.func.jvp`` of the gradient function
       per batch (:class:`~sharpminima.landscape.graph_hvp.ForwardHVP`); it keeps no graph.
+      A block ``(n, k)`` is one ``vmap`` over the ``k`` tangents (column by column where
+      ``vmap`` fails). A model ``torch.func`` cannot differentiate this way (e.g. a custom
+      ``autograd.Function`` without ``setup_context``) raises a one-line
+      :class:`~sharpminima.landscape.graph_hvp.ForwardModeUnavailable`; a sharded objective
+      (its loss is all-reduced across ranks) is refused at construction.
     * ``"auto"`` (the default): on an accelerator (CUDA, MPS) the first product is
-      computed both ways, after the graph is built, and the faster path is kept for the
-      operator's life (the graph is freed if forward-over-reverse wins). The probe's
-      second product is counted in the objective's counters (one HVP more than
-      ``num_matvecs``); its result is the returned product. A decision is cached per
-      process for each model class, dimension, dtype, device and batch shapes, so later
-      operators on the same setting do not probe again. On CPU ``"auto"`` is the kept graph
-      without a probe: on a 2-core CPU forward-over-reverse was 1.9-3.6x slower on every
-      model measured (an MLP, a small ResNet, a small GPT-style model). Only network
-      objectives (``hvp_forward``) are probed; a plain function or a sharded objective
-      keeps the graph, and so does a model with an operation that has no forward-mode
-      derivative (found by the probe). A graph beyond the memory budget is not a reason to
-      switch: its recomputed batches are in the probe's timing.
+      computed both ways, after the graph is built, twice per path (the first of each pays
+      one-off costs; the best time of each is compared), and the faster path is kept for
+      the operator's life (the graph is released if forward-over-reverse wins). The probe's
+      three extra products are counted in the objective's counters (three HVPs more than
+      ``num_matvecs``) and their seconds are recorded in :meth:`settings` as
+      ``hvp_probe``; the returned product is one of them. A decision is cached per process
+      for each model structure (module names and types, parameter names and shapes),
+      BatchNorm mode, loss, batch count, sample count, first-batch shapes, dimension, dtype
+      and device, so later operators on the same setting do not probe again; if
+      forward-over-reverse then fails on a model the cache sent there, the operator falls
+      back to the kept graph and the cached decision is rewritten. On CPU ``"auto"`` is the
+      kept graph without a probe: on a 2-core CPU forward-over-reverse was 1.9-3.6x slower
+      on every model measured (an MLP, a small ResNet, a small GPT-style model). Only
+      network objectives (``hvp_forward``) are probed; a plain function or a sharded
+      objective keeps the graph, and so does a model with an operation that has no
+      forward-mode derivative (found by the probe). A graph beyond the memory budget is not
+      a reason to switch: its recomputed batches are in the probe's timing.
 
     For a :class:`ModelObjective` the Hessian is that of the mean loss over its ``N``
     samples, in its BatchNorm mode. The path used is recorded in :meth:`settings` as
@@ -208,12 +235,16 @@ class HessianOperator(Operator):
             on any device (a cached decision is still reused), ``False`` never (the graph).
 
     Attributes:
-        probe_seconds: Seconds of the probe's product along each path, or ``None`` when no
-            probe timed both (none ran, a cached decision was taken, or forward mode failed).
+        probe_seconds: Best seconds of the probe's products along each path, or ``None``
+            when no probe timed both (none ran, a cached decision was taken, or forward mode
+            failed).
 
     Raises:
         ConfigError: If ``x`` is not a 1-D floating tensor matching the objective, or
             ``hvp_mode`` is unknown.
+        ForwardModeUnavailable: With ``hvp_mode="forward"``, for a network objective
+            without per-batch forward products (a sharded objective); at a product, for a
+            model ``torch.func`` cannot differentiate forward-over-reverse.
 
     """
 
@@ -233,6 +264,8 @@ class HessianOperator(Operator):
         if hvp_mode not in HVP_MODES:
             raise ConfigError(f"hvp_mode must be one of {HVP_MODES}, got {hvp_mode!r}")
         self.objective = as_objective(loss, x)
+        if hvp_mode == "forward":
+            check_forward_mode(self.objective)
         self.x = x.detach().clone()
         n = int(x.numel())
         self.shape = (n, n)
@@ -245,6 +278,7 @@ class HessianOperator(Operator):
         self.probe_seconds: dict[str, float] | None = None
         self._path: str | None = self._initial_path()
         self._products: Callable[[Tensor], Tensor] | None = None
+        self._key: tuple[Any, ...] | None = None
 
     def _initial_path(self) -> str | None:
         """The path known without a probe (``None``: the first product looks it up or probes)."""
@@ -264,11 +298,21 @@ class HessianOperator(Operator):
         """Describe the operator, the product path it uses and the objective's settings."""
         out = super().settings()
         out["hvp_mode"] = self._path or "auto"
+        if self.probe_seconds is not None:  # the probe's extra products are in the costs
+            out["hvp_probe"] = dict(self.probe_seconds)
         return out
 
     def release(self) -> None:
         """Free the kept graph, if any (a later product builds it again)."""
+        release = getattr(self._products, "release", None)
+        if callable(release):
+            release()
         self._products = None
+
+    def _probe_key(self) -> tuple[Any, ...]:
+        if self._key is None:  # once per operator (the objective memoises its fingerprint)
+            self._key = _probe_key(self.objective, self.x)
+        return self._key
 
     def _graph(self) -> Callable[[Tensor], Tensor]:
         assert self.objective is not None
@@ -283,39 +327,58 @@ class HessianOperator(Operator):
 
     def _probe(self, v: Tensor) -> Tensor | None:
         """Take a cached decision (``None``), or compute ``H v`` both ways and keep the faster."""
-        key = _probe_key(self.objective, self.x)
-        if key in _PROBED:
-            self._path = _PROBED[key]
+        key = self._probe_key()
+        cached = _cached_path(key)
+        if cached is not None:
+            self._path = cached
             return None
         graph = self._graph()
         build = getattr(graph, "build", None)
         if callable(build):
             build()  # the graph's one-off cost is not the product's
         forward = ForwardHVP(self.objective, self.x)
-        _synchronize(self.device)
-        t0 = time.perf_counter()
-        hv_graph = graph(v)
-        _synchronize(self.device)
-        t1 = time.perf_counter()
-        try:
-            hv_forward = forward(v)
-        except (RuntimeError, NotImplementedError) as exc:  # an operation without forward mode
-            log.info("forward-over-reverse products unavailable (%s); the kept graph is used", exc)
-            self._path = _PROBED[key] = "graph"
-            return hv_graph
-        _synchronize(self.device)
-        t2 = time.perf_counter()
-        self.probe_seconds = {"graph": t1 - t0, "forward": t2 - t1}
-        self._path = "forward" if t2 - t1 < t1 - t0 else "graph"
-        _PROBED[key] = self._path
+        seconds = {"graph": math.inf, "forward": math.inf}
+        for _ in range(_PROBE_ROUNDS):  # the best of each: first calls pay one-off costs
+            _synchronize(self.device)
+            t0 = time.perf_counter()
+            hv_graph = graph(v)
+            _synchronize(self.device)
+            t1 = time.perf_counter()
+            try:
+                hv_forward = forward(v)
+            except _FORWARD_ERRORS as exc:  # an operation without forward mode
+                log.info("forward-over-reverse products unavailable (%s); the kept graph is used", exc)
+                self._path = "graph"
+                _remember_path(key, "graph")
+                return hv_graph
+            _synchronize(self.device)
+            t2 = time.perf_counter()
+            seconds = {"graph": min(seconds["graph"], t1 - t0), "forward": min(seconds["forward"], t2 - t1)}
+        self.probe_seconds = seconds
+        self._path = "forward" if seconds["forward"] < seconds["graph"] else "graph"
+        _remember_path(key, self._path)
         log.info(
-            "Hessian-vector products: %s (probe: kept graph %.3g s, forward-over-reverse %.3g s)",
-            self._path, t1 - t0, t2 - t1,
+            "Hessian-vector products: %s (probe, best of %d: kept graph %.3g s, "
+            "forward-over-reverse %.3g s)",
+            self._path, _PROBE_ROUNDS, seconds["graph"], seconds["forward"],
         )
         if self._path == "forward":
-            self._products = forward  # frees the kept graph
+            release = getattr(graph, "release", None)
+            if callable(release):
+                release()  # the kept graph's tensors go now, not when the last reference does
+            self._products = forward
             return hv_forward
         return hv_graph
+
+    def _fall_back(self, exc: BaseException) -> None:
+        """Leave a cached forward decision this model cannot follow: the kept graph, recorded."""
+        log.warning(
+            "forward-over-reverse products failed on a model the cached decision sent there "
+            "(%s); the kept graph is used and the decision rewritten", exc,
+        )
+        self._products = None
+        self._path = "graph"
+        _remember_path(self._probe_key(), "graph")
 
     def _matvec(self, v: Tensor) -> Tensor:
         assert self.objective is not None
@@ -325,7 +388,14 @@ class HessianOperator(Operator):
                 return hv
         if self._path == "recompute":
             return self.objective.hvp(self.x, v)
-        return (self._forward if self._path == "forward" else self._graph)()(v)
+        if self._path == "forward":
+            try:
+                return self._forward()(v)
+            except _FORWARD_ERRORS as exc:
+                if self.hvp_mode != "auto":
+                    raise
+                self._fall_back(exc)
+        return self._graph()(v)
 
     def _matmat(self, V: Tensor) -> Tensor:
         first = self._probe(V[:, 0]) if self._path is None else None
@@ -335,7 +405,14 @@ class HessianOperator(Operator):
             return torch.cat([first[:, None], self._matmat(V[:, 1:])], dim=1)
         if self._path == "recompute":
             return super()._matmat(V)
-        products = self._forward() if self._path == "forward" else self._graph()
+        if self._path == "forward":
+            try:
+                return self._forward().matmat(V)  # type: ignore[attr-defined]
+            except _FORWARD_ERRORS as exc:
+                if self.hvp_mode != "auto":
+                    raise
+                self._fall_back(exc)
+        products = self._graph()
         matmat = getattr(products, "matmat", None)
         if matmat is None:  # a plain function's graph: column by column
             return super()._matmat(V)
@@ -351,24 +428,31 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _probe_key(objective: Any, x: Tensor) -> tuple[Any, ...]:
-    """What a probe's decision holds for: the model (or function), its size and its data."""
-    model = getattr(objective, "model", None)
-    fn = getattr(objective, "fn", None)
-    if model is not None:
-        kind, name = type(model), None
-    else:  # a plain function: its name tells functions of one dimension apart
-        kind, name = type(objective), getattr(fn, "__qualname__", None)
-    shapes: list[tuple[int, ...]] = []
-    source = getattr(objective, "source", None)
-    batches = getattr(source, "batches", None)
-    if callable(batches):
-        for batch in batches():
-            tree_map(lambda t: shapes.append(tuple(t.shape)), batch)
-            break
-    return (
-        f"{kind.__module__}.{kind.__qualname__}", name, int(x.numel()), str(x.dtype), str(x.device),
-        getattr(objective, "num_chunks", 1), getattr(objective, "num_samples", None), tuple(shapes),
-    )
+    """What a probe's decision holds for: the model's structure, loss and data, and ``x``.
+
+    A network objective's ``fingerprint()`` (modules, parameters, BatchNorm mode, loss,
+    batches; see :meth:`ModelObjective.fingerprint`) where it offers one; otherwise what
+    the objective knows without a pass over its data.
+    """
+    fingerprint = getattr(objective, "fingerprint", None)
+    if callable(fingerprint):
+        described: tuple[Any, ...] = tuple(fingerprint())
+    else:
+        model = getattr(objective, "model", None)
+        fn = getattr(objective, "fn", None)
+        kind = type(model) if model is not None else type(objective)
+        modules: tuple[Any, ...] = ()
+        if model is not None:
+            modules = tuple((name, type(m).__qualname__) for name, m in model.named_modules())
+            modules += tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+        criterion = getattr(objective, "criterion", None)
+        spec = getattr(criterion, "spec", None)
+        described = (
+            f"{kind.__module__}.{kind.__qualname__}", getattr(fn, "__qualname__", None), modules,
+            getattr(objective, "bn_mode", None), spec() if callable(spec) else None,
+            getattr(objective, "num_chunks", 1), getattr(objective, "num_samples", None),
+        )
+    return (*described, int(x.numel()), str(x.dtype), str(x.device))
 
 
 class GGNOperator(Operator):
