@@ -291,7 +291,7 @@ class HessianOperator(Operator):
         probing = self.device.type in ("cuda", "mps") if self.probe is None else self.probe
         # only a network objective's per-batch forward path is probed: a plain function, or
         # an objective whose evaluation communicates (sharded), keeps the graph
-        forward = callable(getattr(self.objective, "hvp_forward", None))
+        forward = all(callable(getattr(self.objective, a, None)) for a in ("hvp_forward", "fingerprint"))
         return None if probing and forward else "graph"
 
     def settings(self) -> dict[str, Any]:
@@ -428,31 +428,13 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _probe_key(objective: Any, x: Tensor) -> tuple[Any, ...]:
-    """What a probe's decision holds for: the model's structure, loss and data, and ``x``.
+    """What a probe's decision holds for: the objective's ``fingerprint()`` and ``x``.
 
-    A network objective's ``fingerprint()`` (modules, parameters, BatchNorm mode, loss,
-    batches; see :meth:`ModelObjective.fingerprint`) where it offers one; otherwise what
-    the objective knows without a pass over its data.
+    The fingerprint (modules, parameters, BatchNorm mode, loss, batches; see
+    :meth:`ModelObjective.fingerprint`) is what every probed objective offers: only those
+    with ``hvp_forward`` and ``fingerprint`` are probed (:meth:`HessianOperator._initial_path`).
     """
-    fingerprint = getattr(objective, "fingerprint", None)
-    if callable(fingerprint):
-        described: tuple[Any, ...] = tuple(fingerprint())
-    else:
-        model = getattr(objective, "model", None)
-        fn = getattr(objective, "fn", None)
-        kind = type(model) if model is not None else type(objective)
-        modules: tuple[Any, ...] = ()
-        if model is not None:
-            modules = tuple((name, type(m).__qualname__) for name, m in model.named_modules())
-            modules += tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
-        criterion = getattr(objective, "criterion", None)
-        spec = getattr(criterion, "spec", None)
-        described = (
-            f"{kind.__module__}.{kind.__qualname__}", getattr(fn, "__qualname__", None), modules,
-            getattr(objective, "bn_mode", None), spec() if callable(spec) else None,
-            getattr(objective, "num_chunks", 1), getattr(objective, "num_samples", None),
-        )
-    return (*described, int(x.numel()), str(x.dtype), str(x.device))
+    return (*objective.fingerprint(), int(x.numel()), str(x.dtype), str(x.device))
 
 
 class GGNOperator(Operator):
