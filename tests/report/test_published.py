@@ -24,10 +24,12 @@ def commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "--short", "HEAD")
 
 
-def publish(repo: Path, name: str, version: str | None) -> None:
+def publish(repo: Path, name: str, version: str | None, code_files: list[str] | None = None) -> None:
     folder = repo / "docs" / "results" / name
     folder.mkdir(parents=True, exist_ok=True)
     env = {} if version is None else {"code_version": version, "processor": "cpu", "cpu_threads": 2}
+    if code_files is not None:
+        env["code_files"] = code_files
     (folder / "results.json").write_text(json.dumps({"environment": env}))
 
 
@@ -92,3 +94,101 @@ def test_the_script_exits_1_on_stale_results(repo):
     args = [sys.executable, str(SCRIPT), str(repo / "docs" / "results"), str(repo / "README.md")]
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "regenerate" in done.stdout
+
+
+@pytest.fixture
+def package(repo):
+    pkg = repo / "src" / "pkg"
+    pkg.mkdir()
+    for name in ("__init__", "train", "backend"):
+        (pkg / f"{name}.py").write_text(f"{name} = 1\n")
+    return pkg
+
+
+def test_with_code_files_only_the_code_the_job_loaded_counts(repo, package):
+    made_by = commit(repo, "code")
+    publish(repo, "quick", made_by, ["pkg/__init__.py", "pkg/train.py"])
+    commit(repo, "publish")
+    # A module the job never loaded changes, and a new one is added: still current.
+    (package / "backend.py").write_text("backend = 2\n")
+    (package / "new.py").write_text("new = 1\n")
+    commit(repo, "backend")
+    assert check(repo, repo / "docs" / "results") == []
+    # A loaded module changes (here: to import the new one): stale, naming that file only.
+    (package / "train.py").write_text("from pkg import new\n")
+    commit(repo, "train")
+    (problem,) = check(repo, repo / "docs" / "results")
+    assert "the code it ran changed" in problem and "src/pkg/train.py" in problem
+    assert "backend.py" not in problem and "new.py" not in problem
+
+
+def test_with_code_files_a_deleted_module_and_pyproject_still_count(repo, package):
+    made_by = commit(repo, "code")
+    publish(repo, "quick", made_by, ["pkg/__init__.py", "pkg/train.py"])
+    commit(repo, "publish")
+    (package / "train.py").unlink()
+    made_by = commit(repo, "delete")
+    (problem,) = check(repo, repo / "docs" / "results")
+    assert "src/pkg/train.py" in problem
+    publish(repo, "quick", made_by, ["pkg/__init__.py"])
+    commit(repo, "republish")
+    assert check(repo, repo / "docs" / "results") == []
+    (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    commit(repo, "pins")
+    (problem,) = check(repo, repo / "docs" / "results")
+    assert "pyproject.toml" in problem
+
+
+RENDERING = ("report/*.py", "study/report.py", "study/noise_report.py", "study/noise_figures.py",
+             "figstyle.py")
+
+
+def test_code_files_cover_every_module_the_reports_import_even_inside_functions():
+    # In a fresh interpreter, as a reproduction would: what environment() records must hold
+    # every package module that rendering a report can import, at the top or lazily.
+    import re
+
+    import sharpminima
+
+    pkg = Path(sharpminima.__file__).resolve().parent
+    code = ("import json, torch; from sharpminima.reproduce.runner import environment; "
+            "print(json.dumps(environment(torch.device('cpu'))['code_files']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    files = set(json.loads(done.stdout))
+    pattern = re.compile(
+        r"^\s*(?:from (sharpminima[\w.]*) import ([\w, ]+)|import (sharpminima[\w.]*))", re.M)
+    wanted = set()
+    for glob in RENDERING:
+        for source in pkg.glob(glob):
+            if source.name == "published.py":  # the check itself, not a report
+                continue
+            for base, names, plain in pattern.findall(source.read_text()):
+                modules = [plain] if plain else [base, *(f"{base}.{n.split()[0]}" for n in names.split(",")
+                                                         if n.strip())]
+                for module in modules:
+                    path = pkg.parent / Path(*module.split("."))
+                    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+                        if candidate.is_file():
+                            wanted.add(candidate.relative_to(pkg.parent).as_posix())
+    assert len(wanted) > 10 and wanted <= files, sorted(wanted - files)
+
+
+def test_the_environment_lists_the_package_files_loaded_with_the_reports():
+    import sys
+
+    import torch
+
+    from sharpminima.reproduce.runner import environment
+
+    env = environment(torch.device("cpu"))
+    files = env["code_files"]
+    assert files == sorted(files) and len(files) == len(set(files))
+    # what a reproduction runs and what renders its report are both there
+    for path in ("sharpminima/__init__.py", "sharpminima/reproduce/runner.py", "sharpminima/report/doc.py",
+                 "sharpminima/report/build.py", "sharpminima/study/report.py", "sharpminima/figstyle.py"):
+        assert path in files, path
+    loaded = {m.__file__ for name, m in sys.modules.items()
+              if name.startswith("sharpminima.") and getattr(m, "__file__", None)}
+    root = Path(sys.modules["sharpminima"].__file__).resolve().parent.parent
+    assert {Path(f).resolve().relative_to(root).as_posix() for f in loaded} <= set(files)
+    assert all((root / f).is_file() for f in files)

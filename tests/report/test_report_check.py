@@ -65,3 +65,35 @@ def test_chromium_finds_a_table_wider_than_the_window(tmp_path: Path, capsys) ->
     assert "table cell past the right edge" in out and "broken image" not in out
     _page(tmp_path, _img("good", PNG) + "<table><tr><td>98.51</td><td>± 0.02</td></tr></table>")
     assert report_check.main([str(tmp_path)]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(b) for b in report_check.BROWSERS), reason="no headless Chromium")
+def test_short_cells_may_not_wrap_and_doc_tables_keep_them_whole(tmp_path: Path, capsys) -> None:
+    from sharpminima.report.doc import Doc
+
+    # A narrow column squeezes a short verdict onto two lines: a failure.
+    squeezed = ("<table style='width:300px'><tr><td>" + "a long claim " * 30
+                + "</td><td style='width:2em'>did not hold</td></tr></table>")
+    _page(tmp_path, squeezed)
+    assert report_check.main([str(tmp_path)]) == 1
+    assert "short cell wraps: 'did not hold'" in capsys.readouterr().out
+    # The report's own table, wider than the 60em text column, with long claims beside short
+    # cells: the short ones stay on one line, the long ones wrap, nothing passes the edge.
+    doc = Doc(tmp_path)
+    claim = "F1: LB tests worse than SB, with BatchNorm as the authors' code evaluated it " * 2
+    measured = "gap SB - LB = -0.42 points, 95% interval [-0.65, -0.19] (Welch t, 3+3 trials)"
+    doc.table(["claim", "paper", "measured here", "verdict"],
+              [[claim, "gap SB - LB = +0.22 points", measured, v] for v in ("did not hold", "cannot say")])
+    # the correlation study's per-run table: eleven columns
+    doc.table(["batch_size", "lr", "seed", "run", "epochs", "train loss", "train acc", "test acc",
+               "loss gap", "error gap", "included"],
+              [["1000", "0.003", "1", "c8b4bd3bdb38", "12", "0.02088", "99.32", "94.2", "0.2515",
+                "5.43", "train loss above threshold"]] * 3)
+    # the remedies table: eight columns of values with their spread
+    doc.table(["method", "regime", "test acc", "gap to SB", "gap to SB + method", "sharpness",
+               "epochs", "s/run"],
+              [["batch-exp", "LB", "98.32 ± 0.14", "+0.41", "-0.12", "324.879 ± 124.760",
+                "15, 15, 15", "151.2"]] * 2)
+    (tmp_path / "report.html").write_text(doc.html("t"))
+    assert report_check.main([str(tmp_path), "--width", "1400"]) == 0, capsys.readouterr().out

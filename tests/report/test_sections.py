@@ -45,9 +45,11 @@ def test_tables_align_text_left_and_numbers_right(tmp_path: Path):
     md = doc.markdown().splitlines()
     assert md[1] == "|:---|:---|---:|---:|---:|:---|"
     page = doc.html("t")
-    assert "<td class='n'>97.91 ± 0.08</td>" in page and "<td>a long remark</td>" in page
-    assert "<th class='n'>test acc</th>" in page and "<th>method</th>" in page
-    assert "td.n{white-space:nowrap}" in page  # numbers never wrap
+    assert "<td class='n'>97.91 ± 0.08</td>" in page and "<td class='s'>a long remark</td>" in page
+    assert "<th class='n'>test acc</th>" in page and "<th class='s'>method</th>" in page
+    assert ".n,.s{white-space:nowrap}" in page  # numbers and short text never wrap
+    doc.table(["remark"], [["x" * 31]])
+    assert "<td>" + "x" * 31 + "</td>" in doc.html("t")  # long text may wrap
 
 
 def _text(doc: Doc) -> str:

@@ -19,6 +19,23 @@ from matplotlib.figure import Figure
 
 from sharpminima.figstyle import DEFAULT_FIGURE_FORMATS, PNG_DPI, save_figure
 
+SHORT_CELL = 30
+"""Text cells of at most this many characters (a verdict, a setting, a header) never wrap."""
+
+# Prose keeps a readable measure (60em); a table may use the width of the window, since its
+# numbers and short cells never wrap (only long text does), and scrolls inside its own box
+# when the window is narrower than the table.
+PAGE_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:100em;margin:2em auto;padding:0 1em;"
+    "line-height:1.45}p,h1,h2,h3,h4,ul,ol,figure{max-width:60em}"
+    ".tw{overflow-x:auto;margin:1em 0}table{border-collapse:collapse;font-size:.9em}"
+    "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}"
+    "th{background:#f3f3f3}.n{text-align:right;font-variant-numeric:tabular-nums}"
+    ".n,.s{white-space:nowrap}td:not(.n):not(.s){min-width:12em}"
+    "img{max-width:100%}figcaption{font-style:italic;color:#444}"
+    "code{background:#f4f4f4;padding:0 .2em}"
+)
+
 
 @dataclass
 class Doc:
@@ -73,13 +90,7 @@ class Doc:
         """Render as one self-contained HTML page (figures embedded as base64 PNG)."""
         parts = [
             f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            "</title><style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em "
-            "auto;padding:0 1em;line-height:1.45}table{border-collapse:collapse;margin:1em 0;"
-            "font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;"
-            "vertical-align:top}th{background:#f3f3f3}.n{text-align:right;"
-            "font-variant-numeric:tabular-nums}td.n{white-space:nowrap}"
-            "img{max-width:100%}figcaption{font-style:italic;color:#444}code{background:#f4f4f4;"
-            "padding:0 .2em}</style></head><body>"
+            f"</title><style>{PAGE_CSS}</style></head><body>"
         ]
         for kind, item in self.blocks:
             if kind == "h":
@@ -89,14 +100,14 @@ class Doc:
             elif kind == "table":
                 header, rows = item
                 cols = numeric_columns(rows, len(header))
-                parts.append("<table><tr>" + "".join(
-                    f"<th{_num_class(num)}>{_inline(h)}</th>" for h, num in zip(header, cols, strict=True)
+                parts.append("<div class='tw'><table><tr>" + "".join(
+                    f"<th{_cell_class(h, num)}>{_inline(h)}</th>" for h, num in zip(header, cols, strict=True)
                 ) + "</tr>")
                 parts += ["<tr>" + "".join(
-                    f"<td{_num_class(is_number(c) or (c in ('', '-') and num))}>{_inline(c)}</td>"
+                    f"<td{_cell_class(c, is_number(c) or (c in ('', '-') and num))}>{_inline(c)}</td>"
                     for c, num in zip(r, cols, strict=True)
                 ) + "</tr>" for r in rows]
-                parts.append("</table>")
+                parts.append("</table></div>")
             elif kind == "fig":
                 name, caption, png = item
                 data = base64.b64encode(png).decode()
@@ -168,8 +179,26 @@ def numeric_columns(rows: list[list[str]], width: int) -> list[bool]:
     return out
 
 
-def _num_class(numeric: bool) -> str:
-    return " class='n'" if numeric else ""
+def _cell_class(text: str, numeric: bool) -> str:
+    """The class of a table cell: ``n`` numbers (right-aligned), ``s`` short text; neither wraps."""
+    if numeric:
+        return " class='n'"
+    return " class='s'" if len(text) <= SHORT_CELL else ""
+
+
+def environment_rows(env: dict[str, Any]) -> list[list[Any]]:
+    """The rows of a report's "Machine, versions and time" table, from a results' ``environment``.
+
+    The source files the job loaded (``code_files``) are counted, not listed: the list is
+    in the results JSON, for ``make check-published``.
+    """
+    rows = []
+    for key, value in env.items():
+        if key == "code_files":
+            rows.append(["source files loaded (listed in the results JSON)", len(value)])
+        else:
+            rows.append([key, value])
+    return rows
 
 
 def _inline(text: str) -> str:

@@ -3,8 +3,13 @@
 A results folder (``docs/results/NAME/`` with a ``results.json`` or ``study.json``) records
 the ``code_version`` that made it: the short git commit, ``-dirty`` if the work tree had
 uncommitted changes. It is *current* when that commit is an ancestor of ``HEAD`` and no
-file of the code that produced it (``src/`` and ``pyproject.toml`` by default) changed
-between that commit and ``HEAD``: then the committed code gives the published numbers.
+file of the code that produced it changed between that commit and ``HEAD``: then the
+committed code gives the published numbers. The code that produced it is ``pyproject.toml``
+and the package's source files the job loaded, which newer results list in their
+environment (``code_files``, e.g. ``sharpminima/train/loop.py``); for older results, all of
+``src/``. A module the job did not load (a cluster backend, an integration) may change
+without making the folder stale; a new module can reach the job only through a loaded one
+that imports it, and that change is seen.
 
 :func:`check` lists every problem: a stale folder (with the files that changed since), a
 folder made from a dirty tree or an unknown commit, a folder without a code version, and
@@ -33,6 +38,7 @@ class Published:
     folder: Path
     code_version: str | None
     machine: str
+    code_files: tuple[str, ...] | None = None
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,7 +55,9 @@ def find_published(results_dir: Path) -> list[Published]:
         env = json.loads(path.read_text()).get("environment", {}) or {}
         machine = (f"{env.get('processor', '?')}, {env.get('cpu_threads', '?')} threads, "
                    f"{env.get('device', '?')}")
-        out.append(Published(path.parent, env.get("code_version"), machine))
+        files = env.get("code_files")
+        out.append(Published(path.parent, env.get("code_version"), machine,
+                             tuple(files) if isinstance(files, list) else None))
     return out
 
 
@@ -59,6 +67,19 @@ def changed_since(repo: Path, commit: str, paths: Sequence[str] = CODE_PATHS) ->
         return None
     diff = _git(repo, "diff", "--name-only", commit, "HEAD", "--", *paths)
     return [line for line in diff.stdout.splitlines() if line]
+
+
+def _in_source(path: str, paths: Sequence[str]) -> str | None:
+    """``path`` relative to the source folder of ``paths`` holding it (None: not in one).
+
+    ``src/sharpminima/x.py`` gives ``sharpminima/x.py``, as ``code_files`` records it;
+    ``pyproject.toml`` (a file of ``paths``, not a folder) gives None.
+    """
+    for folder in paths:
+        prefix = folder.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return None
 
 
 def check(repo: Path, results_dir: Path, readme: Path | None = None,
@@ -84,11 +105,15 @@ def check(repo: Path, results_dir: Path, readme: Path | None = None,
                             "regenerate it from the clean tree")
             continue
         changed = changed_since(repo, version, paths)
+        if changed and pub.code_files is not None:
+            ran = set(pub.code_files)
+            changed = [f for f in changed if (rel := _in_source(f, paths)) is None or rel in ran]
         if changed is None:
             problems.append(f"{name}: made by {version}, which is not an ancestor of HEAD; regenerate it")
         elif changed:
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            problems.append(f"{name}: made by {version}, but the code changed since ({shown}); "
+            what = "the code it ran" if pub.code_files is not None else "the code"
+            problems.append(f"{name}: made by {version}, but {what} changed since ({shown}); "
                             "regenerate it")
     if readme is not None and readme.exists():
         text = readme.read_text()

@@ -8,7 +8,7 @@ from typing import Any
 from sharpminima import intervals
 from sharpminima.report import figures, paper
 from sharpminima.report import remedies_report as rr
-from sharpminima.report.doc import Doc, num, pm, pm_paper, ratio_num, signed
+from sharpminima.report.doc import Doc, environment_rows, num, pm, pm_paper, ratio_num, signed
 
 #: How every report cites the paper it reproduces: by its arXiv id, nothing outside the repository.
 PAPER_CITATION = (
@@ -666,8 +666,7 @@ def _bn_test(doc: Doc, bt: dict[str, Any]) -> None:
 
 def _environment(doc: Doc, res: dict[str, Any]) -> None:
     doc.h(2, "Machine, versions and time")
-    env = res.get("environment", {})
-    rows = [[k, v] for k, v in env.items()]
+    rows = environment_rows(res.get("environment", {}))
     secs = res.get("seconds", {})
     rows.append(
         ["seconds per experiment (this output folder)", ", ".join(f"{k} {v:.0f}" for k, v in secs.items())]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -147,13 +148,28 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+RENDERERS = (
+    "sharpminima.report",
+    "sharpminima.report.study_figures",  # imported inside a function of study.report
+    "sharpminima.study.noise_figures",  # imported inside a function of study.noise_report
+    "sharpminima.study.noise_report",
+    "sharpminima.study.report",
+)
+"""The modules that render reports from saved results, counted in every ``code_files``."""
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Machine and versions, for the report."""
     import numpy
     import scipy
 
     from sharpminima import __version__
-    from sharpminima.store.provenance import code_version, cpu_model
+    from sharpminima.store.provenance import code_version, cpu_model, loaded_code_files
+
+    # The reports are rendered after these results are saved: load their modules now, so
+    # that ``code_files`` names every file that can make a published folder.
+    for module in RENDERERS:
+        importlib.import_module(module)
 
     env = {
         "sharpminima": __version__,
@@ -169,4 +185,5 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    env["code_files"] = loaded_code_files()
     return env

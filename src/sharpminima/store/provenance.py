@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,31 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return sharpminima.__version__
     return f"{commit}-dirty" if dirty else commit
+
+
+def loaded_code_files() -> list[str]:
+    """The package's source files loaded in this process, as ``sharpminima/train/loop.py``.
+
+    Recorded with published results (``code_files`` in their environment), so that
+    :func:`sharpminima.report.published.check` calls a results folder stale only when code
+    it ran changed: a new module that a job did not load can only change its output through
+    a loaded module that imports it, and that module's change is seen.
+
+    Returns:
+        Sorted POSIX paths relative to the directory holding the package.
+    """
+    import sharpminima
+
+    root = Path(sharpminima.__file__).resolve().parent.parent
+    files = set()
+    for name, module in list(sys.modules.items()):
+        if name != "sharpminima" and not name.startswith("sharpminima."):
+            continue
+        path = getattr(module, "__file__", None)
+        if path:
+            with contextlib.suppress(ValueError):
+                files.add(Path(path).resolve().relative_to(root).as_posix())
+    return sorted(files)
 
 
 def cpu_model() -> str:

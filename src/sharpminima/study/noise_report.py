@@ -13,7 +13,7 @@ from typing import Any
 
 from sharpminima.errors import SharpMinimaError
 from sharpminima.figstyle import DEFAULT_FIGURE_FORMATS
-from sharpminima.report.doc import Doc, num
+from sharpminima.report.doc import Doc, environment_rows, num
 from sharpminima.study.report import load_study
 
 KIND = "noise_study"
@@ -60,7 +60,7 @@ def build_noise(doc: Doc, res: dict[str, Any]) -> str:
     _stability(doc, res, nf)
     _meaning(doc, res)
     doc.h(2, "Machine, versions and time")
-    rows = [[k, v] for k, v in res.get("environment", {}).items()]
+    rows = environment_rows(res.get("environment", {}))
     rows.append(["study seconds (this invocation)", f"{res.get('seconds', 0):.0f}"])
     doc.table(["what", "value"], rows)
     return title

@@ -9,7 +9,7 @@ from typing import Any
 
 from sharpminima.errors import SharpMinimaError
 from sharpminima.figstyle import DEFAULT_FIGURE_FORMATS
-from sharpminima.report.doc import Doc
+from sharpminima.report.doc import Doc, environment_rows
 
 RESULTS_FILE = "study.json"
 
@@ -175,7 +175,7 @@ def _costs(doc: Doc, res: dict[str, Any]) -> None:
 
 def _environment(doc: Doc, res: dict[str, Any]) -> None:
     doc.h(2, "Machine, versions and time")
-    rows = [[k, v] for k, v in res.get("environment", {}).items()]
+    rows = environment_rows(res.get("environment", {}))
     rows.append(["study seconds (this invocation)", f"{res.get('seconds', 0):.0f}"])
     rows.append(["training seconds (sum over runs, as first trained)",
                  f"{sum(r.get('train_seconds') or 0 for r in res['runs']):.0f}"])
