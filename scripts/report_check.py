@@ -53,12 +53,19 @@ window.addEventListener('load', () => {
     if (box.right > width + 0.5 || cell.scrollWidth > cell.clientWidth + 1) {
       out.wide.push({text: text, right: Math.round(box.right)});
     }
-    // lines of text = distinct tops of the text's boxes; long prose may wrap, a short value
-    // (a number with its interval) should not
+    // lines of text: a box starting below the bottom of the line so far starts a new one
+    // (boxes of one line, say a <code> beside plain text, overlap in height); long prose
+    // may wrap, a short value (a number with its interval, a verdict) should not
     const range = document.createRange();
     range.selectNodeContents(cell);
-    const tops = new Set(Array.from(range.getClientRects()).map((r) => Math.round(r.top / 4)));
-    if (text && text.length <= 30 && tops.size > 1) out.wrapped.push(text);
+    const boxes = Array.from(range.getClientRects()).filter((r) => r.width > 0 && r.height > 0)
+      .sort((a, b) => a.top - b.top);
+    let lines = 0, bottom = -Infinity;
+    boxes.forEach((r) => {
+      if (r.top >= bottom - 1) { lines += 1; bottom = r.bottom; }
+      else { bottom = Math.max(bottom, r.bottom); }
+    });
+    if (text && text.length <= 30 && lines > 1) out.wrapped.push(text);
   });
   const pre = document.createElement('pre');
   pre.id = 'MARK';

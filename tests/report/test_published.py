@@ -156,7 +156,7 @@ def test_code_files_cover_every_module_the_reports_import_even_inside_functions(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     files = set(json.loads(done.stdout))
     pattern = re.compile(
-        r"^\s*(?:from (sharpminima[\w.]*) import ([\w, ]+)|import (sharpminima[\w.]*))", re.M)
+        r"^\s*(?:from (sharpminima[\w.]*) import \(?([\w, \n]+)|import (sharpminima[\w.]*))", re.M)
     wanted = set()
     for glob in RENDERING:
         for source in pkg.glob(glob):
@@ -192,3 +192,62 @@ def test_the_environment_lists_the_package_files_loaded_with_the_reports():
     root = Path(sys.modules["sharpminima"].__file__).resolve().parent.parent
     assert {Path(f).resolve().relative_to(root).as_posix() for f in loaded} <= set(files)
     assert all((root / f).is_file() for f in files)
+
+
+def test_with_code_files_other_folders_and_renames_still_count(repo, package):
+    (repo / "scripts").mkdir()
+    (repo / "scripts" / "make_figures.py").write_text("y = 1\n")
+    made_by = commit(repo, "code")
+    publish(repo, "quick", made_by, ["pkg/__init__.py", "pkg/train.py"])
+    commit(repo, "publish")
+    # code outside the package the job loaded from is never ruled out
+    (repo / "scripts" / "make_figures.py").write_text("y = 2\n")
+    commit(repo, "script")
+    (problem,) = check(repo, repo / "docs" / "results", paths=("src", "scripts", "pyproject.toml"))
+    assert "scripts/make_figures.py" in problem
+    assert check(repo, repo / "docs" / "results") == []  # scripts/ not named as code
+    # a loaded module renamed away: its old name is seen
+    git(repo, "mv", "src/pkg/train.py", "src/pkg/training.py")
+    commit(repo, "rename")
+    (problem,) = check(repo, repo / "docs" / "results")
+    assert "src/pkg/train.py" in problem
+
+
+def test_a_folder_filled_by_several_commits_is_a_problem(repo):
+    made_by = commit(repo, "code")
+    folder = repo / "docs" / "results" / "quick"
+    folder.mkdir(parents=True)
+    env = {"code_version": made_by, "earlier_code_versions": ["0123abc"], "code_files": []}
+    (folder / "results.json").write_text(json.dumps({"environment": env}))
+    (problem,) = check(repo, repo / "docs" / "results")
+    assert "several commits (0123abc and " + made_by in problem
+
+
+def test_merge_environment_keeps_what_every_call_ran():
+    from sharpminima.reproduce.runner import merge_environment
+
+    first = {"code_version": "aaa", "code_files": ["p/a.py", "p/b.py"]}
+    second = {"code_version": "aaa", "code_files": ["p/a.py", "p/c.py"], "device": "cpu"}
+    assert merge_environment(None, second) == second
+    merged = merge_environment(first, second)
+    assert merged["code_files"] == ["p/a.py", "p/b.py", "p/c.py"] and "earlier_code_versions" not in merged
+    assert "code_files" not in merge_environment({"code_version": "aaa"}, second)  # older: all of src
+    later = merge_environment(merged, {"code_version": "bbb", "code_files": []})
+    assert later["earlier_code_versions"] == ["aaa"] and later["code_version"] == "bbb"
+    assert merge_environment(later, {"code_version": "ccc"})["earlier_code_versions"] == ["aaa", "bbb"]
+
+
+def test_run_as_python_m_records_the_main_module(monkeypatch):
+    import importlib.util
+    import types
+
+    import sharpminima
+    from sharpminima.store.provenance import loaded_code_files
+
+    main_file = Path(sharpminima.__file__).parent / "__main__.py"
+    module = types.ModuleType("__main__")
+    module.__file__ = str(main_file)
+    module.__spec__ = importlib.util.spec_from_file_location("sharpminima.__main__", main_file)
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    monkeypatch.delitem(sys.modules, "sharpminima.__main__", raising=False)
+    assert "sharpminima/__main__.py" in loaded_code_files()

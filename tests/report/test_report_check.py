@@ -78,6 +78,9 @@ def test_short_cells_may_not_wrap_and_doc_tables_keep_them_whole(tmp_path: Path,
     _page(tmp_path, squeezed)
     assert report_check.main([str(tmp_path)]) == 1
     assert "short cell wraps: 'did not hold'" in capsys.readouterr().out
+    # Code and bold beside plain text sit on one line, though their boxes' tops differ.
+    _page(tmp_path, "<table><tr><td>mode <code>eval</code> <b>held</b> <small>x</small></td></tr></table>")
+    assert report_check.main([str(tmp_path)]) == 0, capsys.readouterr().out
     # The report's own table, wider than the 60em text column, with long claims beside short
     # cells: the short ones stay on one line, the long ones wrap, nothing passes the edge.
     doc = Doc(tmp_path)

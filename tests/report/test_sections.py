@@ -48,8 +48,10 @@ def test_tables_align_text_left_and_numbers_right(tmp_path: Path):
     assert "<td class='n'>97.91 ± 0.08</td>" in page and "<td class='s'>a long remark</td>" in page
     assert "<th class='n'>test acc</th>" in page and "<th class='s'>method</th>" in page
     assert ".n,.s{white-space:nowrap}" in page  # numbers and short text never wrap
-    doc.table(["remark"], [["x" * 31]])
-    assert "<td>" + "x" * 31 + "</td>" in doc.html("t")  # long text may wrap
+    doc.table(["remark"], [["x" * 31], ["`" + "y" * 28 + "`"]])
+    page = doc.html("t")
+    assert "<td>" + "x" * 31 + "</td>" in page  # long text may wrap
+    assert "<td class='s'><code>" + "y" * 28 + "</code></td>" in page  # 28 characters as shown
 
 
 def _text(doc: Doc) -> str:

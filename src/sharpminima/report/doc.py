@@ -183,7 +183,8 @@ def _cell_class(text: str, numeric: bool) -> str:
     """The class of a table cell: ``n`` numbers (right-aligned), ``s`` short text; neither wraps."""
     if numeric:
         return " class='n'"
-    return " class='s'" if len(text) <= SHORT_CELL else ""
+    shown = text.replace("**", "").replace("`", "")  # as rendered: bold and code marks vanish
+    return " class='s'" if len(shown) <= SHORT_CELL else ""
 
 
 def environment_rows(env: dict[str, Any]) -> list[list[Any]]:

@@ -39,6 +39,7 @@ class Published:
     code_version: str | None
     machine: str
     code_files: tuple[str, ...] | None = None
+    earlier_code_versions: tuple[str, ...] = ()
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -57,7 +58,8 @@ def find_published(results_dir: Path) -> list[Published]:
                    f"{env.get('device', '?')}")
         files = env.get("code_files")
         out.append(Published(path.parent, env.get("code_version"), machine,
-                             tuple(files) if isinstance(files, list) else None))
+                             tuple(files) if isinstance(files, list) else None,
+                             tuple(env.get("earlier_code_versions") or ())))
     return out
 
 
@@ -65,21 +67,27 @@ def changed_since(repo: Path, commit: str, paths: Sequence[str] = CODE_PATHS) ->
     """Files under ``paths`` that differ between ``commit`` and ``HEAD`` (None: not an ancestor)."""
     if _git(repo, "merge-base", "--is-ancestor", commit, "HEAD").returncode != 0:
         return None
-    diff = _git(repo, "diff", "--name-only", commit, "HEAD", "--", *paths)
+    # without rename detection, a renamed file shows under its old name too
+    diff = _git(repo, "diff", "--name-only", "--no-renames", commit, "HEAD", "--", *paths)
     return [line for line in diff.stdout.splitlines() if line]
 
 
-def _in_source(path: str, paths: Sequence[str]) -> str | None:
-    """``path`` relative to the source folder of ``paths`` holding it (None: not in one).
+def _ran(path: str, code_files: tuple[str, ...]) -> bool:
+    """Whether the changed file ``path`` can have made results whose job loaded ``code_files``.
 
-    ``src/sharpminima/x.py`` gives ``sharpminima/x.py``, as ``code_files`` records it;
-    ``pyproject.toml`` (a file of ``paths``, not a folder) gives None.
+    ``path`` is relative to the top of the repository. Only a Python file of a package the
+    job loaded from (``src/sharpminima/x.py`` against ``sharpminima/...`` entries) can be
+    ruled out, when the job did not load it; any other file (``pyproject.toml``, data,
+    another folder of code) counts.
     """
-    for folder in paths:
-        prefix = folder.rstrip("/") + "/"
-        if path.startswith(prefix):
-            return path[len(prefix):]
-    return None
+    if not path.endswith(".py"):
+        return True
+    packages = {f.split("/", 1)[0] for f in code_files if "/" in f}
+    parts = path.split("/")
+    for i in range(len(parts) - 1):
+        if parts[i] in packages:
+            return "/".join(parts[i:]) in code_files
+    return True
 
 
 def check(repo: Path, results_dir: Path, readme: Path | None = None,
@@ -100,14 +108,17 @@ def check(repo: Path, results_dir: Path, readme: Path | None = None,
         if not version:
             problems.append(f"{name}: no code_version recorded; regenerate it")
             continue
+        if pub.earlier_code_versions:
+            problems.append(f"{name}: made by several commits ({', '.join(pub.earlier_code_versions)} "
+                            f"and {version}), one call each; regenerate it in one go")
+            continue
         if version.endswith("-dirty"):
             problems.append(f"{name}: made from uncommitted code ({version}); commit the code, then "
                             "regenerate it from the clean tree")
             continue
         changed = changed_since(repo, version, paths)
         if changed and pub.code_files is not None:
-            ran = set(pub.code_files)
-            changed = [f for f in changed if (rel := _in_source(f, paths)) is None or rel in ran]
+            changed = [f for f in changed if _ran(f, pub.code_files)]
         if changed is None:
             problems.append(f"{name}: made by {version}, which is not an ancestor of HEAD; regenerate it")
         elif changed:

@@ -120,7 +120,7 @@ def reproduce(
         results["experiments"][name] = EXPERIMENTS[name](ctx)
         results["seconds"][name] = time.perf_counter() - t
         _save(path, results)  # keep what is done even if a later experiment fails
-    results["environment"] = environment(dev)
+    results["environment"] = merge_environment(results.get("environment"), environment(dev))
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["wall_seconds_last_call"] = time.perf_counter() - t0
     run_seconds = results.setdefault("run_seconds", {})
@@ -154,8 +154,32 @@ RENDERERS = (
     "sharpminima.study.noise_figures",  # imported inside a function of study.noise_report
     "sharpminima.study.noise_report",
     "sharpminima.study.report",
+    "sharpminima.train.vectorized",  # trials trained as one computation (CUDA), maybe in another call
 )
-"""The modules that render reports from saved results, counted in every ``code_files``."""
+"""Modules counted in every ``code_files``: the report renderers, which run after the results
+are saved, and training paths that another call for the same folder may have taken."""
+
+
+def merge_environment(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
+    """The environment of an output folder that several calls filled (experiments are kept).
+
+    ``code_files`` is the union of the calls' lists, or absent when an earlier call did not
+    record one (the published-results check then counts all of the code). Commits of earlier
+    calls other than this one's are kept in ``earlier_code_versions``, so the check can tell
+    that the folder mixes the output of several commits.
+    """
+    if not previous:
+        return current
+    env = dict(current)
+    if "code_files" in previous:
+        env["code_files"] = sorted(set(previous["code_files"]) | set(current.get("code_files", ())))
+    else:
+        env.pop("code_files", None)
+    earlier = [*previous.get("earlier_code_versions", ()), previous.get("code_version")]
+    earlier = sorted({v for v in earlier if v and v != current.get("code_version")})
+    if earlier:
+        env["earlier_code_versions"] = earlier
+    return env
 
 
 def environment(device: torch.device) -> dict[str, Any]:

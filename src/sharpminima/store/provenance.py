@@ -74,6 +74,9 @@ def loaded_code_files() -> list[str]:
     root = Path(sharpminima.__file__).resolve().parent.parent
     files = set()
     for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        if name == "__main__" and spec is not None:  # ``python -m sharpminima``
+            name = spec.name
         if name != "sharpminima" and not name.startswith("sharpminima."):
             continue
         path = getattr(module, "__file__", None)
