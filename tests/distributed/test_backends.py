@@ -40,7 +40,9 @@ def ray_cluster(tmp_path_factory):
            "SM_TEST_DRIVER_PID": str(os.getpid()), "SM_TEST_KILL_MARKER": str(marker)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": always a new cluster, never one a killed earlier run left behind
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     yield marker
     ray.shutdown()
     for key, value in old.items():
