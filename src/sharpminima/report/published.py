@@ -72,17 +72,17 @@ def changed_since(repo: Path, commit: str, paths: Sequence[str] = CODE_PATHS) ->
     return [line for line in diff.stdout.splitlines() if line]
 
 
-def _ran(path: str, code_files: tuple[str, ...]) -> bool:
+def _ran(path: str, code_files: set[str], packages: set[str]) -> bool:
     """Whether the changed file ``path`` can have made results whose job loaded ``code_files``.
 
-    ``path`` is relative to the top of the repository. Only a Python file of a package the
-    job loaded from (``src/sharpminima/x.py`` against ``sharpminima/...`` entries) can be
-    ruled out, when the job did not load it; any other file (``pyproject.toml``, data,
-    another folder of code) counts.
+    ``packages`` are the top-level packages those files belong to; ``path`` is relative to
+    the top of the repository. Only a Python file of a package the job loaded from
+    (``src/sharpminima/x.py`` against ``sharpminima/...`` entries) can be ruled out, when the
+    job did not load it; any other file (``pyproject.toml``, data, another folder of code)
+    counts.
     """
     if not path.endswith(".py"):
         return True
-    packages = {f.split("/", 1)[0] for f in code_files if "/" in f}
     parts = path.split("/")
     for i in range(len(parts) - 1):
         if parts[i] in packages:
@@ -118,7 +118,9 @@ def check(repo: Path, results_dir: Path, readme: Path | None = None,
             continue
         changed = changed_since(repo, version, paths)
         if changed and pub.code_files is not None:
-            changed = [f for f in changed if _ran(f, pub.code_files)]
+            ran = set(pub.code_files)
+            packages = {f.split("/", 1)[0] for f in ran if "/" in f}
+            changed = [f for f in changed if _ran(f, ran, packages)]
         if changed is None:
             problems.append(f"{name}: made by {version}, which is not an ancestor of HEAD; regenerate it")
         elif changed:
