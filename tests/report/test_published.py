@@ -251,3 +251,13 @@ def test_run_as_python_m_records_the_main_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "__main__", module)
     monkeypatch.delitem(sys.modules, "sharpminima.__main__", raising=False)
     assert "sharpminima/__main__.py" in loaded_code_files()
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"environment": "x"}'])
+def test_an_unreadable_results_file_is_a_problem_not_a_crash(repo, text):
+    commit(repo, "code")
+    folder = repo / "docs" / "results" / "quick"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(text)
+    (problem,) = check(repo, repo / "docs" / "results")
+    assert "docs/results/quick" in problem and "regenerate" in problem

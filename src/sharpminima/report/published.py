@@ -40,6 +40,7 @@ class Published:
     machine: str
     code_files: tuple[str, ...] | None = None
     earlier_code_versions: tuple[str, ...] = ()
+    unreadable: str | None = None
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -53,7 +54,13 @@ def find_published(results_dir: Path) -> list[Published]:
     for path in sorted(results_dir.rglob("*.json")):
         if path.name not in RESULT_FILES:
             continue
-        env = json.loads(path.read_text()).get("environment", {}) or {}
+        try:
+            env = json.loads(path.read_text(encoding="utf-8")).get("environment") or {}
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            out.append(Published(path.parent, None, "?", unreadable=f"{path.name}: {exc}"))
+            continue
+        if not isinstance(env, dict):
+            env = {}
         machine = (f"{env.get('processor', '?')}, {env.get('cpu_threads', '?')} threads, "
                    f"{env.get('device', '?')}")
         files = env.get("code_files")
@@ -105,6 +112,9 @@ def check(repo: Path, results_dir: Path, readme: Path | None = None,
     for pub in published:
         name = pub.folder.relative_to(repo) if pub.folder.is_relative_to(repo) else pub.folder
         version = pub.code_version
+        if pub.unreadable:
+            problems.append(f"{name}: cannot read {pub.unreadable}; regenerate it")
+            continue
         if not version:
             problems.append(f"{name}: no code_version recorded; regenerate it")
             continue
