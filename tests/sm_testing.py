@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import Collection, LineCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
@@ -105,12 +106,36 @@ def _log_coordinates(ax: Axes, axis: int) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
 
+def outside_the_canvas(fig: Figure) -> list[str]:
+    """What of ``fig`` is drawn, wholly or partly, outside its canvas (and so cut off in a file).
+
+    Each axes with everything it draws (title, axis labels, tick labels, its legend), the
+    figure's legends, texts and title, laid out as when the figure is saved. Constrained
+    layout gives an axes title or label no more room than the axes' width, so a long one
+    runs past the edge without any warning.
+    """
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    parts = [(f"axes {ax.get_title()!r}", ax.get_tightbbox(renderer)) for ax in fig.axes]
+    parts += [("a figure legend", leg.get_window_extent(renderer)) for leg in fig.legends]
+    parts += [(f"text {t.get_text()!r}", t.get_window_extent(renderer))
+              for t in fig.texts if t.get_visible() and t.get_text().strip()]
+    out = []
+    for what, box in parts:
+        if box is not None and (box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1):
+            out.append(f"{what} spans x {box.x0:.0f}..{box.x1:.0f}, y {box.y0:.0f}..{box.y1:.0f}"
+                       f" of a {width:.0f} x {height:.0f} canvas")
+    return out
+
+
 def check_figure(fig: Figure) -> None:
     """Assert what a reader of a paper needs from ``fig``.
 
     Axis labels (with units where :data:`UNIT_RULES` asks), a title, a legend wherever there
     is more than one series, fonts of at least 8 pt at a two-column paper's widths, nothing
-    at or below zero on a log axis, bars only from zero.
+    at or below zero on a log axis, bars only from zero, and nothing cut off at the edges.
     """
     width = fig.get_size_inches()[0]
     assert figstyle.SINGLE_COLUMN - 0.1 <= width <= figstyle.DOUBLE_COLUMN + 1e-6, f"width {width} in"
@@ -147,6 +172,8 @@ def check_figure(fig: Figure) -> None:
     assert fig.get_suptitle() or all(
         any(o.get_title() for o in _twins(fig, ax)) for ax in drawn
     ), "no title says what the figure shows"
+    clipped = outside_the_canvas(fig)
+    assert not clipped, f"cut off at the canvas edge: {clipped}"
 
 
 def png_dpi(data: bytes) -> float:

@@ -15,7 +15,9 @@ pyplot never tracks (nothing leaks between figures, any backend works).
 
 :func:`save_figure` writes a figure as PNG (:data:`PNG_DPI` dpi, for the HTML page), PDF
 and SVG (vector, for papers), each atomically (a temporary file renamed into place) and
-reproducibly (no creation date in the PDF or SVG, fixed SVG ids).
+reproducibly (no creation date in the PDF or SVG, fixed SVG ids). A figure keeps its
+nominal size unless a text would run off its canvas; then the file holds the figure's tight
+box, so nothing is ever cut off (:func:`runs_off_the_canvas`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from sharpminima.atomic import atomic_target
 from sharpminima.errors import ConfigError, SharpMinimaError
@@ -155,6 +160,64 @@ def parse_figure_formats(spec: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def fit_title(where: Figure | Axes, text: str, **kwargs: Any) -> Text:
+    """Set ``where``'s title (an axes title, or a figure's suptitle), broken so that it fits.
+
+    Constrained layout gives an axes title no more room than its axes, so a title built from a
+    user's names (a run id, a path, a run's settings) can run off the canvas. Each line wider
+    than its room (90% of the axes' grid cell, or 95% of the figure for a suptitle) is broken
+    at spaces; a line with mathtext (``$...$``) is kept whole. Call it inside :func:`styled`.
+
+    Returns:
+        The title's ``Text``.
+    """
+    fig = where if isinstance(where, Figure) else where.get_figure(root=True)
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    if isinstance(where, Figure):
+        title, room = where.suptitle(text, **kwargs), 0.95 * fig.bbox.width
+    else:
+        title, room = where.set_title(text, **kwargs), 0.9 * where.get_position().width * fig.bbox.width
+
+    def width(line: str) -> float:
+        title.set_text(line)
+        return float(title.get_window_extent(renderer).width)
+
+    lines: list[str] = []
+    for line in text.split("\n"):
+        if "$" in line or width(line) <= room:
+            lines.append(line)
+            continue
+        current = ""
+        for word in line.split(" "):
+            longer = f"{current} {word}" if current else word
+            if current and width(longer) > room:
+                lines.append(current)
+                current = word
+            else:
+                current = longer
+        lines.append(current)
+    title.set_text("\n".join(lines))
+    return title
+
+
+def runs_off_the_canvas(fig: Figure) -> bool:
+    """Whether anything of ``fig``, laid out as when saved, reaches past its canvas.
+
+    Constrained layout gives an axes title or axis label no more room than its axes, so a long
+    one (a user's run id in a title, long method names beside a panel) runs off the edge.
+    :func:`render` then saves the figure's tight box, a little larger than its nominal size,
+    rather than cut the text off; a figure that fits keeps its exact column width.
+    """
+    with matplotlib.rc_context(RC):
+        canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+        canvas.draw()
+        box = fig.get_tightbbox(canvas.get_renderer())
+    width, height = fig.get_size_inches()
+    slack = 1.0 / fig.dpi  # one pixel of the layout
+    return bool(box.x0 < -slack or box.y0 < -slack or box.x1 > width + slack or box.y1 > height + slack)
+
+
 def render(fig: Figure, fmt: str) -> bytes:
     """The figure as the bytes of a ``png`` (:data:`PNG_DPI` dpi), ``pdf`` or ``svg`` file.
 
@@ -166,7 +229,8 @@ def render(fig: Figure, fmt: str) -> bytes:
     metadata: dict[str, Any] = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
     buf = io.BytesIO()
     with matplotlib.rc_context(RC):
-        fig.savefig(buf, format=fmt, dpi=PNG_DPI, metadata=metadata)
+        box = "tight" if runs_off_the_canvas(fig) else None
+        fig.savefig(buf, format=fmt, dpi=PNG_DPI, metadata=metadata, bbox_inches=box, pad_inches=0.03)
     return buf.getvalue()
 
 
@@ -253,10 +317,12 @@ __all__ = [
     "REGIME_MARKERS",
     "SINGLE_COLUMN",
     "figure_format",
+    "fit_title",
     "net_name",
     "new_figure",
     "parse_figure_formats",
     "render",
+    "runs_off_the_canvas",
     "save_figure",
     "save_figure_as",
     "styled",

@@ -31,7 +31,8 @@ from sharpminima.landscape import epsilon
 from sharpminima.report import figures, study_figures, style
 from sharpminima.report.build import Doc, write_report
 from sharpminima.reproduce import get_preset
-from sm_testing import check_figure, legend_texts, png_dpi
+from sharpminima.reproduce.presets import ALL_REMEDIES
+from sm_testing import check_figure, legend_texts, outside_the_canvas, png_dpi
 
 # -- synthetic results, shaped as the experiments write them --------------------------------
 RNG = np.random.default_rng(0)
@@ -109,6 +110,14 @@ REMEDIES = [
     _method("sam", "sb", [98.1], [12.0]),
     {"name": "lars", "label": "LARS", "regime": "lb", "skipped": "needs a GPU"},
 ]
+#: Every method of the catalogue, at LB and (for some) at SB, with values over five decades: the
+#: remedies preset's figure, whose long tick labels once pushed the right panel's title off the
+#: canvas.
+ALL_REMEDY_ROWS = [_method("sb", "sb", [97.86, 97.97, 98.01], [22.7, 10.4, 28.0]),
+                   _method("lb", "lb", [98.42, 98.22, 98.24], [413.0, 236.0, 209.0])] + [
+    _method(name, regime, [94.4 + 0.2 * k], [0.27 * 1.5**k])
+    for k, name in enumerate(ALL_REMEDIES) for regime in (("lb", "sb") if k % 3 == 0 else ("lb",))
+]
 CONSERVATIVE = {
     "rows": [_method("conservative", "lb", [98.5 + 0.01 * k], [340.0 * (1 + k)]) | {"lambda": lam,
                                                                                  "inner_iters": inner}
@@ -171,6 +180,7 @@ FIGURES: list[tuple[str, Callable[..., Figure], tuple[Any, ...]]] = [
     ("fig5", figures.versus, ("f1", FIG5["rows"], "sb_epochs")),
     ("fig6", figures.sharpness_vs_loss, ("f1", FIG6)),
     ("remedies", figures.remedy_comparison, ("f1", REMEDIES)),
+    ("remedies_all", figures.remedy_comparison, ("f1", ALL_REMEDY_ROWS)),
     ("conservative", figures.conservative_sweep, ("f1", CONSERVATIVE)),
     ("dynamics", figures.dynamics, ("f1", DYNAMICS)),
     ("study_tau_error", study_figures.correlation_bars, (CORRELATIONS, "error")),
@@ -316,6 +326,54 @@ def test_save_figure_as_writes_the_format_its_suffix_names(tmp_path: Path) -> No
 def test_report_style_is_the_figure_style_under_its_former_name() -> None:
     assert style.save_figure is figstyle.save_figure and style.RC is figstyle.RC
     assert set(style.__all__) == set(figstyle.__all__)
+
+
+def _png_width(data: bytes) -> int:
+    return struct.unpack(">I", data[16:20])[0]  # IHDR, the first chunk
+
+
+@figstyle.styled
+def _titled(title: str) -> Figure:
+    fig, ax = figstyle.new_figure()
+    ax.plot([1, 2], [3, 4])
+    ax.set_title(title)
+    return fig
+
+
+def test_a_title_wider_than_the_figure_is_not_cut_off_in_the_file() -> None:
+    nominal = round(figstyle.SINGLE_COLUMN * figstyle.PNG_DPI)
+    fits = _titled("short")
+    assert not outside_the_canvas(fits) and not figstyle.runs_off_the_canvas(fits)
+    assert _png_width(figstyle.render(fits, "png")) == nominal  # a figure that fits keeps its width
+    long = _titled("run 0123456789abcdef: a title far wider than one column of a two-column paper")
+    assert outside_the_canvas(long) and figstyle.runs_off_the_canvas(long)  # the layout cuts it off
+    assert _png_width(figstyle.render(long, "png")) > nominal + 0.5 * figstyle.PNG_DPI
+    assert figstyle.render(long, "pdf").startswith(b"%PDF")
+
+
+@figstyle.styled
+def _fitted(title: str, *, suptitle: bool = False) -> tuple[Figure, str]:
+    fig, axes = figstyle.new_figure(figstyle.DOUBLE_COLUMN, 2.6, 1, 2) if suptitle else figstyle.new_figure()
+    ax = axes[0] if suptitle else axes
+    ax.plot([1, 2], [3, 4])
+    ax.set_xlabel("x (samples)")
+    ax.set_ylabel("y (samples)")
+    text = figstyle.fit_title(fig if suptitle else ax, title).get_text()
+    return fig, text
+
+
+@pytest.mark.parametrize("suptitle", [False, True])
+def test_fit_title_breaks_a_long_title_at_spaces_so_that_it_fits(suptitle: bool) -> None:
+    words = "runs/0123456789ab and runs/ba9876543210: loss and accuracy along the linear path between them"
+    long = words * 2 if suptitle else words
+    fig, text = _fitted(long, suptitle=suptitle)
+    assert "\n" in text and text.replace("\n", " ") == long  # broken at spaces, nothing lost
+    assert not outside_the_canvas(fig)
+    fig, text = _fitted("F1: short\n(a second line)", suptitle=suptitle)
+    assert text == "F1: short\n(a second line)"  # a title that fits is left alone
+    math = r"$f(\alpha\,x_{B=200} + (1-\alpha)\,x_{B=50}) + f(\alpha\,x_{B=200} + (1-\alpha)\,x_{B=50})$"
+    _, text = _fitted(math, suptitle=suptitle)
+    assert text == math  # mathtext is never split
 
 
 def test_render_rejects_an_unknown_format() -> None:

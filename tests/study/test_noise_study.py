@@ -1,3 +1,4 @@
+import inspect
 import math
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from sharpminima.errors import ConfigError
 from sharpminima.landscape.objective import FunctionObjective
 from sharpminima.store import Store
 from sharpminima.study import noise as noise_study
+from sharpminima.study import noise_figures
 from sharpminima.study.noise import get_noise_preset, run_noise_study
 from sharpminima.study.noise_report import write_noise_report
 from sharpminima.study.tradeoff import (
@@ -24,7 +26,7 @@ from sharpminima.study.tradeoff import (
 )
 from sharpminima.train import make_step, train
 from sharpminima.train.noise_methods import anisotropic_noise, isotropic_noise, noise_coefficient
-from sm_testing import make_tiny, small_mlp
+from sm_testing import check_figure, make_tiny, small_mlp
 
 WORKER = Path(__file__).with_name("_noise_worker.py")
 
@@ -258,6 +260,40 @@ def test_study_has_every_section_and_reports_bad_input(resumed):
     assert (root / "out" / "noise_critical.png").exists() and page.exists()
 
 
+#: Each figure of the noise study and the section of the results it draws.
+NOISE_FIGURES = {
+    "critical_figure": "critical",
+    "temperature_figure": "temperature",
+    "structure_figure": "structure",
+    "escape_figure": "escape",
+    "stability_figure": "stability",
+}
+
+
+@pytest.mark.parametrize(("name", "section"), NOISE_FIGURES.items())
+def test_noise_figures_are_labelled_for_a_paper(resumed, name, section):
+    """The study's own results, walked as the reports' figures are (``sm_testing.check_figure``)."""
+    _, _, res, _, _ = resumed
+    check_figure(getattr(noise_figures, name)(res[section]))
+
+
+def test_every_noise_figure_is_walked():
+    built = {name for name, func in inspect.getmembers(noise_figures, inspect.isfunction)
+             if func.__module__ == noise_figures.__name__ and not name.startswith("_")}
+    assert built == set(NOISE_FIGURES)
+
+
+def test_noise_figures_draw_points_not_bars_and_sharpness_on_a_log_axis(resumed):
+    _, _, res, _, _ = resumed
+    structure = noise_figures.structure_figure(res["structure"])
+    assert not any(ax.containers for ax in structure.axes)  # no bars: an accuracy axis has no zero
+    temperature = noise_figures.temperature_figure(res["temperature"])
+    sharp = next(ax for ax in temperature.axes if "sharpness" in ax.get_ylabel())
+    assert sharp.get_yscale() == "log"
+    low = min(y for line in sharp.lines for y in line.get_ydata() if y == y)
+    assert low > 0  # geometric means with intervals on the log values, never below zero
+
+
 def test_target_never_reached_is_reported_not_raised(resumed, monkeypatch):
     root, store, _, _, _ = resumed
     res = run_noise_study(
@@ -265,6 +301,7 @@ def test_target_never_reached_is_reported_not_raised(resumed, monkeypatch):
     )
     crit = res["critical"]
     assert crit["fit"] is None and sorted(crit["not_reached"]) == [25, 100, 300]
+    check_figure(noise_figures.critical_figure(crit))
     assert any("never reached training loss" in w for w in res["warnings"])
     md, _ = write_noise_report(root / "never", res, ("png",))
     assert "Cannot say" in md.read_text()

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from sharpminima.figstyle import DOUBLE_COLUMN, PALETTE, REGIME_COLORS, new_figure, styled
+from sharpminima.report.figures import center_and_interval, trial_values
 
 
 def _ok(v: Any) -> bool:
@@ -30,7 +32,7 @@ def _plain_log_ticks(ax: Any) -> None:
 @styled
 def critical_figure(crit: dict[str, Any]) -> Figure:
     """Steps to the target against batch size with the fitted trade-off, and ``B_simple`` along training."""
-    fig, (ax, ax2) = new_figure(DOUBLE_COLUMN, 2.8, 1, 2)
+    fig, (ax, ax2) = new_figure(DOUBLE_COLUMN, 3.4, 1, 2)
     for i, lr in enumerate(sorted({r["lr"] for r in crit["runs"]})):
         pts = [(r["batch_size"], r["steps"]) for r in crit["runs"] if r["lr"] == lr and _ok(r["steps"])]
         if pts:
@@ -59,14 +61,15 @@ def critical_figure(crit: dict[str, Any]) -> Figure:
             ax.axvline(fit["b_crit"], color=PALETTE[0], ls="--", lw=0.8, label=f"B_crit {fit['b_crit']:.0f}")
             ci = fit.get("ci")
             if ci and all(_ok(c) for c in ci):
-                ax.axvspan(ci[0], ci[1], color=PALETTE[0], alpha=0.12)
+                ax.axvspan(ci[0], ci[1], color=PALETTE[0], alpha=0.12, label="B_crit, 95% CI")
     at = (crit.get("noise_scale") or {}).get("at_target")
     if at and _ok(at["value"]) and at["value"] > 0:  # an unbiased estimate can come out negative
         ax.axvline(at["value"], color=PALETTE[2], ls=":", lw=1.0, label=f"B_simple {at['value']:.0f}")
     ax.axvline(crit["paper_batch"], color=REGIME_COLORS["lb"], ls="-.", lw=0.8, label="10% of data")
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=f"steps to train loss {crit['target']:g}")
+    ax.set(xscale="log", yscale="log", xlabel="batch size (samples)", ylabel="optimizer steps to the target",
+           title=f"steps to training loss {crit['target']:g} nats")
     _plain_log_ticks(ax)
-    ax.legend(fontsize=7)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=4)
     pts = (crit.get("noise_scale") or {}).get("points") or []
     if pts:
         ax2.errorbar(
@@ -79,54 +82,88 @@ def critical_figure(crit: dict[str, Any]) -> Figure:
         ax2.set(
             xlabel="epoch",
             ylabel="B_simple (samples)",
-            title=f"noise scale along B={crit['noise_scale']['batch_size']}",
+            title=f"noise scale along training (B={crit['noise_scale']['batch_size']})",
         )
     else:
         ax2.text(0.5, 0.5, "no noise-scale points", ha="center", va="center", transform=ax2.transAxes)
+        ax2.set_title("noise scale along training")
+    fig.suptitle("Critical batch size: steps to a loss target, and the gradient noise scale")
     return fig
 
 
 @styled
 def temperature_figure(temp: dict[str, Any]) -> Figure:
-    """Test accuracy, error gap and Keskar sharpness against ``lr / B``, coloured by batch size."""
-    fig, axes = new_figure(DOUBLE_COLUMN, 2.5, 1, 3)
+    """Test accuracy, error gap and Keskar sharpness against ``lr / B``, coloured by batch size.
+
+    Each run a hollow point, the mean of the runs with its 95% interval; sharpness on a log
+    axis, with the geometric mean and an interval computed on the log values.
+    """
+    fig, axes = new_figure(DOUBLE_COLUMN, 2.7, 1, 3)
     sizes = sorted({g["batch_size"] for g in temp["groups"]})
     for ax, key, label in zip(
         axes,
         ("test_acc", "gap_error", "sharpness"),
-        ("test accuracy (%)", "train - test accuracy (points)", "Keskar sharpness (%)"),
+        ("test accuracy (%)", "accuracy gap train − test (points)", "Keskar sharpness (%)"),
         strict=True,
     ):
+        log = key == "sharpness"
         for i, bs in enumerate(sizes):
-            gs = [g for g in temp["groups"] if g["batch_size"] == bs and _ok(g[key]["mean"])]
-            if not gs:
-                continue
-            x = np.array([g["ratio"] for g in gs]) * (1 + 0.04 * (i - (len(sizes) - 1) / 2))
-            y = np.array([g[key]["mean"] for g in gs])
-            lo = [g[key]["mean"] - g[key]["ci"][0] if g[key]["ci"] else 0 for g in gs]
-            hi = [g[key]["ci"][1] - g[key]["mean"] if g[key]["ci"] else 0 for g in gs]
-            ax.errorbar(x, y, yerr=[lo, hi], fmt="o-", color=PALETTE[i % len(PALETTE)], label=f"B={bs}")
-        ax.set(xscale="log", xlabel="lr / B", ylabel=label)
-    axes[0].legend()
+            color = PALETTE[i % len(PALETTE)]
+            shift = 1 + 0.04 * (i - (len(sizes) - 1) / 2)  # batch sizes side by side
+            centres = []
+            for g in (g for g in temp["groups"] if g["batch_size"] == bs):
+                vals = [v for v in trial_values(g[key]) if v > 0 or not log]
+                if not vals:
+                    continue
+                x = g["ratio"] * shift
+                ax.scatter([x] * len(vals), vals, s=12, facecolors="none", edgecolors=color, linewidths=0.7)
+                centre, lo, hi = center_and_interval(vals, log=log)
+                err = None if lo is None or hi is None else [[centre - lo], [hi - centre]]
+                ax.errorbar([x], [centre], yerr=err, fmt="o", color=color, ms=4, capsize=2)
+                centres.append((x, centre))
+            if centres:
+                ax.plot(*zip(*centres, strict=True), "-", color=color, label=f"B={bs}")
+        ax.set(xscale="log", xlabel="lr / B (per sample)", ylabel=label, title=label.split(" (")[0])
+        ratios = sorted({g["ratio"] for g in temp["groups"]})
+        ax.set_xticks(ratios, [f"{r:.2g}" for r in ratios])  # the study's ratios, not decades
+        ax.xaxis.set_minor_locator(NullLocator())
+        if log:
+            ax.set_yscale("log")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend([*handles, *_run_and_mean_entries()], [*labels, "each run", "mean, 95% CI"],
+               loc="outside lower center", ncols=len(handles) + 2)
+    fig.suptitle("Noise temperature: accuracy, gap and sharpness against lr / B")
     return fig
+
+
+def _run_and_mean_entries() -> list[Line2D]:
+    return [Line2D([], [], ls="", marker="o", mfc="none", mec="0.3", ms=4),
+            Line2D([], [], ls="-", marker="o", color="0.3", ms=4)]
 
 
 @styled
 def structure_figure(struct: dict[str, Any]) -> Figure:
-    """Keskar sharpness and test accuracy of each noise variant and of the two minima."""
-    fig, axes = new_figure(DOUBLE_COLUMN, 2.6, 1, 2)
+    """Keskar sharpness and test accuracy of each noise variant and of the two minima.
+
+    One point per row (no bars: neither an accuracy axis nor a log sharpness axis has a
+    meaningful zero); sharpness on a log axis where every value is positive.
+    """
+    fig, axes = new_figure(DOUBLE_COLUMN, 2.6, 1, 2, sharey=True)
     rows = [*struct.get("reference", []), *struct.get("rows", [])]
-    labels = [r["label"] for r in rows]
+    y = np.arange(len(rows))
     for ax, key, label in zip(
         axes, ("sharpness", "test_acc"), ("Keskar sharpness (%)", "test accuracy (%)"), strict=True
     ):
-        vals = [r.get(key) if _ok(r.get(key)) else 0.0 for r in rows]
-        ax.barh(range(len(rows)), vals, color=[PALETTE[i % len(PALETTE)] for i in range(len(rows))])
-        ax.set_yticks(range(len(rows)), labels if ax is axes[0] else [""] * len(rows))
-        ax.invert_yaxis()
-        ax.set_xlabel(label)
-        if key == "test_acc" and any(_ok(v) and v > 0 for v in vals):
-            ax.set_xlim(min(v for v in vals if v > 0) - 2, max(vals) + 1)
+        vals = [r.get(key) if _ok(r.get(key)) else np.nan for r in rows]
+        for k, v in enumerate(vals):
+            ax.plot([v], [y[k]], "o", color=PALETTE[k % len(PALETTE)])
+        if key == "sharpness" and all(not _ok(v) or v > 0 for v in vals) and any(_ok(v) for v in vals):
+            ax.set_xscale("log")
+        ax.set(xlabel=label, title=label.split(" (")[0])
+    axes[0].set_yticks(y, [r["label"] for r in rows])
+    axes[0].set_ylabel("minimum, or run from the LB minimum")
+    axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
+    fig.suptitle("Noise structure: the two minima, and LB runs from the LB minimum with added noise")
     return fig
 
 
@@ -147,12 +184,17 @@ def escape_figure(esc: dict[str, Any]) -> Figure:
                 color=PALETTE[i % len(PALETTE)],
                 label=r["label"],
             )
-    for ax, label in zip(
-        axes, ("train loss", "Keskar sharpness (%)", "top eigenvalue", "distance from start"), strict=True
+    for ax, title, label in zip(
+        axes,
+        ("loss", "Keskar sharpness", "curvature", "distance"),
+        ("training loss (nats)", "Keskar sharpness (%)", "top Hessian eigenvalue",
+         "distance from the start (L2)"),
+        strict=True,
     ):
-        ax.set(xlabel="steps from the start", ylabel=label)
+        ax.set(xlabel="steps from the start", ylabel=label, title=title)
     if any(r.get("points") for r in esc["runs"]):
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
+    fig.suptitle("Escaping each minimum: training from the other regime's minimum")
     return fig
 
 
@@ -173,7 +215,7 @@ def stability_figure(stab: dict[str, Any]) -> Figure:
     if stab["sgd"]:
         r = stab["sgd"][0]
         ax.axhline(
-            r["threshold"], color="black", ls="--", lw=0.8, label=f"2(1+beta)/lr = {r['threshold']:.0f}"
+            r["threshold"], color="black", ls="--", lw=0.8, label=f"2(1+β)/lr = {r['threshold']:.0f}"
         )
         ax.axhline(
             r["plain_gd_threshold"],
@@ -182,6 +224,7 @@ def stability_figure(stab: dict[str, Any]) -> Figure:
             lw=0.8,
             label=f"2/lr = {r['plain_gd_threshold']:.0f}",
         )
-    ax.set(xlabel="epoch", ylabel="top Hessian eigenvalue", yscale="log")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="epoch", ylabel="top Hessian eigenvalue", yscale="log",
+           title="SGD: top Hessian eigenvalue against\nthe stability thresholds")
+    ax.legend()
     return fig
