@@ -135,7 +135,8 @@ def check_figure(fig: Figure) -> None:
 
     Axis labels (with units where :data:`UNIT_RULES` asks), a title, a legend wherever there
     is more than one series, fonts of at least 8 pt at a two-column paper's widths, nothing
-    at or below zero on a log axis, bars only from zero, and nothing cut off at the edges.
+    at or below zero on a log axis, bars only from zero, and nothing cut off at the edges once
+    its titles are fitted as saving fits them.
     """
     width = fig.get_size_inches()[0]
     assert figstyle.SINGLE_COLUMN - 0.1 <= width <= figstyle.DOUBLE_COLUMN + 1e-6, f"width {width} in"
@@ -172,6 +173,7 @@ def check_figure(fig: Figure) -> None:
     assert fig.get_suptitle() or all(
         any(o.get_title() for o in _twins(fig, ax)) for ax in drawn
     ), "no title says what the figure shows"
+    figstyle.fit_titles(fig)  # as saving does
     clipped = outside_the_canvas(fig)
     assert not clipped, f"cut off at the canvas edge: {clipped}"
 

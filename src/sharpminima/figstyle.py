@@ -15,9 +15,10 @@ pyplot never tracks (nothing leaks between figures, any backend works).
 
 :func:`save_figure` writes a figure as PNG (:data:`PNG_DPI` dpi, for the HTML page), PDF
 and SVG (vector, for papers), each atomically (a temporary file renamed into place) and
-reproducibly (no creation date in the PDF or SVG, fixed SVG ids). A figure keeps its
-nominal size unless a text would run off its canvas; then the file holds the figure's tight
-box, so nothing is ever cut off (:func:`runs_off_the_canvas`).
+reproducibly (no creation date in the PDF or SVG, fixed SVG ids). Nothing is cut off at the
+edges: a title that would run past the canvas is broken at spaces (:func:`fit_titles`), and
+a figure whose text still would is saved with its tight box (:func:`runs_off_the_canvas`);
+any other figure keeps its nominal size.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import matplotlib
-from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
@@ -160,24 +160,19 @@ def parse_figure_formats(spec: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def fit_title(where: Figure | Axes, text: str, **kwargs: Any) -> Text:
-    """Set ``where``'s title (an axes title, or a figure's suptitle), broken so that it fits.
-
-    Constrained layout gives an axes title no more room than its axes, so a title built from a
-    user's names (a run id, a path, a run's settings) can run off the canvas. Each line wider
-    than its room (90% of the axes' grid cell, or 95% of the figure for a suptitle) is broken
-    at spaces; a line with mathtext (``$...$``) is kept whole. Call it inside :func:`styled`.
-
-    Returns:
-        The title's ``Text``.
-    """
-    fig = where if isinstance(where, Figure) else where.get_figure(root=True)
+def _agg_renderer(fig: Figure) -> Any:
+    """Lay ``fig`` out as when it is saved and return the renderer that drew it."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    renderer = canvas.get_renderer()
-    if isinstance(where, Figure):
-        title, room = where.suptitle(text, **kwargs), 0.95 * fig.bbox.width
-    else:
-        title, room = where.set_title(text, **kwargs), 0.9 * where.get_position().width * fig.bbox.width
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _break_to_width(title: Text, room: float, renderer: Any) -> bool:
+    """Break each line of ``title`` wider than ``room`` pixels at spaces; whether it changed.
+
+    A line with mathtext (``$...$``) is kept whole.
+    """
+    text = title.get_text()
 
     def width(line: str) -> float:
         title.set_text(line)
@@ -198,7 +193,33 @@ def fit_title(where: Figure | Axes, text: str, **kwargs: Any) -> Text:
                 current = longer
         lines.append(current)
     title.set_text("\n".join(lines))
-    return title
+    return title.get_text() != text
+
+
+def fit_titles(fig: Figure) -> None:
+    """Break, at spaces, every axes title and figure text that runs past the canvas.
+
+    Constrained layout gives an axes title no more room than its axes, so a title built from
+    a user's names (a run id, a path, a run's settings) can run off the canvas. After the
+    layout, each title (and the figure's own texts: its suptitle) that does is broken so
+    that each line fits, centred where it is; the figure is laid out again if any changed.
+    :func:`render` calls it before saving.
+    """
+    with matplotlib.rc_context(RC):
+        renderer = _agg_renderer(fig)
+        width = fig.bbox.width
+        changed = False
+        for title in [ax.title for ax in fig.axes] + list(fig.texts):
+            if not title.get_visible() or not title.get_text().strip():
+                continue
+            box = title.get_window_extent(renderer)
+            if box.x0 >= -1 and box.x1 <= width + 1:
+                continue
+            centre = (box.x0 + box.x1) / 2 if title.get_horizontalalignment() == "center" else None
+            room = 2 * min(centre, width - centre) if centre is not None else width
+            changed |= _break_to_width(title, max(room - 4, 0.3 * width), renderer)
+        if changed:
+            _agg_renderer(fig)
 
 
 def runs_off_the_canvas(fig: Figure) -> bool:
@@ -210,9 +231,7 @@ def runs_off_the_canvas(fig: Figure) -> bool:
     rather than cut the text off; a figure that fits keeps its exact column width.
     """
     with matplotlib.rc_context(RC):
-        canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-        canvas.draw()
-        box = fig.get_tightbbox(canvas.get_renderer())
+        box = fig.get_tightbbox(_agg_renderer(fig))
     width, height = fig.get_size_inches()
     slack = 1.0 / fig.dpi  # one pixel of the layout
     return bool(box.x0 < -slack or box.y0 < -slack or box.x1 > width + slack or box.y1 > height + slack)
@@ -220,6 +239,9 @@ def runs_off_the_canvas(fig: Figure) -> bool:
 
 def render(fig: Figure, fmt: str) -> bytes:
     """The figure as the bytes of a ``png`` (:data:`PNG_DPI` dpi), ``pdf`` or ``svg`` file.
+
+    Titles that would run past the canvas are broken first (:func:`fit_titles`); if any text
+    still would, the file holds the figure's tight box (:func:`runs_off_the_canvas`).
 
     Raises:
         ConfigError: If ``fmt`` is not one of :data:`FIGURE_FORMATS`.
@@ -229,6 +251,7 @@ def render(fig: Figure, fmt: str) -> bytes:
     metadata: dict[str, Any] = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
     buf = io.BytesIO()
     with matplotlib.rc_context(RC):
+        fit_titles(fig)
         box = "tight" if runs_off_the_canvas(fig) else None
         fig.savefig(buf, format=fmt, dpi=PNG_DPI, metadata=metadata, bbox_inches=box, pad_inches=0.03)
     return buf.getvalue()
@@ -317,7 +340,7 @@ __all__ = [
     "REGIME_MARKERS",
     "SINGLE_COLUMN",
     "figure_format",
-    "fit_title",
+    "fit_titles",
     "net_name",
     "new_figure",
     "parse_figure_formats",

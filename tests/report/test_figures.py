@@ -345,8 +345,8 @@ def test_a_title_wider_than_the_figure_is_not_cut_off_in_the_file() -> None:
     fits = _titled("short")
     assert not outside_the_canvas(fits) and not figstyle.runs_off_the_canvas(fits)
     assert _png_width(figstyle.render(fits, "png")) == nominal  # a figure that fits keeps its width
-    long = _titled("run 0123456789abcdef: a title far wider than one column of a two-column paper")
-    assert outside_the_canvas(long) and figstyle.runs_off_the_canvas(long)  # the layout cuts it off
+    long = _titled("run_0123456789abcdef_a_title_far_wider_than_one_column_of_a_two_column_paper")
+    assert outside_the_canvas(long) and figstyle.runs_off_the_canvas(long)  # no space to break at
     assert _png_width(figstyle.render(long, "png")) > nominal + 0.5 * figstyle.PNG_DPI
     assert figstyle.render(long, "pdf").startswith(b"%PDF")
 
@@ -358,22 +358,26 @@ def _fitted(title: str, *, suptitle: bool = False) -> tuple[Figure, str]:
     ax.plot([1, 2], [3, 4])
     ax.set_xlabel("x (samples)")
     ax.set_ylabel("y (samples)")
-    text = figstyle.fit_title(fig if suptitle else ax, title).get_text()
-    return fig, text
+    title = fig.suptitle(title) if suptitle else ax.set_title(title)
+    figstyle.fit_titles(fig)
+    return fig, title.get_text()
 
 
 @pytest.mark.parametrize("suptitle", [False, True])
-def test_fit_title_breaks_a_long_title_at_spaces_so_that_it_fits(suptitle: bool) -> None:
+def test_fit_titles_breaks_a_long_title_at_spaces_so_that_it_fits(suptitle: bool) -> None:
     words = "runs/0123456789ab and runs/ba9876543210: loss and accuracy along the linear path between them"
     long = words * 2 if suptitle else words
     fig, text = _fitted(long, suptitle=suptitle)
     assert "\n" in text and text.replace("\n", " ") == long  # broken at spaces, nothing lost
     assert not outside_the_canvas(fig)
+    assert _png_width(figstyle.render(fig, "png")) == round(fig.get_size_inches()[0] * figstyle.PNG_DPI)
     fig, text = _fitted("F1: short\n(a second line)", suptitle=suptitle)
     assert text == "F1: short\n(a second line)"  # a title that fits is left alone
-    math = r"$f(\alpha\,x_{B=200} + (1-\alpha)\,x_{B=50}) + f(\alpha\,x_{B=200} + (1-\alpha)\,x_{B=50})$"
-    _, text = _fitted(math, suptitle=suptitle)
-    assert text == math  # mathtext is never split
+    term = r"f(\alpha\,x_{B=200} + (1-\alpha)\,x_{B=50})"
+    math = "$" + " + ".join([term] * (8 if suptitle else 2)) + "$"
+    fig, text = _fitted(math, suptitle=suptitle)
+    assert text == math  # mathtext is never split; the tight box holds it instead
+    assert _png_width(figstyle.render(fig, "png")) > round(fig.get_size_inches()[0] * figstyle.PNG_DPI)
 
 
 def test_render_rejects_an_unknown_format() -> None:

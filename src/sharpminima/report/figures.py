@@ -28,7 +28,6 @@ from sharpminima.figstyle import (
     REGIME_LABELS,
     REGIME_MARKERS,
     SINGLE_COLUMN,
-    fit_title,
     net_name,
     new_figure,
     styled,
@@ -143,7 +142,7 @@ def accuracy_per_epoch(net: str, data: dict[str, list[list[dict]]]) -> Figure:
                 markevery=every, label=f"{LABELS[regime]} test")
     ax.set_xlabel("epoch")
     ax.set_ylabel(ACCURACY_LABEL)
-    fit_title(ax, f"{net_name(net)}: accuracy per epoch\n(mean of trials; thin lines: each trial)")
+    ax.set_title(f"{net_name(net)}: accuracy per epoch\n(mean of trials; thin lines: each trial)")
     ax.legend(loc="lower right", ncol=2)
     lo = min([min(r["test_acc"] for r in h) for hs in data.values() for h in hs if h] + [90])
     ax.set_ylim(max(lo - 1, 0), 100.5)
@@ -184,7 +183,7 @@ def test_accuracy_bands(net: str, data: dict[str, list[list[dict]]]) -> Figure:
         ax.set_ylim(min(finals) - 0.4, max(finals) + 0.3)
     ax.set_xlabel("epoch")
     ax.set_ylabel(TEST_ACCURACY_LABEL)
-    fit_title(ax, f"{net_name(net)}: test accuracy per epoch\n(mean and 95% CI over trials)")
+    ax.set_title(f"{net_name(net)}: test accuracy per epoch\n(mean and 95% CI over trials)")
     for h, name in zip(*ax.get_legend_handles_labels(), strict=True):
         handles.setdefault(name, h)
     order = sorted(handles, key=lambda name: (name[:2] != "SB", name))  # SB column, then LB
@@ -232,7 +231,7 @@ def parametric(net: str, result: dict[str, Any], path: str, ends: tuple[str, str
         if path == "linear"
         else rf"$f(\sin(\alpha\pi/2)\,x_{{{b}}} + \cos(\alpha\pi/2)\,x_{{{a}}})$"
     )
-    fit_title(ax, f"{net_name(net)}: loss and accuracy, {path} path\n{formula}")
+    ax.set_title(f"{net_name(net)}: loss and accuracy, {path} path\n{formula}")
     lines = [ln for ln in ax.get_lines() + ax2.get_lines() if not ln.get_label().startswith("_")]
     fig.legend(lines, [ln.get_label() for ln in lines], loc="outside lower center", ncol=2)
     return fig
@@ -262,7 +261,7 @@ def sharpness_by_setting(net: str, rows: list[dict[str, Any]]) -> Figure:
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("setting (subspace, box size ε, BatchNorm mode)")
     ax.set_ylabel(SHARPNESS_LABEL)
-    fit_title(ax, f"{net_name(net)}: Keskar sharpness, SB vs LB\n(geometric mean, 95% CI on log values)")
+    ax.set_title(f"{net_name(net)}: Keskar sharpness, SB vs LB\n(geometric mean, 95% CI on log values)")
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + _trials_legend_entries()[:1], loc="best")
     ax.grid(axis="x", visible=False)
@@ -320,7 +319,7 @@ def stopping_study(net: str, rules: list[dict[str, Any]]) -> Figure:
         ax_plat.set_ylabel("plateau patience (epochs)")
         ax_plat.set_xlabel("gap SB − LB (points)")
         ax_plat.set_title("plateau rule on the\ntraining loss (95% CI)")
-    fit_title(fig, f"{net_name(net)}: the SB − LB test-accuracy gap depends on when each regime stops"
+    fig.suptitle(f"{net_name(net)}: the SB − LB test-accuracy gap depends on when each regime stops"
                  " (> 0: LB generalizes worse)")
     return fig
 
@@ -407,7 +406,7 @@ def versus(
         ax2.set_yscale("log")
     ax2.set_ylabel(SHARPNESS_LABEL, color=sharp_color)
     ax2.tick_params(axis="y", colors=sharp_color)
-    fit_title(ax, f"{net_name(net)}: test accuracy and Keskar sharpness\nof the final iterate vs {short}")
+    ax.set_title(f"{net_name(net)}: test accuracy and Keskar sharpness\nof the final iterate vs {short}")
     lines = [ln for ln in ax.get_lines() + ax2.get_lines() if not ln.get_label().startswith("_")]
     fig.legend(lines, [ln.get_label() for ln in lines], loc="outside lower center", ncol=2)
     return fig
@@ -454,7 +453,7 @@ def sharpness_vs_loss(net: str, data: dict[str, list[dict[str, Any]]]) -> Figure
     ax.invert_xaxis()
     ax.set_xlabel(f"training {LOSS_LABEL} (decreasing →)")
     ax.set_ylabel(SHARPNESS_LABEL)
-    fit_title(ax, f"{net_name(net)}: Keskar sharpness along training")
+    ax.set_title(f"{net_name(net)}: Keskar sharpness along training")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     return fig
@@ -494,7 +493,7 @@ def remedy_comparison(net: str, rows: list[dict[str, Any]]) -> Figure:
     ax2.set_title("Keskar sharpness\n(geometric mean, 95% CI)")
     ax2.grid(which="both", axis="x", alpha=0.3)
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
-    fit_title(fig, f"{net_name(net)}: what closes the gap, each method on top of LB (or SB)")
+    fig.suptitle(f"{net_name(net)}: what closes the gap, each method on top of LB (or SB)")
     return fig
 
 
@@ -536,7 +535,7 @@ def conservative_sweep(net: str, data: dict[str, Any]) -> Figure:
     ax2.set_title("Keskar sharpness")
     handles, names = ax1.get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncol=min(len(handles), 4))
-    fit_title(fig, f"{net_name(net)}: conservative LB training, proximal weight λ and inner steps")
+    fig.suptitle(f"{net_name(net)}: conservative LB training, proximal weight λ and inner steps")
     return fig
 
 
@@ -586,5 +585,5 @@ def dynamics(net: str, data: dict[str, Any]) -> Figure:
         handles.append(Line2D([], [], color="0.3", ls=":", lw=1))
         names.append("SGD stability line 2(1+β)/lr")
     fig.legend(handles, names, loc="outside lower center", ncol=min(len(handles), 4))
-    fit_title(fig, f"{net_name(net)}: optimization dynamics, SB vs LB")
+    fig.suptitle(f"{net_name(net)}: optimization dynamics, SB vs LB")
     return fig
