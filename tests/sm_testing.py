@@ -6,6 +6,7 @@ import math
 import re
 import struct
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.axes import Axes
@@ -110,18 +111,20 @@ def outside_the_canvas(fig: Figure) -> list[str]:
     """What of ``fig`` is drawn, wholly or partly, outside its canvas (and so cut off in a file).
 
     Each axes with everything it draws (title, axis labels, tick labels, its legend), the
-    figure's legends, texts and title, laid out as when the figure is saved. Constrained
-    layout gives an axes title or label no more room than the axes' width, so a long one
-    runs past the edge without any warning.
+    figure's legends, texts and title, laid out as when the figure is saved (in the figure
+    style: ticks made outside it would take the default font size). Constrained layout counts
+    an axes title or label as no wider than its axes, so a long one runs past the edge
+    without any warning.
     """
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    renderer = canvas.get_renderer()
-    width, height = fig.bbox.width, fig.bbox.height
-    parts = [(f"axes {ax.get_title()!r}", ax.get_tightbbox(renderer)) for ax in fig.axes]
-    parts += [("a figure legend", leg.get_window_extent(renderer)) for leg in fig.legends]
-    parts += [(f"text {t.get_text()!r}", t.get_window_extent(renderer))
-              for t in fig.texts if t.get_visible() and t.get_text().strip()]
+    with matplotlib.rc_context(figstyle.RC):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        width, height = fig.bbox.width, fig.bbox.height
+        parts = [(f"axes {ax.get_title()!r}", ax.get_tightbbox(renderer)) for ax in fig.axes]
+        parts += [("a figure legend", leg.get_window_extent(renderer)) for leg in fig.legends]
+        parts += [(f"text {t.get_text()!r}", t.get_window_extent(renderer))
+                  for t in fig.texts if t.get_visible() and t.get_text().strip()]
     out = []
     for what, box in parts:
         if box is not None and (box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1):
@@ -130,13 +133,26 @@ def outside_the_canvas(fig: Figure) -> list[str]:
     return out
 
 
+def overlapping_titles(fig: Figure) -> list[str]:
+    """Pairs of axes titles of ``fig`` whose boxes overlap (one printed over the other)."""
+    with matplotlib.rc_context(figstyle.RC):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        boxes = [(ax.title.get_text(), ax.title.get_window_extent(renderer)) for ax in fig.axes
+                 if ax.title.get_visible() and ax.title.get_text().strip()]
+    return [f"{a!r} over {b!r}" for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+            if box_a.overlaps(box_b)]
+
+
 def check_figure(fig: Figure) -> None:
     """Assert what a reader of a paper needs from ``fig``.
 
     Axis labels (with units where :data:`UNIT_RULES` asks), a title, a legend wherever there
     is more than one series, fonts of at least 8 pt at a two-column paper's widths, nothing
-    at or below zero on a log axis, bars only from zero, and nothing cut off at the edges once
-    its titles are fitted as saving fits them.
+    at or below zero on a log axis, bars only from zero, and, once its titles are fitted as
+    saving fits them (which changes ``fig``), nothing cut off at the edges and no title
+    printed over another.
     """
     width = fig.get_size_inches()[0]
     assert figstyle.SINGLE_COLUMN - 0.1 <= width <= figstyle.DOUBLE_COLUMN + 1e-6, f"width {width} in"
@@ -176,6 +192,7 @@ def check_figure(fig: Figure) -> None:
     figstyle.fit_titles(fig)  # as saving does
     clipped = outside_the_canvas(fig)
     assert not clipped, f"cut off at the canvas edge: {clipped}"
+    assert not overlapping_titles(fig), f"titles printed over each other: {overlapping_titles(fig)}"
 
 
 def png_dpi(data: bytes) -> float:

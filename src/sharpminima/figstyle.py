@@ -23,9 +23,10 @@ any other figure keeps its nominal size.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -87,6 +88,7 @@ RC: dict[str, Any] = {
     "legend.handlelength": 2.4,  # long enough to tell solid from dashed
     "figure.dpi": 100,
     "savefig.dpi": PNG_DPI,
+    "savefig.bbox": "standard",  # a figure keeps its size unless render() needs its tight box
     "pdf.fonttype": 42,  # TrueType: text stays text in the PDF (journals ask for it)
     "ps.fonttype": 42,
     "svg.fonttype": "path",  # looks the same without the fonts installed
@@ -160,11 +162,30 @@ def parse_figure_formats(spec: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _agg_renderer(fig: Figure) -> Any:
-    """Lay ``fig`` out as when it is saved and return the renderer that drew it."""
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return canvas.get_renderer()
+@contextlib.contextmanager
+def _laid_out(fig: Figure) -> Iterator[Any]:
+    """Lay ``fig`` out as when it is saved (:data:`RC`, Agg) and yield the renderer.
+
+    The figure's own canvas (a pyplot window's, say) is put back afterwards.
+    """
+    before = fig.canvas
+    with matplotlib.rc_context(RC):
+        canvas = before if isinstance(before, FigureCanvasAgg) else FigureCanvasAgg(fig)
+        try:
+            canvas.draw()
+            yield canvas.get_renderer()
+        finally:
+            if fig.canvas is not before:
+                fig.set_canvas(before)
+
+
+def _settle(fig: Figure, renderer: Any) -> None:
+    """Draw until constrained layout stops moving the axes (it may take a few passes)."""
+    for _ in range(5):
+        before = [ax.get_position().bounds for ax in fig.axes]
+        fig.draw(renderer)
+        if [ax.get_position().bounds for ax in fig.axes] == before:
+            return
 
 
 def _break_to_width(title: Text, room: float, renderer: Any) -> bool:
@@ -196,30 +217,40 @@ def _break_to_width(title: Text, room: float, renderer: Any) -> bool:
     return title.get_text() != text
 
 
-def fit_titles(fig: Figure) -> None:
-    """Break, at spaces, every axes title and figure text that runs past the canvas.
+def _titles(fig: Figure) -> list[tuple[Text, Any]]:
+    """Each centred axes title with its axes, and the figure's suptitle (with ``None``)."""
+    out: list[tuple[Text, Any]] = [(ax.title, ax) for ax in fig.axes]
+    suptitle = fig.get_suptitle()
+    out += [(t, None) for t in fig.texts if suptitle and t.get_text() == suptitle and t.get_rotation() == 0]
+    return [(t, ax) for t, ax in out if t.get_visible() and t.get_text().strip()]
 
-    Constrained layout gives an axes title no more room than its axes, so a title built from
-    a user's names (a run id, a path, a run's settings) can run off the canvas. After the
-    layout, each title (and the figure's own texts: its suptitle) that does is broken so
-    that each line fits, centred where it is; the figure is laid out again if any changed.
-    :func:`render` calls it before saving.
+
+def fit_titles(fig: Figure) -> None:
+    """Break, at spaces, every title that runs past the canvas or far past its own axes.
+
+    Constrained layout counts an axes title as if it were no wider than its axes, so a title
+    built from a user's names (a run id, a path, a run's settings) can run off the canvas or
+    over the next panel's title. After the layout, each axes title is kept within the canvas
+    (centred where it is) and within 1.15 times its axes' width, and the suptitle within
+    the canvas; a title that is not is broken so that each line fits. The figure is then laid
+    out again until it settles, so that rendering it twice gives the same bytes.
+    :func:`render` calls it before saving; a mathtext line is never broken.
     """
-    with matplotlib.rc_context(RC):
-        renderer = _agg_renderer(fig)
+    with _laid_out(fig) as renderer:
         width = fig.bbox.width
-        changed = False
-        for title in [ax.title for ax in fig.axes] + list(fig.texts):
-            if not title.get_visible() or not title.get_text().strip():
-                continue
-            box = title.get_window_extent(renderer)
-            if box.x0 >= -1 and box.x1 <= width + 1:
-                continue
-            centre = (box.x0 + box.x1) / 2 if title.get_horizontalalignment() == "center" else None
-            room = 2 * min(centre, width - centre) if centre is not None else width
-            changed |= _break_to_width(title, max(room - 4, 0.3 * width), renderer)
-        if changed:
-            _agg_renderer(fig)
+        for _ in range(3):  # a broken title is taller, the axes shorter: the layout may shift
+            changed = False
+            for title, ax in _titles(fig):
+                box = title.get_window_extent(renderer)
+                centre = (box.x0 + box.x1) / 2
+                room = 2 * min(centre, width - centre) - 6
+                if ax is not None:
+                    room = min(room, 1.15 * ax.get_window_extent(renderer).width)
+                if box.width > room + 1:
+                    changed |= _break_to_width(title, max(room, 0.2 * width), renderer)
+            _settle(fig, renderer)
+            if not changed:
+                break
 
 
 def runs_off_the_canvas(fig: Figure) -> bool:
@@ -230,8 +261,8 @@ def runs_off_the_canvas(fig: Figure) -> bool:
     :func:`render` then saves the figure's tight box, a little larger than its nominal size,
     rather than cut the text off; a figure that fits keeps its exact column width.
     """
-    with matplotlib.rc_context(RC):
-        box = fig.get_tightbbox(_agg_renderer(fig))
+    with _laid_out(fig) as renderer:
+        box = fig.get_tightbbox(renderer)
     width, height = fig.get_size_inches()
     slack = 1.0 / fig.dpi  # one pixel of the layout
     return bool(box.x0 < -slack or box.y0 < -slack or box.x1 > width + slack or box.y1 > height + slack)

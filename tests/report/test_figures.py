@@ -32,7 +32,7 @@ from sharpminima.report import figures, study_figures, style
 from sharpminima.report.build import Doc, write_report
 from sharpminima.reproduce import get_preset
 from sharpminima.reproduce.presets import ALL_REMEDIES
-from sm_testing import check_figure, legend_texts, outside_the_canvas, png_dpi
+from sm_testing import check_figure, legend_texts, outside_the_canvas, overlapping_titles, png_dpi
 
 # -- synthetic results, shaped as the experiments write them --------------------------------
 RNG = np.random.default_rng(0)
@@ -378,6 +378,26 @@ def test_fit_titles_breaks_a_long_title_at_spaces_so_that_it_fits(suptitle: bool
     fig, text = _fitted(math, suptitle=suptitle)
     assert text == math  # mathtext is never split; the tight box holds it instead
     assert _png_width(figstyle.render(fig, "png")) > round(fig.get_size_inches()[0] * figstyle.PNG_DPI)
+
+
+@figstyle.styled
+def _three_panels() -> Figure:
+    fig, axes = figstyle.new_figure(figstyle.DOUBLE_COLUMN, 2.6, 1, 3)
+    for k, ax in enumerate(axes):
+        ax.plot([1, 2], [3, 4 + k])
+        ax.set(xlabel="x (samples)", ylabel="y (samples)")
+    axes[1].set_title("a middle title far wider than its own panel, which would print over both neighbours")
+    fig.suptitle("runs/0123456789ab against runs/ba9876543210 " * 3)
+    return fig
+
+
+def test_fitted_figures_render_the_same_bytes_every_time() -> None:
+    fig = _three_panels()
+    first = {fmt: figstyle.render(fig, fmt) for fmt in ("svg", "pdf")}
+    for fmt in ("svg", "pdf"):
+        assert figstyle.render(fig, fmt) == first[fmt]  # rendering again changes nothing
+        assert figstyle.render(_three_panels(), fmt) == first[fmt]  # nor does a fresh figure
+    assert not overlapping_titles(fig) and not outside_the_canvas(fig)
 
 
 def test_render_rejects_an_unknown_format() -> None:

@@ -4,9 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _noise_worker import NOISY, TINY
+from matplotlib.container import ErrorbarContainer
 
 from sharpminima.cli.app import main
 from sharpminima.config import TrainConfig
@@ -290,8 +292,19 @@ def test_noise_figures_draw_points_not_bars_and_sharpness_on_a_log_axis(resumed)
     temperature = noise_figures.temperature_figure(res["temperature"])
     sharp = next(ax for ax in temperature.axes if "sharpness" in ax.get_ylabel())
     assert sharp.get_yscale() == "log"
-    low = min(y for line in sharp.lines for y in line.get_ydata() if y == y)
-    assert low > 0  # geometric means with intervals on the log values, never below zero
+    runs = {}  # x -> the runs' sharpness drawn there
+    for points in sharp.collections:
+        for x, y in np.asarray(points.get_offsets()):
+            runs.setdefault(round(float(x), 12), []).append(float(y))
+    bars = [c for c in sharp.containers if isinstance(c, ErrorbarContainer)]
+    assert bars
+    for bar in bars:
+        (x,), (centre,) = bar.lines[0].get_data()
+        values = runs[round(float(x), 12)]
+        assert centre == pytest.approx(math.exp(np.mean(np.log(values))))  # the geometric mean
+        if len(values) > 1:
+            (low, high), = [seg[:, 1] for seg in bar.lines[2][0].get_segments()]
+            assert low > 0 and low * high == pytest.approx(centre**2)  # symmetric in log space
 
 
 def test_target_never_reached_is_reported_not_raised(resumed, monkeypatch):

@@ -39,7 +39,7 @@ def critical_figure(crit: dict[str, Any]) -> Figure:
             ax.plot(
                 *zip(*pts, strict=True),
                 "o",
-                color=PALETTE[(i + 2) % len(PALETTE)],
+                color=PALETTE[3 + i % (len(PALETTE) - 3)],  # 0-2 are the fit, B_simple and LB lines
                 alpha=0.5,
                 label=f"lr {lr:g}",
             )
@@ -81,7 +81,7 @@ def critical_figure(crit: dict[str, Any]) -> Figure:
         )
         ax2.set(
             xlabel="epoch",
-            ylabel="B_simple (samples)",
+            ylabel="B_simple (samples), ±1 s.e.",
             title=f"noise scale along training (B={crit['noise_scale']['batch_size']})",
         )
     else:
@@ -130,7 +130,8 @@ def temperature_figure(temp: dict[str, Any]) -> Figure:
         if log:
             ax.set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend([*handles, *_run_and_mean_entries()], [*labels, "each run", "mean, 95% CI"],
+    fig.legend([*handles, *_run_and_mean_entries()],
+               [*labels, "each run", "mean (geometric for sharpness), 95% CI"],
                loc="outside lower center", ncols=len(handles) + 2)
     fig.suptitle("Noise temperature: accuracy, gap and sharpness against lr / B")
     return fig
@@ -146,18 +147,26 @@ def structure_figure(struct: dict[str, Any]) -> Figure:
     """Keskar sharpness and test accuracy of each noise variant and of the two minima.
 
     One point per row (no bars: neither an accuracy axis nor a log sharpness axis has a
-    meaningful zero); sharpness on a log axis where every value is positive.
+    meaningful zero), coloured by regime (squares: the two minima); sharpness on a log axis
+    where every value is positive; "n/a" where a value is missing.
     """
     fig, axes = new_figure(DOUBLE_COLUMN, 2.6, 1, 2, sharey=True)
-    rows = [*struct.get("reference", []), *struct.get("rows", [])]
+    reference = struct.get("reference", [])
+    rows = [*reference, *struct.get("rows", [])]
     y = np.arange(len(rows))
     for ax, key, label in zip(
         axes, ("sharpness", "test_acc"), ("Keskar sharpness (%)", "test accuracy (%)"), strict=True
     ):
         vals = [r.get(key) if _ok(r.get(key)) else np.nan for r in rows]
-        for k, v in enumerate(vals):
-            ax.plot([v], [y[k]], "o", color=PALETTE[k % len(PALETTE)])
-        if key == "sharpness" and all(not _ok(v) or v > 0 for v in vals) and any(_ok(v) for v in vals):
+        log = key == "sharpness" and any(v > 0 for v in vals) and not any(v <= 0 for v in vals)
+        for k, (r, v) in enumerate(zip(rows, vals, strict=True)):
+            regime = "sb" if r["label"].startswith("SB") else "lb"
+            marker = "s" if k < len(reference) else "o"  # squares: the two minima
+            if math.isfinite(v):
+                ax.plot([v], [y[k]], marker, color=REGIME_COLORS[regime])
+            else:
+                ax.text(0.02, y[k], "n/a", transform=ax.get_yaxis_transform(), va="center", fontsize=8)
+        if log:
             ax.set_xscale("log")
         ax.set(xlabel=label, title=label.split(" (")[0])
     axes[0].set_yticks(y, [r["label"] for r in rows])
