@@ -14,7 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from sharpminima.figstyle import DOUBLE_COLUMN, PALETTE, REGIME_COLORS, new_figure, styled
-from sharpminima.report.figures import center_and_interval, trial_values
+from sharpminima.report.figures import _trials_and_mean, center_and_interval, trial_values
 
 
 def _ok(v: Any) -> bool:
@@ -116,11 +116,8 @@ def temperature_figure(temp: dict[str, Any]) -> Figure:
                 if not vals:
                     continue
                 x = g["ratio"] * shift
-                ax.scatter([x] * len(vals), vals, s=12, facecolors="none", edgecolors=color, linewidths=0.7)
-                centre, lo, hi = center_and_interval(vals, log=log)
-                err = None if lo is None or hi is None else [[centre - lo], [hi - centre]]
-                ax.errorbar([x], [centre], yerr=err, fmt="o", color=color, ms=4, capsize=2)
-                centres.append((x, centre))
+                _trials_and_mean(ax, x, vals, color, "o", log=log, spread=0.0)
+                centres.append((x, center_and_interval(vals, log=log)[0]))
             if centres:
                 ax.plot(*zip(*centres, strict=True), "-", color=color, label=f"B={bs}")
         ax.set(xscale="log", xlabel="lr / B (per sample)", ylabel=label, title=label.split(" (")[0])
