@@ -472,6 +472,13 @@ def test_figure_format_is_checked_before_any_work(capsys, tmp_path: Path, comman
     assert not (tmp_path / "none").exists()
 
 
+def test_figure_format_help_states_the_png_resolution_written() -> None:
+    from sharpminima.cli.reproduce_cmd import FigureFormatOpt
+
+    help_text = FigureFormatOpt.__metadata__[0].help
+    assert f"png ({figstyle.PNG_DPI} dpi" in help_text and figstyle.PNG_DPI >= 200
+
+
 def test_report_command_writes_the_formats_asked_for(capsys, tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps(_results()))
     code, _ = _run_cli(capsys, "report", "--out", str(tmp_path), "--figure-format", "pdf")

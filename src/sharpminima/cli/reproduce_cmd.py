@@ -30,7 +30,7 @@ FigureFormatOpt = Annotated[
     str,
     typer.Option(
         "--figure-format",
-        help="Files written per figure, comma-separated: png (200 dpi; the HTML embeds it in any "
+        help="Files written per figure, comma-separated: png (220 dpi; the HTML embeds it in any "
         "case), pdf and svg (vector, for papers).",
     ),
 ]

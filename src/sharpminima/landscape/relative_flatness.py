@@ -90,8 +90,9 @@ def relative_flatness(
     Args:
         loss: A network objective (its Hessian-vector products and parameter layout).
         x: The point ``(n,)``.
-        layer: The weight's parameter name (``"net.12.weight"``) or its module's name
-            (``"net.12"``); default: the last linear or convolution layer's weight.
+        layer: The weight's parameter name (``"net.13.weight"``, F1's last hidden linear
+            layer) or its module's name (``"net.13"``); default: the last linear or
+            convolution layer's weight.
         method: ``"hutchinson"`` or ``"exact"``.
         num_probes: Hutchinson probes (``>= 2``).
         seed: Seed of the probes.
