@@ -20,6 +20,7 @@ from sharpminima.landscape.registry import (
     get_measure,
     register_measure,
 )
+from sharpminima.store.provenance import count_measurements
 
 
 def test_every_measure_has_frozen_typed_defaults_and_a_json_key():
@@ -122,9 +123,12 @@ def test_cached_measure_computes_once():
 
     cache = _Cache()
     request = Request.of("hessian_trace", DataSpec(num_samples=64, chunk_size=32), num_probes=5)
-    first = cached_measure(cache, "run", request, build)
-    second = cached_measure(cache, "run", request, build)
+    with count_measurements() as outer:
+        first = cached_measure(cache, "run", request, build)
+        with count_measurements() as inner:  # the innermost tally counts
+            second = cached_measure(cache, "run", request, build)
     assert not first.reused and second.reused and len(built) == 1 and cache.adds == 1
+    assert (outer.computed, outer.reused, inner.computed, inner.reused) == (1, 0, 0, 1)
     assert first.value == second.value == first["value"]
     direct = compute("hessian_trace", case.objective(), case.x0, {"num_probes": 5})
     assert direct.value == first.value

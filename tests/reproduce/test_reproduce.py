@@ -12,8 +12,10 @@ from repro_cases import TINY
 
 from sharpminima.errors import ConfigError
 from sharpminima.report import write_report
+from sharpminima.report.doc import environment_rows
 from sharpminima.reproduce import QUICK, get_preset, reproduce, resolve_experiments
 from sharpminima.store import Store
+from sharpminima.store.provenance import code_version
 
 
 def _without_timing(obj):
@@ -137,9 +139,18 @@ def test_rerun_redoes_nothing(done):
     root, store, results, first_seconds = done
     n_meas = len(store.measurements())
     t0 = time.perf_counter()
+    first = results["environment"]["measurements_last_call"]
     again = reproduce(TINY, store=store, out=root / "out")
     assert len(store.measurements()) == n_meas and len(store.list_runs()) == 4
     assert again["experiments"] == results["experiments"]
+    # the folder says that its numbers were read from the store, and which commit trained the runs
+    assert first["computed"] == n_meas
+    assert again["environment"]["measurements_last_call"] == {
+        "computed": 0, "read_from_store": first["computed"] + first["read_from_store"]}
+    assert again["environment"]["runs_trained_by"] == {code_version(): 4}
+    rows = dict(environment_rows(again["environment"]))
+    assert rows["runs trained by (commit)"] == f"{code_version()} (4 runs)"
+    assert rows["measurements in the last call"].startswith("0 computed, ")
     assert time.perf_counter() - t0 < first_seconds / 2
 
 

@@ -440,3 +440,16 @@ def test_package_exports():
     assert callable(store_pkg.save_checkpoint) and "load_checkpoint" in dir(store_pkg)
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         store_pkg.nope  # noqa: B018
+
+
+def test_inputs_provenance_names_the_commits_that_trained_the_runs(store, run):
+    other = store.get_or_create_run({"lr": 0.2}, H2)[0]
+    _sql(store, "UPDATE runs SET code_version = 'abc1234' WHERE id = ?", (other.id,))  # an earlier commit's
+    tally = provenance.MeasurementTally(computed=2, reused=5)
+    got = provenance.inputs_provenance(store, [run.id, other.id, run.id, "feedbeef0000"], tally)
+    assert got == {
+        "runs_trained_by": {"abc1234": 1, run.code_version: 1, "not in the store": 1},
+        "measurements_last_call": {"computed": 2, "read_from_store": 5},
+    }
+    assert provenance.inputs_provenance(None, [run.id], None) == {}
+    provenance.note_measurement(reused=True)  # outside any tally: counted nowhere, no error

@@ -15,6 +15,7 @@ from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError
 from sharpminima.landscape.objective import FunctionObjective
 from sharpminima.store import Store
+from sharpminima.store.provenance import code_version
 from sharpminima.study import noise as noise_study
 from sharpminima.study import noise_figures
 from sharpminima.study.noise import get_noise_preset, run_noise_study
@@ -243,6 +244,11 @@ def test_study_resumes_after_kill_without_retraining_finished_runs(resumed):
     assert not done & set(trained)
     assert all(r.status == "done" for r in store.list_runs())
     assert {r["batch_size"] for r in res["critical"]["runs"]} == {25, 100, 300}
+    env = res["environment"]  # every run of the store is the study's, trained by this code
+    assert env["runs_trained_by"] == {code_version(): len(store.list_runs())}
+    counted = env["measurements_last_call"]
+    assert counted["computed"] + counted["read_from_store"] > 0
+    assert counted["computed"] <= len(store.measurements())
 
 
 def test_study_has_every_section_and_reports_bad_input(resumed):

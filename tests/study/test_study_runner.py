@@ -6,6 +6,7 @@ import pytest
 from sharpminima.cli.app import main
 from sharpminima.errors import ConfigError
 from sharpminima.store import Store
+from sharpminima.store.provenance import code_version
 from sharpminima.study import get_preset, run_study
 from sharpminima.study.measures import FAMILIES
 from sharpminima.study.report import write_study_report
@@ -59,6 +60,11 @@ def test_rerun_trains_and_measures_nothing(study, monkeypatch):
     assert after == before
     assert all(m["reused"] for r in again["runs"] for name, m in r["measures"].items()
                if not name.startswith(("hparam", "final train loss")))
+    measured = sum(not name.startswith(("hparam", "final train loss"))
+                   for r in first["runs"] for name in r["measures"])
+    assert first["environment"]["measurements_last_call"] == {"computed": measured, "read_from_store": 0}
+    assert again["environment"]["measurements_last_call"] == {"computed": 0, "read_from_store": measured}
+    assert again["environment"]["runs_trained_by"] == {code_version(): 4}
     assert again["correlations"] == first["correlations"]
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 from torch import Tensor, nn
 
 from sharpminima.errors import ConfigError
+from sharpminima.store.provenance import note_measurement
 
 #: Modules whose import registers the built-in measures.
 BUILTIN_MODULES = (
@@ -488,9 +489,11 @@ def cached_measure(
     key = request.key()
     found = cache.get_measurement(owner, request.measure, key) if cache is not None else None
     if found is not None:
+        note_measurement(reused=True)
         return Record(float(found["value"]), found["cost"] or {}, found["result"], True, request)
     measure = get_measure(request.measure)
     result = run(measure, build(), request.params)
+    note_measurement(reused=False)
     record = result.to_record() if hasattr(result, "to_record") else dict(result)
     value = float(record.get("value", math.nan))
     cost = dict(record.get("cost", {}) or {})

@@ -191,12 +191,22 @@ def environment_rows(env: dict[str, Any]) -> list[list[Any]]:
     """The rows of a report's "Machine, versions and time" table, from a results' ``environment``.
 
     The source files the job loaded (``code_files``) are counted, not listed: the list is
-    in the results JSON, for ``make check-published``.
+    in the results JSON, for ``make check-published``. The commits that trained the runs and
+    how many measurements the last call computed or read from the run store
+    (:func:`~sharpminima.store.provenance.inputs_provenance`) say whether the numbers were
+    computed by the commit that wrote the folder or taken from a store that others filled.
     """
     rows = []
     for key, value in env.items():
         if key == "code_files":
             rows.append(["source files loaded (listed in the results JSON)", len(value)])
+        elif key == "runs_trained_by":
+            shown = ", ".join(f"{commit} ({n} run{'s' if n != 1 else ''})" for commit, n in value.items())
+            rows.append(["runs trained by (commit)", shown or "-"])
+        elif key == "measurements_last_call":
+            rows.append(["measurements in the last call",
+                         f"{value.get('computed', 0)} computed, {value.get('read_from_store', 0)} read "
+                         "from the run store"])
         else:
             rows.append([key, value])
     return rows

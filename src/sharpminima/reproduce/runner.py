@@ -20,6 +20,7 @@ from sharpminima.errors import ConfigError
 from sharpminima.reproduce.context import Context
 from sharpminima.reproduce.experiments import ALIASES, EXPERIMENTS, planned_units
 from sharpminima.reproduce.presets import Preset
+from sharpminima.store.provenance import count_measurements, inputs_provenance
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +111,24 @@ def reproduce(
     }
     results.setdefault("experiments", {})
     results.setdefault("seconds", {})
-    for i, name in enumerate(names, 1):
-        t = time.perf_counter()
-        log.info("experiment %s", name)
-        if advance is not None:  # labels say which experiment, n of m
-            stage = f"[{i}/{len(names)} {name}]"
-            ctx.progress = partial(_labelled, advance, stage)
-            advance(0.0, f"{stage} starting")
-        results["experiments"][name] = EXPERIMENTS[name](ctx)
-        results["seconds"][name] = time.perf_counter() - t
-        _save(path, results)  # keep what is done even if a later experiment fails
-    results["environment"] = merge_environment(results.get("environment"), environment(dev))
-    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    results["wall_seconds_last_call"] = time.perf_counter() - t0
+    with count_measurements() as tally:
+        for i, name in enumerate(names, 1):
+            t = time.perf_counter()
+            log.info("experiment %s", name)
+            if advance is not None:  # labels say which experiment, n of m
+                stage = f"[{i}/{len(names)} {name}]"
+                ctx.progress = partial(_labelled, advance, stage)
+                advance(0.0, f"{stage} starting")
+            results["experiments"][name] = EXPERIMENTS[name](ctx)
+            results["seconds"][name] = time.perf_counter() - t
+            _save(path, results)  # keep what is done even if a later experiment fails
     run_seconds = results.setdefault("run_seconds", {})
     run_seconds.update(ctx.run_seconds)
     results["train_seconds"] = sum(run_seconds.values())
+    env = environment(dev) | inputs_provenance(store, run_seconds, tally)
+    results["environment"] = merge_environment(results.get("environment"), env)
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["wall_seconds_last_call"] = time.perf_counter() - t0
     _save(path, results)
     return results
 

@@ -7,14 +7,19 @@ number can be traced to the commit and the machine that produced it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sharpminima.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +128,79 @@ def machine_info() -> dict[str, Any]:
         "cuda": cuda_name,
         "cuda_count": cuda_count,
     }
+
+
+@dataclass
+class MeasurementTally:
+    """How many measurements a job computed and how many it read from the run store.
+
+    Attributes:
+        computed: Measurements computed (and stored) by this job.
+        reused: Measurements found in the store, computed by an earlier job.
+    """
+
+    computed: int = 0
+    reused: int = 0
+
+
+_TALLY: contextvars.ContextVar[MeasurementTally | None] = contextvars.ContextVar(
+    "sharpminima_measurement_tally", default=None
+)
+
+
+@contextlib.contextmanager
+def count_measurements() -> Iterator[MeasurementTally]:
+    """Count the measurements made inside the block, computed or read from the store.
+
+    :func:`~sharpminima.landscape.registry.cached_measure` reports every measurement to the
+    innermost active tally (there is none outside such a block).
+    """
+    tally = MeasurementTally()
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
+
+
+def note_measurement(reused: bool) -> None:
+    """Count one measurement in the active tally, if any."""
+    tally = _TALLY.get()
+    if tally is None:
+        return
+    if reused:
+        tally.reused += 1
+    else:
+        tally.computed += 1
+
+
+def inputs_provenance(store: Any, run_ids: Iterable[str], tally: MeasurementTally | None) -> dict[str, Any]:
+    """Which commits trained the runs behind a result, and where its measurements came from.
+
+    A results folder names the commit that wrote it (``code_version``). Its runs and
+    measurements may come from a run store that earlier commits filled; this says which,
+    so a folder rebuilt from the store shows that it was.
+
+    Args:
+        store: The run store (None: no runs to look up).
+        run_ids: The runs the result uses.
+        tally: The job's :func:`count_measurements` tally (None: not counted).
+
+    Returns:
+        ``runs_trained_by`` (commit -> number of runs, ``"not in the store"`` for a run the
+        store lacks) and ``measurements_last_call`` (``computed``, ``read_from_store``).
+    """
+    out: dict[str, Any] = {}
+    if store is not None:
+        by_commit: dict[str, int] = {}
+        for run_id in sorted(set(run_ids)):
+            try:
+                version = store.get_run(run_id).code_version
+            except StoreError as exc:
+                logger.debug("run %s: %s", run_id, exc)
+                version = "not in the store"
+            by_commit[version] = by_commit.get(version, 0) + 1
+        out["runs_trained_by"] = dict(sorted(by_commit.items()))
+    if tally is not None:
+        out["measurements_last_call"] = {"computed": tally.computed, "read_from_store": tally.reused}
+    return out

@@ -53,6 +53,7 @@ from sharpminima.intervals import summary
 from sharpminima.landscape.model_objective import ModelObjective
 from sharpminima.landscape.objective import flatten_params
 from sharpminima.landscape.registry import DataSpec, Inputs, Request, cached_measure
+from sharpminima.store.provenance import count_measurements, inputs_provenance
 from sharpminima.study.runner import Progress
 from sharpminima.study.tradeoff import (
     adam_preconditioner,
@@ -910,16 +911,17 @@ def run_noise_study(
         "warnings": list(plan["warnings"]),
         "skipped_batch_sizes": plan["skipped"],
     }
-    results["critical"] = critical_batch(lab, plan)
-    if results["critical"].get("warning"):
-        results["warnings"].append(results["critical"]["warning"])
-    results["temperature"] = temperature(lab, plan)
-    sb, lb = minima(lab)
-    results["structure"] = structure(lab, sb, lb)
-    results["escape"] = escape(lab, sb, lb)
-    results["stability"] = stability(lab, sb, lb, results["critical"])
+    with count_measurements() as tally:
+        results["critical"] = critical_batch(lab, plan)
+        if results["critical"].get("warning"):
+            results["warnings"].append(results["critical"]["warning"])
+        results["temperature"] = temperature(lab, plan)
+        sb, lb = minima(lab)
+        results["structure"] = structure(lab, sb, lb)
+        results["escape"] = escape(lab, sb, lb)
+        results["stability"] = stability(lab, sb, lb, results["critical"])
     from sharpminima.reproduce.runner import environment
 
-    results["environment"] = environment(dev)
+    results["environment"] = environment(dev) | inputs_provenance(store, lab.configs, tally)
     results["seconds"] = time.perf_counter() - t_start
     return results

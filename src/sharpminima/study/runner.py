@@ -34,6 +34,7 @@ from sharpminima.landscape.model_objective import ModelObjective
 from sharpminima.landscape.objective import flatten_params
 from sharpminima.landscape.registry import DataSpec, Inputs, Request, cached_measure
 from sharpminima.reproduce.runner import environment
+from sharpminima.store.provenance import MeasurementTally, inputs_provenance
 from sharpminima.study.correlation import correlate
 from sharpminima.study.grid import GridPoint, StudyPreset
 from sharpminima.study.measures import StudyMeasure, specs
@@ -247,8 +248,16 @@ def run_study(
         "correlations": correlations(runs, [s.name for s in measures], preset),
         "costs": costs(runs, [s.name for s in measures]),
         "seconds": time.perf_counter() - t_start,
-        "environment": environment(dev),
+        "environment": environment(dev)
+        | inputs_provenance(store, [r["run_id"] for r in runs], _tally(runs, measures)),
     }
+
+
+def _tally(runs: list[dict[str, Any]], measures: list[StudyMeasure]) -> MeasurementTally:
+    """The study's measurements, computed or read from the store (run-record fields are neither)."""
+    computed = {s.name for s in measures if s.measure}
+    found = [m["reused"] for r in runs for name, m in r["measures"].items() if name in computed]
+    return MeasurementTally(computed=found.count(False), reused=found.count(True))
 
 
 def _excluded(runs: list[dict[str, Any]]) -> dict[str, int]:
