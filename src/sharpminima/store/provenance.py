@@ -187,8 +187,9 @@ def inputs_provenance(store: Any, run_ids: Iterable[str], tally: MeasurementTall
         tally: The job's :func:`count_measurements` tally (None: not counted).
 
     Returns:
-        ``runs_trained_by`` (commit -> number of runs, ``"not in the store"`` for a run the
-        store lacks) and ``measurements_last_call`` (``computed``, ``read_from_store``).
+        ``runs_trained_by`` (commit -> number of runs: the commit that started each run in
+        the store, which a run resumed by a later commit keeps; ``"not in the store"`` for a
+        run the store lacks) and ``measurements_last_call`` (``computed``, ``read_from_store``).
     """
     out: dict[str, Any] = {}
     if store is not None:
