@@ -12,7 +12,7 @@ from repro_cases import TINY
 
 from sharpminima.errors import ConfigError
 from sharpminima.report import write_report
-from sharpminima.report.doc import environment_rows
+from sharpminima.report.doc import environment_rows, num
 from sharpminima.reproduce import QUICK, get_preset, reproduce, resolve_experiments
 from sharpminima.store import Store
 from sharpminima.store.provenance import code_version
@@ -220,6 +220,12 @@ def test_paper_only_experiments_run_and_report(tmp_path):
     text = md.read_text()
     for heading in ("Figure 4", "Figure 5", "Figure 6"):
         assert heading in text
+    along = text.split("## Figure 6")[1].split("![")[0]  # Figure 6's numbers, in a table
+    assert "| regime | epoch | training loss | sharpness |" in along
+    for regime in ("sb", "lb"):
+        for p in fig6[regime]:
+            row = f"| {regime.upper()} | {p['epoch']} | {num(p['train_loss'])} | {num(p['sharpness'])} |"
+            assert row in along
 
 
 def test_vectorised_trials_are_the_runs_a_sequential_reproduction_reuses(tmp_path):

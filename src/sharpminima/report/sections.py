@@ -203,6 +203,11 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
     if "fig6" in ex:
         doc.h(2, "Figure 6: sharpness along training")
         for net, data in ex["fig6"].items():
+            doc.table(
+                ["regime", "epoch", "training loss", "sharpness"],
+                [[regime.upper(), p["epoch"], num(p.get("train_loss")), num(p.get("sharpness"))]
+                 for regime in ("sb", "lb") for p in data.get(regime, [])],
+            )
             doc.fig(
                 figures.sharpness_vs_loss(net, data),
                 f"fig6_{net}",
