@@ -145,6 +145,28 @@ def overlapping_titles(fig: Figure) -> list[str]:
             if box_a.overlaps(box_b)]
 
 
+def labels_over_the_frame(fig: Figure) -> list[str]:
+    """Texts placed in an axes (point labels, notes) that cross its frame or stick out of it."""
+    with matplotlib.rc_context(figstyle.RC):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        out = []
+        for ax in fig.axes:
+            frame = ax.get_window_extent(renderer)
+            for t in ax.texts:
+                if not (t.get_visible() and t.get_text().strip()):
+                    continue
+                box = t.get_window_extent(renderer)
+                inside = (frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1
+                          and frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1)
+                if not inside:
+                    out.append(f"{t.get_text()!r} spans x {box.x0:.0f}..{box.x1:.0f}, y {box.y0:.0f}.."
+                               f"{box.y1:.0f} over the frame x {frame.x0:.0f}..{frame.x1:.0f}, y "
+                               f"{frame.y0:.0f}..{frame.y1:.0f}")
+    return out
+
+
 def check_figure(fig: Figure) -> None:
     """Assert what a reader of a paper needs from ``fig``.
 
@@ -152,7 +174,7 @@ def check_figure(fig: Figure) -> None:
     is more than one series, fonts of at least 8 pt at a two-column paper's widths, nothing
     at or below zero on a log axis, bars only from zero, and, once its titles are fitted as
     saving fits them (which changes ``fig``), nothing cut off at the edges and no title
-    printed over another.
+    printed over another, nor a label placed in an axes over its frame.
     """
     width = fig.get_size_inches()[0]
     assert figstyle.SINGLE_COLUMN - 0.1 <= width <= figstyle.DOUBLE_COLUMN + 1e-6, f"width {width} in"
@@ -193,6 +215,8 @@ def check_figure(fig: Figure) -> None:
     clipped = outside_the_canvas(fig)
     assert not clipped, f"cut off at the canvas edge: {clipped}"
     assert not overlapping_titles(fig), f"titles printed over each other: {overlapping_titles(fig)}"
+    crossing = labels_over_the_frame(fig)
+    assert not crossing, f"labels over the axes frame: {crossing}"
 
 
 def png_dpi(data: bytes) -> float:

@@ -32,7 +32,14 @@ from sharpminima.report import figures, study_figures, style
 from sharpminima.report.build import Doc, write_report
 from sharpminima.reproduce import get_preset
 from sharpminima.reproduce.presets import ALL_REMEDIES
-from sm_testing import check_figure, legend_texts, outside_the_canvas, overlapping_titles, png_dpi
+from sm_testing import (
+    check_figure,
+    labels_over_the_frame,
+    legend_texts,
+    outside_the_canvas,
+    overlapping_titles,
+    png_dpi,
+)
 
 # -- synthetic results, shaped as the experiments write them --------------------------------
 RNG = np.random.default_rng(0)
@@ -285,6 +292,22 @@ def test_accuracy_is_drawn_as_points_not_bars() -> None:
     fig = figures.remedy_comparison("f1", REMEDIES)
     assert not any(isinstance(c, BarContainer) for ax in fig.axes for c in ax.containers)
     assert fig.axes[1].get_xscale() == "log"
+
+
+def test_fig6_epoch_labels_stay_inside_the_axes() -> None:
+    # the published F1 run: LB's sharpness flat at the top of the axes, so its labels above
+    # the points ran over the frame, and SB's last point near the left edge, labelled leftwards
+    along = {"sb": [{"epoch": 10, "train_loss": 0.0119, "sharpness": 8.79},
+                    {"epoch": 20, "train_loss": 0.00350, "sharpness": 0.298},
+                    {"epoch": 25, "train_loss": 0.00486, "sharpness": 0.563}],
+             "lb": [{"epoch": 10 * (k + 1), "train_loss": loss, "sharpness": s} for k, (loss, s) in enumerate(
+                 [(1.86e-3, 389.0), (3.04e-4, 268.0), (1.63e-4, 360.0), (1.04e-4, 373.0), (7.26e-5, 357.0),
+                  (5.47e-5, 225.0), (4.23e-5, 388.0), (3.37e-5, 352.0), (2.77e-5, 394.0), (2.31e-5, 404.0)])]}
+    for data in (along, FIG6):
+        fig = figures.sharpness_vs_loss("f1", data)
+        assert sum(t.get_text().startswith("epoch") for t in fig.axes[0].texts) == 4
+        figstyle.fit_titles(fig)
+        assert not labels_over_the_frame(fig)
 
 
 # -- files ------------------------------------------------------------------------------------

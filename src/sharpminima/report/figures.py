@@ -446,11 +446,20 @@ def sharpness_vs_loss(net: str, data: dict[str, list[dict[str, Any]]]) -> Figure
         sharp = [p["sharpness"] for p in points]
         ax.loglog(loss, sharp, marker=REGIME_MARKERS.get(regime, "o"), ls="-", color=COLORS.get(regime),
                   label=LABELS.get(regime, regime))
-        for p, side in ((points[0], "left"), (points[-1], "right")) if "epoch" in points[0] else ():
+        for p in (points[0], points[-1]) if "epoch" in points[0] else ():
             ax.annotate(f"epoch {p['epoch']}", (p["train_loss"], p["sharpness"]), textcoords="offset points",
-                        xytext=(3 if side == "left" else -3, 5), ha=side, fontsize=8,
-                        color=COLORS.get(regime))
+                        xytext=(0, 5), fontsize=8, color=COLORS.get(regime))
+    # room above the highest point for its label (8 pt, 5 pt above the point): on a plot about
+    # 2 in tall that is about a tenth of the height, so widen the log range by a fifth
+    lo, hi = ax.get_ylim()
+    if ax.texts and 0 < lo < hi:
+        ax.set_ylim(lo, hi * (hi / lo) ** 0.2)
     ax.invert_xaxis()
+    for label in ax.texts:  # each label runs towards the middle, so none crosses the frame
+        where = ax.transAxes.inverted().transform(ax.transData.transform(label.xy))[0]  # type: ignore[attr-defined]
+        left = where < 0.5
+        label.set_horizontalalignment("left" if left else "right")
+        label.set_position((3 if left else -3, 5))
     ax.set_xlabel(f"training {LOSS_LABEL} (decreasing →)")
     ax.set_ylabel(SHARPNESS_LABEL)
     ax.set_title(f"{net_name(net)}: Keskar sharpness along training")
