@@ -55,6 +55,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "flatten_state",
+    "is_committed",
     "load_checkpoint",
     "save_checkpoint",
     "unflatten_state",
@@ -118,6 +119,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
+
+
+def is_committed(path: str | os.PathLike[str]) -> bool:
+    """Whether the checkpoint ``path`` was committed: its sidecar, written last, exists.
+
+    A tensor file without a sidecar is a save that was killed before it finished; a
+    committed one may still fail :func:`load_checkpoint`'s checks (a damaged file).
+    """
+    return _sidecar(Path(path)).is_file()
 
 
 def _prepare_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ moment ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 
 from sharpminima.config import TrainConfig
 from sharpminima.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
 
 FINISHED = ("done", "diverged")
 
@@ -137,10 +140,16 @@ class RunFiles:
     def initial_weights(self, model: nn.Module) -> dict[str, Tensor]:
         """Save (or reload, when resuming) the initial weights and return a copy."""
         if self.store is not None:
-            if self._path("init").exists():
+            from sharpminima.store.checkpoints import is_committed
+
+            path = self._path("init")
+            if is_committed(path):
                 state = self._load("init", next(model.parameters()).device)["model"]
                 load_into(model, state, f"run {self.run_id}'s initial weights")
-            else:
+            else:  # none yet, or a save killed before its sidecar: the fresh model is the start
+                if path.exists():
+                    log.warning("run %s: its initial weights were never committed (killed while "
+                                "saving them); saving them again", self.run_id)
                 self._save("init", {"model": model.state_dict()})
         return _clone_state(model)
 
