@@ -452,4 +452,8 @@ def test_inputs_provenance_names_the_commits_that_trained_the_runs(store, run):
         "measurements_last_call": {"computed": 2, "read_from_store": 5},
     }
     assert provenance.inputs_provenance(None, [run.id], None) == {}
-    provenance.note_measurement(reused=True)  # outside any tally: counted nowhere, no error
+    provenance.note_measurement(run.id, "hessian_trace", {}, reused=True)  # no tally: counted nowhere
+    counted = provenance.MeasurementTally()
+    for params, reused in (({"k": 1}, False), ({"k": 1}, True), ({"k": 2}, True), ({"k": 2}, True)):
+        counted.note(run.id, "hessian_trace", params, reused)
+    assert (counted.computed, counted.reused) == (1, 1)  # each measurement once, as first seen

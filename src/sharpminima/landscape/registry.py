@@ -489,11 +489,11 @@ def cached_measure(
     key = request.key()
     found = cache.get_measurement(owner, request.measure, key) if cache is not None else None
     if found is not None:
-        note_measurement(reused=True)
+        note_measurement(owner, request.measure, key, reused=True)
         return Record(float(found["value"]), found["cost"] or {}, found["result"], True, request)
     measure = get_measure(request.measure)
     result = run(measure, build(), request.params)
-    note_measurement(reused=False)
+    note_measurement(owner, request.measure, key, reused=False)
     record = result.to_record() if hasattr(result, "to_record") else dict(result)
     value = float(record.get("value", math.nan))
     cost = dict(record.get("cost", {}) or {})

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import json
 import logging
 import os
 import platform
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +133,30 @@ def machine_info() -> dict[str, Any]:
 
 @dataclass
 class MeasurementTally:
-    """How many measurements a job computed and how many it read from the run store.
+    """How many distinct measurements a job computed, and how many it read from the run store.
+
+    A measurement the job asks for again (from the store it just filled, or computed again
+    without a store) counts once, as what it was the first time.
 
     Attributes:
-        computed: Measurements computed (and stored) by this job.
-        reused: Measurements found in the store, computed by an earlier job.
+        computed: Measurements computed by this job.
+        reused: Measurements found in the store that an earlier job computed.
     """
 
     computed: int = 0
     reused: int = 0
+    seen: set[tuple[str, str, str]] = field(default_factory=set, repr=False, compare=False)
+
+    def note(self, owner: str, measure: str, params: dict[str, Any], reused: bool) -> None:
+        """Count a request for ``measure`` of ``owner`` with ``params``, once per measurement."""
+        key = (owner, measure, json.dumps(params, sort_keys=True, default=str))
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        if reused:
+            self.reused += 1
+        else:
+            self.computed += 1
 
 
 _TALLY: contextvars.ContextVar[MeasurementTally | None] = contextvars.ContextVar(
@@ -163,15 +179,11 @@ def count_measurements() -> Iterator[MeasurementTally]:
         _TALLY.reset(token)
 
 
-def note_measurement(reused: bool) -> None:
-    """Count one measurement in the active tally, if any."""
+def note_measurement(owner: str, measure: str, params: dict[str, Any], reused: bool) -> None:
+    """Count one measurement request in the active tally, if any (see :class:`MeasurementTally`)."""
     tally = _TALLY.get()
-    if tally is None:
-        return
-    if reused:
-        tally.reused += 1
-    else:
-        tally.computed += 1
+    if tally is not None:
+        tally.note(owner, measure, params, reused)
 
 
 def inputs_provenance(store: Any, run_ids: Iterable[str], tally: MeasurementTally | None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from sharpminima.landscape.model_objective import ModelObjective
 from sharpminima.landscape.objective import flatten_params
 from sharpminima.landscape.registry import DataSpec, Inputs, Request, cached_measure
 from sharpminima.reproduce.runner import environment
-from sharpminima.store.provenance import MeasurementTally, inputs_provenance
+from sharpminima.store.provenance import count_measurements, inputs_provenance
 from sharpminima.study.correlation import correlate
 from sharpminima.study.grid import GridPoint, StudyPreset
 from sharpminima.study.measures import StudyMeasure, specs
@@ -148,6 +148,24 @@ def run_study(
     Raises:
         ConfigError: For an invalid grid, preset or a batch size above the training set.
     """
+    with count_measurements() as tally:
+        results = _run_study(preset, store=store, dataset=dataset, device=device, progress=progress,
+                             model_factory=model_factory, backend=backend)
+    results["environment"] |= inputs_provenance(store, [r["run_id"] for r in results["runs"]], tally)
+    return results
+
+
+def _run_study(
+    preset: StudyPreset,
+    *,
+    store: Any = None,
+    dataset: Dataset | None = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    model_factory: Callable[[], nn.Module] | None = None,
+    backend: Any = None,
+) -> dict[str, Any]:
+    """:func:`run_study` inside its measurement tally."""
     t_start = time.perf_counter()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dataset is None:
@@ -248,16 +266,8 @@ def run_study(
         "correlations": correlations(runs, [s.name for s in measures], preset),
         "costs": costs(runs, [s.name for s in measures]),
         "seconds": time.perf_counter() - t_start,
-        "environment": environment(dev)
-        | inputs_provenance(store, [r["run_id"] for r in runs], _tally(runs, measures)),
+        "environment": environment(dev),
     }
-
-
-def _tally(runs: list[dict[str, Any]], measures: list[StudyMeasure]) -> MeasurementTally:
-    """The study's measurements, computed or read from the store (run-record fields are neither)."""
-    computed = {s.name for s in measures if s.measure}
-    found = [m["reused"] for r in runs for name, m in r["measures"].items() if name in computed]
-    return MeasurementTally(computed=found.count(False), reused=found.count(True))
 
 
 def _excluded(runs: list[dict[str, Any]]) -> dict[str, int]:
