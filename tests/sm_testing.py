@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import Collection, LineCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
-from matplotlib.text import Text
+from matplotlib.text import Annotation, Text
 
 from sharpminima import figstyle
 from sharpminima.data.base import Dataset
@@ -157,6 +157,10 @@ def labels_over_the_frame(fig: Figure) -> list[str]:
             for t in ax.texts:
                 if not (t.get_visible() and t.get_text().strip()):
                     continue
+                if isinstance(t, Annotation) and t.xycoords == "data":  # drawn only if its point is in view
+                    fx, fy = ax.transAxes.inverted().transform(ax.transData.transform(t.xy))
+                    if not (0 <= fx <= 1 and 0 <= fy <= 1):
+                        continue
                 box = t.get_window_extent(renderer)
                 inside = (frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1
                           and frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1)

@@ -310,6 +310,23 @@ def test_fig6_epoch_labels_stay_inside_the_axes() -> None:
         assert not labels_over_the_frame(fig)
 
 
+def test_labels_over_the_frame_sees_drawn_labels_only() -> None:
+    fig, ax = figstyle.new_figure()
+    ax.plot([0, 4], [0, 4])
+    ax.set(xlim=(0, 4), ylim=(0, 4))
+    ax.annotate("hidden", (10, 10))  # its point is out of view: matplotlib does not draw it
+    ax.annotate("inside", (2, 2))
+    assert labels_over_the_frame(fig) == []
+    ax.annotate("a long label at the right edge", (3.9, 2))
+    assert [m.split(" spans")[0] for m in labels_over_the_frame(fig)] == ["'a long label at the right edge'"]
+
+
+def test_fig6_labels_a_lone_point_once_and_tolerates_missing_epochs() -> None:
+    fig = figures.sharpness_vs_loss("f1", {"sb": [{"epoch": 3, "train_loss": 0.1, "sharpness": 2.0}],
+                                           "lb": [{"train_loss": 0.01, "sharpness": 300.0}]})
+    assert [t.get_text() for t in fig.axes[0].texts] == ["epoch 3"]
+
+
 # -- files ------------------------------------------------------------------------------------
 def test_save_figure_writes_each_format_atomically(tmp_path: Path) -> None:
     fig = figures.sharpness_vs_loss("f1", FIG6)

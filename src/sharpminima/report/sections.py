@@ -205,7 +205,7 @@ def build_document(doc: Doc, res: dict[str, Any]) -> str:
         for net, data in ex["fig6"].items():
             doc.table(
                 ["regime", "epoch", "training loss", "sharpness"],
-                [[regime.upper(), p["epoch"], num(p.get("train_loss")), num(p.get("sharpness"))]
+                [[regime.upper(), p.get("epoch", "-"), num(p.get("train_loss")), num(p.get("sharpness"))]
                  for regime in ("sb", "lb") for p in data.get(regime, [])],
             )
             doc.fig(
