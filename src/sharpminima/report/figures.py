@@ -446,7 +446,8 @@ def sharpness_vs_loss(net: str, data: dict[str, list[dict[str, Any]]]) -> Figure
         sharp = [p["sharpness"] for p in points]
         ax.loglog(loss, sharp, marker=REGIME_MARKERS.get(regime, "o"), ls="-", color=COLORS.get(regime),
                   label=LABELS.get(regime, regime))
-        for p in [q for q in (points[0], points[-1])[: min(2, len(points))] if "epoch" in q]:
+        ends = points[:1] + points[1:][-1:]  # the first and the last point, once each
+        for p in (q for q in ends if "epoch" in q):
             ax.annotate(f"epoch {p['epoch']}", (p["train_loss"], p["sharpness"]), textcoords="offset points",
                         xytext=(0, 5), fontsize=8, color=COLORS.get(regime))
     # room above the highest point for its label (8 pt, 5 pt above the point): on a plot about

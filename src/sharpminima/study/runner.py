@@ -148,24 +148,6 @@ def run_study(
     Raises:
         ConfigError: For an invalid grid, preset or a batch size above the training set.
     """
-    with count_measurements() as tally:
-        results = _run_study(preset, store=store, dataset=dataset, device=device, progress=progress,
-                             model_factory=model_factory, backend=backend)
-    results["environment"] |= inputs_provenance(store, [r["run_id"] for r in results["runs"]], tally)
-    return results
-
-
-def _run_study(
-    preset: StudyPreset,
-    *,
-    store: Any = None,
-    dataset: Dataset | None = None,
-    device: str | torch.device | None = None,
-    progress: Progress | None = None,
-    model_factory: Callable[[], nn.Module] | None = None,
-    backend: Any = None,
-) -> dict[str, Any]:
-    """:func:`run_study` inside its measurement tally."""
     t_start = time.perf_counter()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dataset is None:
@@ -195,63 +177,64 @@ def _run_study(
             progress(units, label)
 
     runs: list[dict[str, Any]] = []
-    for i, pt in enumerate(points):
-        label = ", ".join(f"{k}={v}" for k, v in pt.hparams.items())
-        units = train_units(pt.config.epochs, num_train)
-        steps = math.ceil(num_train / pt.config.batch_size) * pt.config.epochs
-        done = 0.0
+    with count_measurements() as tally:
+        for i, pt in enumerate(points):
+            label = ", ".join(f"{k}={v}" for k, v in pt.hparams.items())
+            units = train_units(pt.config.epochs, num_train)
+            steps = math.ceil(num_train / pt.config.batch_size) * pt.config.epochs
+            done = 0.0
 
-        def on_event(event: str, info: dict[str, Any], units: float = units, steps: int = steps,
-                     label: str = label) -> None:
-            nonlocal done
-            if event == "start":
-                part = units * info["done_steps"] / max(1, info["total_steps"])
-            elif event == "step":
-                part = units / max(1, steps)
+            def on_event(event: str, info: dict[str, Any], units: float = units, steps: int = steps,
+                         label: str = label) -> None:
+                nonlocal done
+                if event == "start":
+                    part = units * info["done_steps"] / max(1, info["total_steps"])
+                elif event == "step":
+                    part = units / max(1, steps)
+                else:
+                    return
+                done += part
+                advance(part, f"train {label}")
+
+            t0 = time.perf_counter()
+            run = train(pt.config, dataset=dataset, store=store, device=dev, progress=on_event,
+                        model_factory=model_factory)
+            advance(units - done, f"train {label}")
+            final = run.final
+            row: dict[str, Any] = {
+                "index": i,
+                "hparams": pt.hparams,
+                "run_id": run.id,
+                "status": run.status,
+                "epochs": run.epochs,
+                "train_seconds": run.seconds,
+                "wall_seconds": time.perf_counter() - t0,
+                **{k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+            }
+            loss = final.get("train_loss")
+            ok = run.status == "done" and loss is not None and math.isfinite(loss)
+            row["converged"] = bool(ok and final["train_loss"] <= preset.loss_threshold)
+            row["excluded"] = None if row["converged"] else (
+                run.status if run.status != "done" else "train loss above threshold")
+            if ok:
+                row["gap_loss"] = final["test_loss"] - final["train_loss"]
+                row["gap_error"] = final["train_acc"] - final["test_acc"]
+            row["measures"] = {}
+            if row["converged"]:
+                x, x0 = flatten_params(run.model), run.initial_vector()
+
+                def build(bn: str, run: Run = run, x: Tensor = x, x0: Tensor = x0) -> Inputs:
+                    obj = ModelObjective(run.model, x_meas, y_meas, bn_mode=bn,  # type: ignore[arg-type]
+                                         chunk_size=preset.chunk_size)
+                    return Inputs(obj, x, x0=x0, model=run.model)
+
+                for spec in measures:
+                    row["measures"][spec.name] = _measure(store, run, spec, data, build, pt.hparams)
+                    advance(measure_units(spec, samples), spec.name)
             else:
-                return
-            done += part
-            advance(part, f"train {label}")
-
-        t0 = time.perf_counter()
-        run = train(pt.config, dataset=dataset, store=store, device=dev, progress=on_event,
-                    model_factory=model_factory)
-        advance(units - done, f"train {label}")
-        final = run.final
-        row: dict[str, Any] = {
-            "index": i,
-            "hparams": pt.hparams,
-            "run_id": run.id,
-            "status": run.status,
-            "epochs": run.epochs,
-            "train_seconds": run.seconds,
-            "wall_seconds": time.perf_counter() - t0,
-            **{k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
-        }
-        loss = final.get("train_loss")
-        ok = run.status == "done" and loss is not None and math.isfinite(loss)
-        row["converged"] = bool(ok and final["train_loss"] <= preset.loss_threshold)
-        row["excluded"] = None if row["converged"] else (
-            run.status if run.status != "done" else "train loss above threshold")
-        if ok:
-            row["gap_loss"] = final["test_loss"] - final["train_loss"]
-            row["gap_error"] = final["train_acc"] - final["test_acc"]
-        row["measures"] = {}
-        if row["converged"]:
-            x, x0 = flatten_params(run.model), run.initial_vector()
-
-            def build(bn: str, run: Run = run, x: Tensor = x, x0: Tensor = x0) -> Inputs:
-                obj = ModelObjective(run.model, x_meas, y_meas, bn_mode=bn,  # type: ignore[arg-type]
-                                     chunk_size=preset.chunk_size)
-                return Inputs(obj, x, x0=x0, model=run.model)
-
-            for spec in measures:
-                row["measures"][spec.name] = _measure(store, run, spec, data, build, pt.hparams)
-                advance(measure_units(spec, samples), spec.name)
-        else:
-            advance(sum(measure_units(s, samples) for s in measures), f"skip {label}")
-        runs.append(row)
-        del run
+                advance(sum(measure_units(s, samples) for s in measures), f"skip {label}")
+            runs.append(row)
+            del run
     return {
         "kind": "correlation_study",
         "preset": preset.to_dict(),
@@ -266,7 +249,7 @@ def _run_study(
         "correlations": correlations(runs, [s.name for s in measures], preset),
         "costs": costs(runs, [s.name for s in measures]),
         "seconds": time.perf_counter() - t_start,
-        "environment": environment(dev),
+        "environment": environment(dev) | inputs_provenance(store, [r["run_id"] for r in runs], tally),
     }
 
 
