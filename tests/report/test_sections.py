@@ -222,3 +222,16 @@ def test_the_claims_table_lists_the_papers_findings_about_methods(tmp_path: Path
     assert any("conservative LB minima stay sharper than SB's" in x and x.endswith("| held |") for x in lines)
     assert any("adversarial gives no gain" in x and "1 trial: no interval" in x
                and x.endswith("| cannot say |") for x in lines)
+
+
+def test_environment_rows_format_provenance_and_show_odd_values_as_they_are():
+    from sharpminima.report.doc import environment_rows
+
+    rows = dict(environment_rows({"code_files": ["a.py", "b.py"],
+                                  "runs_trained_by": {"abc1234": 1, "def5678": 2},
+                                  "measurements_last_call": {"computed": 3, "read_from_store": 4}}))
+    assert rows == {"source files loaded (listed in the results JSON)": 2,
+                    "runs trained by (commit)": "abc1234 (1 run), def5678 (2 runs)",
+                    "measurements in the last call": "3 computed, 4 read from the run store"}
+    odd = {"code_files": 3, "runs_trained_by": 5, "measurements_last_call": "x"}  # a hand-edited file
+    assert dict(environment_rows(odd)) == odd

@@ -197,13 +197,13 @@ def environment_rows(env: dict[str, Any]) -> list[list[Any]]:
     computed by the commit that wrote the folder or taken from a store that others filled.
     """
     rows = []
-    for key, value in env.items():
-        if key == "code_files":
+    for key, value in env.items():  # a value of another shape (an edited file) is shown as it is
+        if key == "code_files" and isinstance(value, list):
             rows.append(["source files loaded (listed in the results JSON)", len(value)])
-        elif key == "runs_trained_by":
+        elif key == "runs_trained_by" and isinstance(value, dict):
             shown = ", ".join(f"{commit} ({n} run{'s' if n != 1 else ''})" for commit, n in value.items())
             rows.append(["runs trained by (commit)", shown or "-"])
-        elif key == "measurements_last_call":
+        elif key == "measurements_last_call" and isinstance(value, dict):
             rows.append(["measurements in the last call",
                          f"{value.get('computed', 0)} computed, {value.get('read_from_store', 0)} read "
                          "from the run store"])
